@@ -1,0 +1,673 @@
+//! Controller configuration (SPEC §4).
+//!
+//! [`Config::from_map`] is a pure function of a name → value map so every rule is unit-tested;
+//! [`Config::from_env`] is the thin shell that reads the process environment and resolves the
+//! `<NAME>_FILE` variants (Docker secrets) into that map.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+use crate::retention::KeepPolicy;
+use crate::schedule::Schedule;
+
+/// A configuration error always names the variable and the expected form.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{name} is required: {hint}")]
+    Missing { name: String, hint: String },
+    #[error("{name}={value:?} is not valid: expected {expected}")]
+    Invalid {
+        name: String,
+        value: String,
+        expected: String,
+    },
+    #[error("{name} and {name}_FILE are both set: set only one of them")]
+    Both { name: String },
+    #[error("{name}_FILE={path:?} cannot be read: {reason}")]
+    File {
+        name: String,
+        path: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn invalid(name: &str, value: &str, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name: name.to_string(),
+        value: value.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+/// Every variable we read. `<NAME>_FILE` is accepted for each of them.
+pub const VARIABLES: &[&str] = &[
+    "S3_BUCKET",
+    "S3_ENDPOINT",
+    "S3_REGION",
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
+    "S3_FORCE_PATH_STYLE",
+    "S3_PREFIX",
+    "S3_STORAGE_CLASS",
+    "S3_OBJECT_LOCK",
+    "PGBACKUP_SCHEDULE",
+    "PGBACKUP_CONCURRENCY",
+    "PGBACKUP_RUN_ON_STARTUP",
+    "PGBACKUP_RESYNC_INTERVAL",
+    "TZ",
+    "RETENTION_KEEP_LAST",
+    "RETENTION_KEEP_HOURLY",
+    "RETENTION_KEEP_DAILY",
+    "RETENTION_KEEP_WEEKLY",
+    "RETENTION_KEEP_MONTHLY",
+    "RETENTION_KEEP_YEARLY",
+    "RETENTION_MIN_BACKUPS",
+    "PGBACKUP_HTTP_ADDR",
+    "PGBACKUP_NOTIFY_URLS",
+    "PGBACKUP_LOG_FORMAT",
+    "DOCKER_HOST",
+];
+
+/// Raw strings as envy sees them; every field is validated into [`Config`] afterwards so errors
+/// can name the variable and the expected form (envy's own messages do neither well).
+#[derive(Debug, Deserialize, Default)]
+struct Raw {
+    s3_bucket: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_access_key_id: Option<String>,
+    s3_secret_access_key: Option<String>,
+    s3_force_path_style: Option<String>,
+    s3_prefix: Option<String>,
+    s3_storage_class: Option<String>,
+    s3_object_lock: Option<String>,
+    pgbackup_schedule: Option<String>,
+    pgbackup_concurrency: Option<String>,
+    pgbackup_run_on_startup: Option<String>,
+    pgbackup_resync_interval: Option<String>,
+    tz: Option<String>,
+    retention_keep_last: Option<String>,
+    retention_keep_hourly: Option<String>,
+    retention_keep_daily: Option<String>,
+    retention_keep_weekly: Option<String>,
+    retention_keep_monthly: Option<String>,
+    retention_keep_yearly: Option<String>,
+    retention_min_backups: Option<String>,
+    pgbackup_http_addr: Option<String>,
+    pgbackup_notify_urls: Option<String>,
+    pgbackup_log_format: Option<String>,
+    docker_host: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    /// `None` means AWS itself.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// `None` means the standard AWS credential chain.
+    pub credentials: Option<(String, Secret)>,
+    pub force_path_style: bool,
+    /// Normalised: no leading or trailing `/`; empty when unset.
+    pub prefix: String,
+    pub storage_class: Option<String>,
+    pub object_lock: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub s3: S3Config,
+    pub schedule: Schedule,
+    pub concurrency: usize,
+    pub run_on_startup: bool,
+    pub resync_interval: Duration,
+    pub timezone: Tz,
+    pub keep: KeepPolicy,
+    pub min_backups: u32,
+    /// `None` disables the HTTP server.
+    pub http_addr: Option<SocketAddr>,
+    pub notify_urls: Vec<String>,
+    pub log_format: LogFormat,
+    pub docker_host: Option<String>,
+}
+
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
+
+/// Non-S3 settings needed by commands that do not talk to S3 (`status`).
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub schedule: Schedule,
+    pub timezone: Tz,
+    pub keep: KeepPolicy,
+}
+
+impl Config {
+    /// Reads the process environment, resolving `<NAME>_FILE` variants.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_map(&resolve_env(std::env::vars(), |p| {
+            std::fs::read_to_string(p)
+        })?)
+    }
+
+    /// Pure: builds and validates the configuration from a map of variables.
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let raw = parse_raw(map)?;
+        let bucket = non_empty(raw.s3_bucket).ok_or_else(|| ConfigError::Missing {
+            name: "S3_BUCKET".into(),
+            hint: "set it to the name of the bucket that receives the backups".into(),
+        })?;
+        let endpoint = non_empty(raw.s3_endpoint);
+        if let Some(e) = &endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(invalid(
+                "S3_ENDPOINT",
+                e,
+                "an URL such as http://garage:3900 or https://s3.eu-central-003.backblazeb2.com",
+            ));
+        }
+        let credentials = match (
+            non_empty(raw.s3_access_key_id),
+            non_empty(raw.s3_secret_access_key),
+        ) {
+            (Some(id), Some(secret)) => Some((id, Secret(secret))),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    name: "S3_SECRET_ACCESS_KEY".into(),
+                    hint: "S3_ACCESS_KEY_ID is set, so its secret is needed too (or unset both to use the AWS credential chain)".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    name: "S3_ACCESS_KEY_ID".into(),
+                    hint: "S3_SECRET_ACCESS_KEY is set, so its key id is needed too (or unset both to use the AWS credential chain)".into(),
+                });
+            }
+        };
+        // Path-style addressing is what self-hosted S3 (Garage, MinIO) serves without DNS set-up,
+        // so it is the default whenever a custom endpoint is configured.
+        let force_path_style = parse_bool(
+            "S3_FORCE_PATH_STYLE",
+            raw.s3_force_path_style,
+            endpoint.is_some(),
+        )?;
+        let prefix = match non_empty(raw.s3_prefix) {
+            None => String::new(),
+            Some(p) => {
+                let trimmed = p.trim_matches('/').to_string();
+                if trimmed
+                    .split('/')
+                    .any(|s| s.is_empty() || s == "." || s == "..")
+                {
+                    return Err(invalid(
+                        "S3_PREFIX",
+                        &p,
+                        "a key prefix such as backups/prod (no empty, . or .. segments)",
+                    ));
+                }
+                trimmed
+            }
+        };
+        let storage_class = non_empty(raw.s3_storage_class);
+        if let Some(sc) = &storage_class
+            && !sc
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+        {
+            return Err(invalid(
+                "S3_STORAGE_CLASS",
+                sc,
+                "an S3 storage class such as STANDARD, STANDARD_IA or GLACIER_IR",
+            ));
+        }
+        let object_lock = parse_bool("S3_OBJECT_LOCK", raw.s3_object_lock, false)?;
+
+        let defaults = Defaults::from_raw(
+            raw.pgbackup_schedule,
+            raw.tz,
+            [
+                ("RETENTION_KEEP_LAST", raw.retention_keep_last),
+                ("RETENTION_KEEP_HOURLY", raw.retention_keep_hourly),
+                ("RETENTION_KEEP_DAILY", raw.retention_keep_daily),
+                ("RETENTION_KEEP_WEEKLY", raw.retention_keep_weekly),
+                ("RETENTION_KEEP_MONTHLY", raw.retention_keep_monthly),
+                ("RETENTION_KEEP_YEARLY", raw.retention_keep_yearly),
+            ],
+        )?;
+        let concurrency = parse_num("PGBACKUP_CONCURRENCY", raw.pgbackup_concurrency, 2, 1)?;
+        let run_on_startup = parse_bool(
+            "PGBACKUP_RUN_ON_STARTUP",
+            raw.pgbackup_run_on_startup,
+            false,
+        )?;
+        let resync_interval = match non_empty(raw.pgbackup_resync_interval) {
+            None => Duration::from_secs(30),
+            Some(v) => humantime::parse_duration(&v)
+                .ok()
+                .filter(|d| *d >= Duration::from_secs(1))
+                .ok_or_else(|| {
+                    invalid(
+                        "PGBACKUP_RESYNC_INTERVAL",
+                        &v,
+                        "a duration of at least 1s such as 30s or 5m",
+                    )
+                })?,
+        };
+        let min_backups =
+            parse_num("RETENTION_MIN_BACKUPS", raw.retention_min_backups, 1, 1)? as u32;
+        let http_addr = match raw.pgbackup_http_addr {
+            None => Some(DEFAULT_HTTP_ADDR.parse().expect("valid default")),
+            Some(v) if v.trim().is_empty() || v == "off" => None,
+            Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "PGBACKUP_HTTP_ADDR",
+                    &v,
+                    "host:port such as 0.0.0.0:8080, or off",
+                )
+            })?),
+        };
+        let notify_urls = match non_empty(raw.pgbackup_notify_urls) {
+            None => vec![],
+            Some(v) => {
+                let urls: Vec<String> = v
+                    .split([',', ' ', '\n'])
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                if let Some(bad) = urls
+                    .iter()
+                    .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+                {
+                    // Name only the offending entry's scheme-less form: URLs may carry tokens.
+                    return Err(invalid(
+                        "PGBACKUP_NOTIFY_URLS",
+                        &redact_url(bad),
+                        "a comma-separated list of http:// or https:// URLs",
+                    ));
+                }
+                urls
+            }
+        };
+        let log_format = match non_empty(raw.pgbackup_log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(invalid("PGBACKUP_LOG_FORMAT", other, "text or json")),
+        };
+        Ok(Config {
+            s3: S3Config {
+                bucket,
+                endpoint,
+                region: non_empty(raw.s3_region),
+                credentials,
+                force_path_style,
+                prefix,
+                storage_class,
+                object_lock,
+            },
+            schedule: defaults.schedule,
+            concurrency: concurrency as usize,
+            run_on_startup,
+            resync_interval,
+            timezone: defaults.timezone,
+            keep: defaults.keep,
+            min_backups,
+            http_addr,
+            notify_urls,
+            log_format,
+            docker_host: non_empty(raw.docker_host),
+        })
+    }
+
+    pub fn defaults(&self) -> Defaults {
+        Defaults {
+            schedule: self.schedule.clone(),
+            timezone: self.timezone,
+            keep: self.keep.clone(),
+        }
+    }
+}
+
+impl Defaults {
+    /// Only the label defaults, for commands that need no S3 settings.
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Defaults, ConfigError> {
+        let raw = parse_raw(map)?;
+        Defaults::from_raw(
+            raw.pgbackup_schedule,
+            raw.tz,
+            [
+                ("RETENTION_KEEP_LAST", raw.retention_keep_last),
+                ("RETENTION_KEEP_HOURLY", raw.retention_keep_hourly),
+                ("RETENTION_KEEP_DAILY", raw.retention_keep_daily),
+                ("RETENTION_KEEP_WEEKLY", raw.retention_keep_weekly),
+                ("RETENTION_KEEP_MONTHLY", raw.retention_keep_monthly),
+                ("RETENTION_KEEP_YEARLY", raw.retention_keep_yearly),
+            ],
+        )
+    }
+
+    fn from_raw(
+        schedule: Option<String>,
+        tz: Option<String>,
+        keep: [(&str, Option<String>); 6],
+    ) -> Result<Defaults, ConfigError> {
+        let schedule = match non_empty(schedule) {
+            None => Schedule::parse("@daily").expect("valid default"),
+            Some(v) => Schedule::parse(&v).map_err(|e| {
+                invalid(
+                    "PGBACKUP_SCHEDULE",
+                    &v,
+                    &format!("{} ({e})", Schedule::EXPECTED),
+                )
+            })?,
+        };
+        let timezone = match non_empty(tz) {
+            None => Tz::UTC,
+            Some(v) => v.parse::<Tz>().map_err(|_| {
+                invalid(
+                    "TZ",
+                    &v,
+                    "an IANA time zone name such as UTC or Europe/Berlin",
+                )
+            })?,
+        };
+        let mut values = [None; 6];
+        for (slot, (name, value)) in values.iter_mut().zip(keep) {
+            if let Some(v) = non_empty(value) {
+                *slot = Some(v.parse::<u32>().map_err(|_| {
+                    invalid(name, &v, "a whole number of backups to keep, 0 or more")
+                })?);
+            }
+        }
+        let [last, hourly, daily, weekly, monthly, yearly] = values;
+        Ok(Defaults {
+            schedule,
+            timezone,
+            keep: KeepPolicy {
+                last,
+                hourly,
+                daily,
+                weekly,
+                monthly,
+                yearly,
+            },
+        })
+    }
+}
+
+fn parse_raw(map: &HashMap<String, String>) -> Result<Raw, ConfigError> {
+    envy::from_iter::<_, Raw>(map.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .map_err(|e| ConfigError::Other(format!("cannot read the environment: {e}")))
+}
+
+/// Resolves `<NAME>_FILE` into `<NAME>` for every known variable. `read` is injected so the rule
+/// is testable without files. A trailing newline in a secret file is not part of the secret.
+pub fn resolve_env<I, F>(vars: I, read: F) -> Result<HashMap<String, String>, ConfigError>
+where
+    I: IntoIterator<Item = (String, String)>,
+    F: Fn(&Path) -> std::io::Result<String>,
+{
+    let mut map: HashMap<String, String> = vars.into_iter().collect();
+    for name in VARIABLES {
+        let file_var = format!("{name}_FILE");
+        let Some(path) = map.get(&file_var).cloned() else {
+            continue;
+        };
+        if map.get(*name).is_some_and(|v| !v.is_empty()) {
+            return Err(ConfigError::Both {
+                name: name.to_string(),
+            });
+        }
+        let content = read(Path::new(&path)).map_err(|e| ConfigError::File {
+            name: name.to_string(),
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        map.insert(
+            name.to_string(),
+            content.trim_end_matches(['\n', '\r']).to_string(),
+        );
+    }
+    Ok(map)
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+pub fn parse_bool_value(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_bool(name: &str, v: Option<String>, default: bool) -> Result<bool, ConfigError> {
+    match non_empty(v) {
+        None => Ok(default),
+        Some(v) => parse_bool_value(&v).ok_or_else(|| invalid(name, &v, "true or false")),
+    }
+}
+
+fn parse_num(name: &str, v: Option<String>, default: u64, min: u64) -> Result<u64, ConfigError> {
+    match non_empty(v) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= min)
+            .ok_or_else(|| invalid(name, &v, &format!("a whole number, at least {min}"))),
+    }
+}
+
+/// Keeps scheme and host only, so a token in a path or query never reaches a log.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split(['/', '?']).next().unwrap_or("");
+            let host = host.rsplit('@').next().unwrap_or(host);
+            format!("{scheme}://{host}/…")
+        }
+        None => "<not an URL>".to_string(),
+    }
+}
+
+/// A printable, secret-free view of the configuration for `status` and the start-up log.
+pub fn describe(cfg: &Config) -> BTreeMap<&'static str, String> {
+    let mut m = BTreeMap::new();
+    m.insert("bucket", cfg.s3.bucket.clone());
+    m.insert(
+        "endpoint",
+        cfg.s3.endpoint.clone().unwrap_or_else(|| "AWS".to_string()),
+    );
+    m.insert("prefix", cfg.s3.prefix.clone());
+    m.insert(
+        "credentials",
+        match &cfg.s3.credentials {
+            Some((id, _)) => format!("access key {id}"),
+            None => "AWS default chain".to_string(),
+        },
+    );
+    m.insert("schedule", cfg.schedule.to_string());
+    m.insert("timezone", cfg.timezone.to_string());
+    m.insert("concurrency", cfg.concurrency.to_string());
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn minimal_config_uses_documented_defaults() {
+        let cfg = Config::from_map(&map(&[("S3_BUCKET", "backups")])).unwrap();
+        assert_eq!(cfg.s3.bucket, "backups");
+        assert_eq!(cfg.s3.endpoint, None);
+        assert!(!cfg.s3.force_path_style);
+        assert_eq!(cfg.s3.credentials, None);
+        assert_eq!(cfg.schedule.to_string(), "@daily");
+        assert_eq!(cfg.concurrency, 2);
+        assert!(!cfg.run_on_startup);
+        assert_eq!(cfg.timezone, Tz::UTC);
+        assert_eq!(cfg.min_backups, 1);
+        assert_eq!(cfg.http_addr, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(cfg.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn custom_endpoint_defaults_to_path_style() {
+        let cfg = Config::from_map(&map(&[
+            ("S3_BUCKET", "b"),
+            ("S3_ENDPOINT", "http://garage:3900"),
+            ("S3_ACCESS_KEY_ID", "GK1"),
+            ("S3_SECRET_ACCESS_KEY", "s3cr3t"),
+            ("S3_PREFIX", "/prod/db/"),
+            ("TZ", "Europe/Berlin"),
+            ("PGBACKUP_HTTP_ADDR", "off"),
+        ]))
+        .unwrap();
+        assert!(cfg.s3.force_path_style);
+        assert_eq!(cfg.s3.prefix, "prod/db");
+        assert_eq!(cfg.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(cfg.http_addr, None);
+        let (id, secret) = cfg.s3.credentials.clone().unwrap();
+        assert_eq!((id.as_str(), secret.expose()), ("GK1", "s3cr3t"));
+        assert!(
+            !format!("{cfg:?}").contains("s3cr3t"),
+            "Debug must not print secrets"
+        );
+    }
+
+    #[rstest]
+    #[case(&[], "S3_BUCKET")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_ENDPOINT", "garage:3900")], "S3_ENDPOINT")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_ACCESS_KEY_ID", "x")], "S3_SECRET_ACCESS_KEY")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_SECRET_ACCESS_KEY", "x")], "S3_ACCESS_KEY_ID")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_FORCE_PATH_STYLE", "maybe")], "S3_FORCE_PATH_STYLE")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_PREFIX", "a//b")], "S3_PREFIX")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_PREFIX", "a/../b")], "S3_PREFIX")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_STORAGE_CLASS", "cold storage")], "S3_STORAGE_CLASS")]
+    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_SCHEDULE", "every day")], "PGBACKUP_SCHEDULE")]
+    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_CONCURRENCY", "0")], "PGBACKUP_CONCURRENCY")]
+    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_CONCURRENCY", "two")], "PGBACKUP_CONCURRENCY")]
+    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_RUN_ON_STARTUP", "sure")], "PGBACKUP_RUN_ON_STARTUP")]
+    #[case(&[("S3_BUCKET", "b"), ("TZ", "Mars/Olympus")], "TZ")]
+    #[case(&[("S3_BUCKET", "b"), ("RETENTION_KEEP_DAILY", "-1")], "RETENTION_KEEP_DAILY")]
+    #[case(&[("S3_BUCKET", "b"), ("RETENTION_MIN_BACKUPS", "0")], "RETENTION_MIN_BACKUPS")]
+    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_HTTP_ADDR", "8080")], "PGBACKUP_HTTP_ADDR")]
+    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_NOTIFY_URLS", "ftp://x")], "PGBACKUP_NOTIFY_URLS")]
+    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_LOG_FORMAT", "xml")], "PGBACKUP_LOG_FORMAT")]
+    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_RESYNC_INTERVAL", "soon")], "PGBACKUP_RESYNC_INTERVAL")]
+    fn bad_values_name_the_variable(#[case] pairs: &[(&str, &str)], #[case] variable: &str) {
+        let err = Config::from_map(&map(pairs)).unwrap_err().to_string();
+        assert!(err.contains(variable), "{err:?} should name {variable}");
+    }
+
+    #[test]
+    fn invalid_value_message_quotes_value_and_form() {
+        let err = Config::from_map(&map(&[("S3_BUCKET", "b"), ("TZ", "Mars/Olympus")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "TZ=\"Mars/Olympus\" is not valid: expected an IANA time zone name such as UTC or Europe/Berlin"
+        );
+    }
+
+    #[test]
+    fn file_variants_are_read_and_trimmed() {
+        let vars = map(&[
+            ("S3_BUCKET", "b"),
+            ("S3_SECRET_ACCESS_KEY_FILE", "/run/secrets/s3"),
+            ("S3_ACCESS_KEY_ID", "id"),
+        ]);
+        let resolved = resolve_env(vars, |p| {
+            assert_eq!(p, Path::new("/run/secrets/s3"));
+            Ok("from-file\n".to_string())
+        })
+        .unwrap();
+        let cfg = Config::from_map(&resolved).unwrap();
+        assert_eq!(cfg.s3.credentials.unwrap().1.expose(), "from-file");
+    }
+
+    #[test]
+    fn file_variant_errors_name_variable_and_path() {
+        let vars = map(&[("S3_BUCKET_FILE", "/nope")]);
+        let err = resolve_env(vars, |_| Err(std::io::Error::other("No such file")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("S3_BUCKET_FILE") && err.contains("/nope"),
+            "{err}"
+        );
+        let both = map(&[("S3_BUCKET_FILE", "/x"), ("S3_BUCKET", "b")]);
+        let err = resolve_env(both, |_| Ok(String::new())).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Both {
+                name: "S3_BUCKET".into()
+            }
+        );
+    }
+
+    #[test]
+    fn notify_urls_are_split_and_redacted_in_errors() {
+        let cfg = Config::from_map(&map(&[
+            ("S3_BUCKET", "b"),
+            (
+                "PGBACKUP_NOTIFY_URLS",
+                "https://hc-ping.com/abc, http://hook/x",
+            ),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.notify_urls.len(), 2);
+        let err = Config::from_map(&map(&[
+            ("S3_BUCKET", "b"),
+            (
+                "PGBACKUP_NOTIFY_URLS",
+                "https://ok/x,hooks.example/secret-token",
+            ),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("secret-token"), "{err}");
+    }
+}

@@ -1,0 +1,396 @@
+//! Live target discovery: list + watch + periodic resync + reconnect with backoff.
+//!
+//! [`Registry`] is the pure state (container → parsed target); [`run`] keeps it in step with the
+//! daemon. Missed events (a dropped stream, a daemon restart) are healed by the periodic resync,
+//! which replaces the whole registry with a fresh listing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::{RwLock, watch};
+
+use crate::config::Defaults;
+use crate::docker::{Container, ContainerEvent, DockerClient, DockerError};
+use crate::labels::{self, LabelError, TargetId, TargetSpec};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    pub target: TargetId,
+    pub container: String,
+    pub container_id: String,
+    pub image: String,
+    #[serde(flatten)]
+    pub spec: Parsed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Parsed {
+    Valid { settings: TargetSpec },
+    Invalid { errors: Vec<LabelError> },
+}
+
+impl Target {
+    /// `None` when the container is not a target (not opted in, a one-off, not running).
+    pub fn from_container(c: &Container, defaults: &Defaults) -> Option<Target> {
+        if !c.running {
+            return None;
+        }
+        // An unparsable `pgbackup.enable` still makes a (invalid) target, so the typo is seen;
+        // `parse` reports it.
+        let _ = labels::enabled(&c.labels)?;
+        let target = TargetId::of(&c.labels, &c.name)?;
+        let spec = match labels::parse(&target, &c.labels, &c.env, defaults) {
+            Ok(settings) => Parsed::Valid { settings },
+            Err(errors) => Parsed::Invalid { errors },
+        };
+        Some(Target {
+            target,
+            container: c.name.clone(),
+            container_id: c.id.clone(),
+            image: c.image.clone(),
+            spec,
+        })
+    }
+
+    pub fn settings(&self) -> Option<&TargetSpec> {
+        match &self.spec {
+            Parsed::Valid { settings } => Some(settings),
+            Parsed::Invalid { .. } => None,
+        }
+    }
+}
+
+/// Targets keyed by container id (two containers of one scaled service are both visible).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Registry {
+    by_container: BTreeMap<String, Target>,
+}
+
+impl Registry {
+    pub fn upsert(&mut self, c: &Container, defaults: &Defaults) -> bool {
+        match Target::from_container(c, defaults) {
+            Some(t) => self.by_container.insert(c.id.clone(), t.clone()) != Some(t),
+            None => self.by_container.remove(&c.id).is_some(),
+        }
+    }
+
+    pub fn remove(&mut self, container_id: &str) -> bool {
+        self.by_container.remove(container_id).is_some()
+    }
+
+    /// Replaces everything with a fresh listing; returns whether anything changed.
+    pub fn replace_all(&mut self, containers: &[Container], defaults: &Defaults) -> bool {
+        let mut next = Registry::default();
+        for c in containers {
+            next.upsert(c, defaults);
+        }
+        let changed = next != *self;
+        *self = next;
+        changed
+    }
+
+    /// Targets sorted by identity, then container name.
+    pub fn targets(&self) -> Vec<Target> {
+        let mut v: Vec<Target> = self.by_container.values().cloned().collect();
+        v.sort_by(|a, b| (&a.target, &a.container).cmp(&(&b.target, &b.container)));
+        v
+    }
+}
+
+/// What the controller knows about Docker, shared with the HTTP status endpoint.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DockerState {
+    pub connected: bool,
+    pub host: String,
+    pub last_error: Option<String>,
+    pub last_sync: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Default)]
+pub struct Shared {
+    pub registry: Arc<RwLock<Registry>>,
+    pub docker: Arc<RwLock<DockerState>>,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Next backoff delay: doubles up to a ceiling. Pure so it is tested without sleeping.
+pub fn next_backoff(current: Duration) -> Duration {
+    (current * 2).clamp(BACKOFF_MIN, BACKOFF_MAX)
+}
+
+/// Runs until `shutdown` flips to true. `changed` is bumped whenever the target set changes.
+pub async fn run(
+    client: DockerClient,
+    host: Option<String>,
+    defaults: Defaults,
+    resync: Duration,
+    shared: Shared,
+    changed: watch::Sender<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut client = Some(client);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let c = match client.take() {
+            Some(c) => c,
+            None => match DockerClient::connect(host.as_deref()).await {
+                Ok(c) => {
+                    tracing::info!(host = c.host(), "Reconnected to the Docker daemon.");
+                    c
+                }
+                Err(e) => {
+                    record_error(&shared, &e).await;
+                    tracing::warn!(error = %e, retry_in = ?backoff, "Docker daemon unreachable; retrying.");
+                    if sleep_or_shutdown(backoff, &mut shutdown).await {
+                        return;
+                    }
+                    backoff = next_backoff(backoff);
+                    continue;
+                }
+            },
+        };
+        let started = tokio::time::Instant::now();
+        match watch_once(&c, &defaults, resync, &shared, &changed, &mut shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                if started.elapsed() > BACKOFF_MAX * 2 {
+                    backoff = BACKOFF_MIN;
+                }
+                record_error(&shared, &e).await;
+                tracing::warn!(error = %e, retry_in = ?backoff, "Lost the Docker event stream; reconnecting.");
+                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                    return;
+                }
+                backoff = next_backoff(backoff);
+            }
+        }
+    }
+}
+
+async fn record_error(shared: &Shared, e: &DockerError) {
+    let mut d = shared.docker.write().await;
+    d.connected = false;
+    d.last_error = Some(e.to_string());
+}
+
+/// Returns true when shutdown was requested during the sleep.
+async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = shutdown.changed() => true,
+    }
+}
+
+/// One connected session: subscribe, list, then follow events and resync until the stream
+/// breaks (Err) or shutdown is requested (Ok).
+async fn watch_once(
+    client: &DockerClient,
+    defaults: &Defaults,
+    resync: Duration,
+    shared: &Shared,
+    changed: &watch::Sender<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), DockerError> {
+    // Subscribe from a moment before the listing so an event racing the listing is replayed.
+    let since = Utc::now().timestamp() - 1;
+    let mut events = Box::pin(client.events(since));
+    sync(client, defaults, shared, changed).await?;
+    let mut ticker = tokio::time::interval(resync);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            _ = ticker.tick() => sync(client, defaults, shared, changed).await?,
+            ev = events.next() => match ev {
+                None => return Err(DockerError::Timeout { call: "events (stream ended)" }),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(ContainerEvent::Gone { id })) => {
+                    if shared.registry.write().await.remove(&id) {
+                        bump(changed);
+                        tracing::info!(container_id = %short(&id), "Container stopped or removed; no longer a target.");
+                    }
+                }
+                Some(Ok(ContainerEvent::Changed { id })) => match client.inspect(&id).await {
+                    Ok(c) => {
+                        if shared.registry.write().await.upsert(&c, defaults) {
+                            bump(changed);
+                            log_target(&c, defaults);
+                        }
+                    }
+                    Err(e) if e.is_not_found() => {
+                        if shared.registry.write().await.remove(&id) {
+                            bump(changed);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+    }
+}
+
+async fn sync(
+    client: &DockerClient,
+    defaults: &Defaults,
+    shared: &Shared,
+    changed: &watch::Sender<u64>,
+) -> Result<(), DockerError> {
+    let containers = client.list_labelled().await?;
+    let did_change = shared
+        .registry
+        .write()
+        .await
+        .replace_all(&containers, defaults);
+    {
+        let mut d = shared.docker.write().await;
+        d.connected = true;
+        d.host = client.host().to_string();
+        d.last_error = None;
+        d.last_sync = Some(Utc::now());
+    }
+    if did_change {
+        bump(changed);
+        for c in &containers {
+            log_target(c, defaults);
+        }
+    }
+    Ok(())
+}
+
+fn log_target(c: &Container, defaults: &Defaults) {
+    let Some(t) = Target::from_container(c, defaults) else {
+        return;
+    };
+    match &t.spec {
+        Parsed::Valid { settings } => tracing::info!(
+            target_id = %t.target, container = %t.container, schedule = %settings.schedule,
+            method = ?settings.method, "Target discovered."
+        ),
+        Parsed::Invalid { errors } => {
+            for e in errors {
+                tracing::error!(target_id = %t.target, container = %t.container, label = %e.label,
+                    "Target is invalid and will not be backed up: {e}.");
+            }
+        }
+    }
+}
+
+fn bump(changed: &watch::Sender<u64>) {
+    changed.send_modify(|n| *n += 1);
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn container(id: &str, service: &str, extra: &[(&str, &str)], running: bool) -> Container {
+        let mut labels: HashMap<String, String> = [
+            ("com.docker.compose.project", "shop"),
+            ("com.docker.compose.service", service),
+            ("pgbackup.enable", "true"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        labels.retain(|_, v| !v.is_empty());
+        Container {
+            id: id.into(),
+            name: format!("shop-{service}-1"),
+            image: "postgres:17".into(),
+            labels,
+            env: HashMap::new(),
+            running,
+        }
+    }
+
+    fn defaults() -> Defaults {
+        Defaults::from_map(&HashMap::new()).unwrap()
+    }
+
+    #[test]
+    fn registry_follows_events_and_resync() {
+        let d = defaults();
+        let mut r = Registry::default();
+        assert!(r.upsert(&container("a", "db", &[], true), &d));
+        assert!(
+            !r.upsert(&container("a", "db", &[], true), &d),
+            "idempotent"
+        );
+        assert!(r.upsert(
+            &container("b", "bad", &[("pgbackup.schedule", "not-a-cron")], true),
+            &d
+        ));
+        let t = r.targets();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].target.to_string(), "shop/bad");
+        assert!(
+            matches!(&t[0].spec, Parsed::Invalid { errors } if errors[0].label == "pgbackup.schedule")
+        );
+        assert!(t[1].settings().is_some());
+
+        assert!(r.remove("b"));
+        assert!(!r.remove("b"));
+        // A stopped container is not a target even if still listed.
+        assert!(r.upsert(&container("a", "db", &[], false), &d));
+        assert!(r.targets().is_empty());
+
+        // Resync replaces everything.
+        assert!(r.replace_all(&[container("c", "db2", &[], true)], &d));
+        assert!(!r.replace_all(&[container("c", "db2", &[], true)], &d));
+        assert_eq!(r.targets()[0].container_id, "c");
+    }
+
+    #[test]
+    fn opted_out_and_one_off_containers_are_not_targets() {
+        let d = defaults();
+        assert!(
+            Target::from_container(
+                &container("a", "db", &[("pgbackup.enable", "false")], true),
+                &d
+            )
+            .is_none()
+        );
+        assert!(
+            Target::from_container(
+                &container("a", "db", &[("com.docker.compose.oneoff", "True")], true),
+                &d
+            )
+            .is_none()
+        );
+        let t = Target::from_container(
+            &container("a", "db", &[("pgbackup.enable", "maybe")], true),
+            &d,
+        )
+        .unwrap();
+        assert!(matches!(t.spec, Parsed::Invalid { .. }));
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling() {
+        let mut d = Duration::ZERO;
+        let mut seen = vec![];
+        for _ in 0..10 {
+            d = next_backoff(d);
+            seen.push(d);
+        }
+        assert_eq!(seen[0], BACKOFF_MIN);
+        assert_eq!(seen[1], BACKOFF_MIN * 2);
+        assert_eq!(*seen.last().unwrap(), BACKOFF_MAX);
+    }
+}

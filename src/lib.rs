@@ -1,0 +1,27 @@
+//! pgbackup: backup and restore sidecar for Postgres in Docker Compose.
+//!
+//! Pure modules (`config`, `labels`, `schedule`, `retention`, `status`) decide; `docker`, `s3`
+//! and `http` are the only ones doing I/O; `controller` wires them together.
+
+pub mod config;
+pub mod controller;
+pub mod discovery;
+pub mod docker;
+pub mod http;
+pub mod labels;
+pub mod retention;
+pub mod s3;
+pub mod schedule;
+pub mod status;
+
+/// Documented exit codes (README "Exit codes").
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// The operation itself failed.
+    pub const FAILED: i32 = 1;
+    /// Bad command line or configuration (a variable missing or malformed).
+    pub const USAGE: i32 = 2;
+    /// A dependency refused or could not be reached at start-up (Docker daemon, S3 bucket).
+    pub const UNAVAILABLE: i32 = 3;
+}

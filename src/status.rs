@@ -1,0 +1,244 @@
+//! `pgctl status`: the report the controller serves and the table people read. Pure.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use crate::discovery::{DockerState, Target};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// `controller` when served by `pgctl run`; `docker` when `status` listed containers itself
+    /// because no controller answered.
+    pub source: String,
+    pub generated_at: DateTime<Utc>,
+    pub timezone: String,
+    pub docker: DockerView,
+    pub targets: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct DockerView {
+    pub connected: bool,
+    pub host: String,
+    pub last_error: Option<String>,
+    pub last_sync: Option<DateTime<Utc>>,
+}
+
+impl From<DockerState> for DockerView {
+    fn from(d: DockerState) -> Self {
+        DockerView {
+            connected: d.connected,
+            host: d.host,
+            last_error: d.last_error,
+            last_sync: d.last_sync,
+        }
+    }
+}
+
+/// Builds the report; `now` and `tz` decide the next runs.
+pub fn report(
+    source: &str,
+    targets: &[Target],
+    docker: DockerView,
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> Report {
+    let targets = targets
+        .iter()
+        .map(|t| {
+            let mut v = serde_json::to_value(t).expect("targets serialise");
+            if let Some(s) = t.settings() {
+                let next = s.schedule_parsed.next_after(now, tz);
+                let next_physical = s.physical_schedule_parsed.next_after(now, tz);
+                v["next_run"] = serde_json::json!(next);
+                v["next_physical_run"] = serde_json::json!(next_physical);
+            }
+            v
+        })
+        .collect();
+    Report {
+        source: source.to_string(),
+        generated_at: now,
+        timezone: tz.to_string(),
+        docker,
+        targets,
+    }
+}
+
+/// Human table: one line per target, then one indented line per label error.
+pub fn render(r: &Report) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "TARGET".into(),
+        "CONTAINER".into(),
+        "STATE".into(),
+        "SCHEDULE".into(),
+        "NEXT RUN".into(),
+        "METHOD/DATABASES".into(),
+    ]];
+    let mut notes: Vec<(usize, String)> = vec![];
+    for t in &r.targets {
+        let s = |k: &str| t[k].as_str().unwrap_or("").to_string();
+        let settings = &t["settings"];
+        let next = t["next_run"]
+            .as_str()
+            .and_then(|n| DateTime::parse_from_rfc3339(n).ok())
+            .map(|n| {
+                n.with_timezone(&Utc)
+                    .format("%Y-%m-%d %H:%M:%S UTC")
+                    .to_string()
+            })
+            .unwrap_or_else(|| "-".into());
+        let state = s("state");
+        if state == "invalid" {
+            for e in t["errors"].as_array().into_iter().flatten() {
+                notes.push((
+                    rows.len(),
+                    format!(
+                        "label {}={:?} is not valid: expected {}",
+                        e["label"].as_str().unwrap_or(""),
+                        e["value"].as_str().unwrap_or(""),
+                        e["expected"].as_str().unwrap_or("")
+                    ),
+                ));
+            }
+        }
+        let dbs = match &settings["databases"] {
+            serde_json::Value::String(s) if s == "all" => "all".to_string(),
+            v => v["list"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default(),
+        };
+        rows.push([
+            s("target"),
+            s("container"),
+            state.clone(),
+            settings["schedule"].as_str().unwrap_or("-").to_string(),
+            if state == "valid" { next } else { "-".into() },
+            if state == "valid" {
+                format!("{}/{}", settings["method"].as_str().unwrap_or(""), dbs)
+            } else {
+                "-".into()
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    if r.source != "controller" {
+        out.push_str(
+            "note: no controller answered; showing labels read directly from Docker (no run state)\n",
+        );
+    }
+    if !r.docker.connected {
+        out.push_str(&format!(
+            "warning: Docker is not connected: {}\n",
+            r.docker.last_error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+        for (_, n) in notes.iter().filter(|(row_i, _)| *row_i == i) {
+            out.push_str(&format!("    {n}\n"));
+        }
+    }
+    if r.targets.is_empty() {
+        out.push_str("(no containers with the label pgbackup.enable=true are running)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Defaults;
+    use crate::docker::Container;
+    use std::collections::HashMap;
+
+    fn target(service: &str, extra: &[(&str, &str)]) -> Target {
+        let labels = [
+            ("com.docker.compose.project", "shop"),
+            ("com.docker.compose.service", service),
+            ("pgbackup.enable", "true"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let c = Container {
+            id: format!("id-{service}"),
+            name: format!("shop-{service}-1"),
+            image: "postgres:17".into(),
+            labels,
+            env: HashMap::new(),
+            running: true,
+        };
+        Target::from_container(&c, &Defaults::from_map(&HashMap::new()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn table_shows_valid_and_invalid_targets() {
+        let now = DateTime::parse_from_rfc3339("2026-11-20T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let r = report(
+            "controller",
+            &[
+                target("db", &[("pgbackup.databases", "app,audit")]),
+                target("old", &[("pgbackup.schedule", "not-a-cron")]),
+            ],
+            DockerView {
+                connected: true,
+                ..Default::default()
+            },
+            now,
+            Tz::UTC,
+        );
+        let text = render(&r);
+        let expected = "\
+TARGET    CONTAINER   STATE    SCHEDULE  NEXT RUN                 METHOD/DATABASES
+shop/db   shop-db-1   valid    @daily    2026-11-21 00:00:00 UTC  exec/app,audit
+shop/old  shop-old-1  invalid  -         -                        -
+    label pgbackup.schedule=\"not-a-cron\" is not valid: expected a cron expression with 5 fields (minute precision) or 6 (with seconds first), @hourly, @daily, @weekly, @monthly, @yearly, or off (it has 1 fields)
+";
+        assert_eq!(text, expected);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["targets"][0]["next_run"], "2026-11-21T00:00:00Z");
+        assert_eq!(
+            json["targets"][1]["errors"][0]["label"],
+            "pgbackup.schedule"
+        );
+    }
+
+    #[test]
+    fn fallback_and_disconnected_are_said() {
+        let r = report(
+            "docker",
+            &[],
+            DockerView {
+                connected: false,
+                last_error: Some("socket gone".into()),
+                ..Default::default()
+            },
+            Utc::now(),
+            Tz::UTC,
+        );
+        let text = render(&r);
+        assert!(text.contains("no controller answered"));
+        assert!(text.contains("socket gone"));
+        assert!(text.contains("no containers with the label"));
+    }
+}
