@@ -30,7 +30,7 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum Parsed {
-    Valid { settings: TargetSpec },
+    Valid { settings: Box<TargetSpec> },
     Invalid { errors: Vec<LabelError> },
 }
 
@@ -45,7 +45,9 @@ impl Target {
         let _ = labels::enabled(&c.labels)?;
         let target = TargetId::of(&c.labels, &c.name)?;
         let spec = match labels::parse(&target, &c.labels, &c.env, defaults) {
-            Ok(settings) => Parsed::Valid { settings },
+            Ok(settings) => Parsed::Valid {
+                settings: Box::new(settings),
+            },
             Err(errors) => Parsed::Invalid { errors },
         };
         Some(Target {

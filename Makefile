@@ -1,0 +1,38 @@
+# pgbackup — everyday commands. Every target works on a machine with Docker and Compose v2; on a
+# machine without registry access the images are built locally (scripts/images.sh).
+SHELL := /bin/bash
+COMPOSE := docker compose
+# Makes the image variables (official or local images) visible to Compose.
+IMAGES := scripts/deps.sh && eval "$$(scripts/images.sh)"
+
+.PHONY: up down logs status test clean images
+
+## up: build what is missing, start the stack, wait until healthy, show the targets
+up:
+	@$(IMAGES) && $(COMPOSE) up -d --build --quiet-pull && scripts/wait-healthy.sh $(COMPOSE)
+	@$(COMPOSE) exec -T backup pgctl status
+
+## down: stop the stack (volumes and backups are kept)
+down:
+	$(COMPOSE) down
+
+## logs: follow the sidecar's logs
+logs:
+	$(COMPOSE) logs -f backup
+
+## status: targets, their settings or label errors, next runs
+status:
+	$(COMPOSE) exec -T backup pgctl status
+
+## test: unit tests and end-to-end tests on the real stack (sets everything up first)
+test:
+	scripts/test.sh
+
+## images: build or pull the images only
+images:
+	@$(IMAGES) && env | grep -E '^(POSTGRES|GARAGE|PGBACKUP|PGCTL)_' || true
+
+## clean: remove the stack with its volumes (DELETES the demo database and local Garage data)
+clean:
+	$(COMPOSE) down -v --remove-orphans
+	rm -rf docker/bin

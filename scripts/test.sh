@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make test`: unit tests and end-to-end tests against the real Docker engine, Postgres 15 and
+# 17 and Garage, through compose.yaml + compose.test.yaml. Sets up everything it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+eval "$(scripts/images.sh)"
+
+export PGBACKUP_E2E_PROJECT=${PGBACKUP_E2E_PROJECT:-pgbackup-e2e}
+compose=(docker compose -p "$PGBACKUP_E2E_PROJECT" -f compose.yaml -f compose.test.yaml)
+
+"${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+cleanup() {
+    mkdir -p target
+    "${compose[@]}" logs --no-color >target/e2e-stack.log 2>&1 || true
+    "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+    docker ps -aq --filter "label=pgbackup-e2e.owner=$PGBACKUP_E2E_PROJECT" | xargs -r docker rm -f >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "test: starting the stack (project $PGBACKUP_E2E_PROJECT)" >&2
+"${compose[@]}" up -d --build --quiet-pull
+scripts/wait-healthy.sh "${compose[@]}"
+
+# Release profile: the same build the sidecar image uses, compiled once.
+cargo test --release --locked --all-targets "$@"
