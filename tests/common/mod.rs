@@ -111,11 +111,13 @@ impl Stack {
         run(self.compose_cmd().args(args))
     }
 
-    /// `docker compose exec -T backup pgctl ARGS`.
+    /// `pgctl ARGS` inside the stack's sidecar (`docker compose exec backup pgctl …` by its
+    /// container name, since other tests start one-off `backup` containers next to it).
     pub fn pgctl(&self, args: &[&str]) -> Output {
-        let mut full = vec!["exec", "-T", "backup", "pgctl"];
+        let container = format!("{}-backup-1", self.project);
+        let mut full = vec!["exec", &container, "pgctl"];
         full.extend_from_slice(args);
-        self.compose(&full)
+        run(Command::new("docker").args(&full))
     }
 
     pub fn status(&self) -> Value {
