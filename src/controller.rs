@@ -1,5 +1,6 @@
 //! `pgctl run`: start-up checks, then live discovery and the HTTP endpoints until SIGTERM.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -8,6 +9,7 @@ use crate::config::{self, Config};
 use crate::discovery::{self, Shared};
 use crate::docker::{DockerClient, DockerError};
 use crate::s3::{self, S3Error};
+use crate::runner::{self, Runner};
 use crate::{exit, http};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,14 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
 
     let shared = Shared::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (changed_tx, _changed_rx) = watch::channel(0u64);
+    let (changed_tx, changed_rx) = watch::channel(0u64);
+    let runner = Arc::new(Runner::new(
+        docker.clone(),
+        s3,
+        cfg.s3.clone(),
+        cfg.timezone,
+        cfg.concurrency,
+    ));
 
     let disco = tokio::spawn(discovery::run(
         docker,
@@ -71,15 +80,23 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         changed_tx,
         shutdown_rx.clone(),
     ));
+    let sched = tokio::spawn(runner::schedule_loop(
+        runner.clone(),
+        shared.clone(),
+        changed_rx,
+        cfg.run_on_startup,
+        shutdown_rx.clone(),
+    ));
     let http_task = listener.map(|l| {
-        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP endpoints listening (/healthz, {}).", http::STATUS_PATH);
-        tokio::spawn(http::serve(l, shared.clone(), cfg.timezone, shutdown_rx.clone()))
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP endpoints listening (/healthz, /metrics, {}).", http::STATUS_PATH);
+        tokio::spawn(http::serve(l, shared.clone(), runner.clone(), shutdown_rx.clone()))
     });
 
     wait_for_signal().await;
     tracing::info!("Shutdown requested; stopping.");
     let _ = shutdown_tx.send(true);
     let _ = disco.await;
+    let _ = sched.await;
     if let Some(h) = http_task {
         match h.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error."),

@@ -30,6 +30,8 @@ pub enum DockerError {
     },
     #[error("Docker API call {call} did not answer within {CALL_TIMEOUT:?}")]
     Timeout { call: &'static str },
+    #[error("reading a command's output from the container failed: {0}")]
+    Stream(String),
 }
 
 impl DockerError {
@@ -217,5 +219,167 @@ impl DockerClient {
                 }
             }
         })
+    }
+}
+
+/// The stdout of a command running inside a container (never a TTY), readable as a byte stream.
+/// stderr is kept (its last 64 KiB) for error messages; [`ExecStream::finish`] returns the exit
+/// code once stdout has ended.
+pub struct ExecStream {
+    output: std::pin::Pin<
+        Box<dyn Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>,
+    >,
+    pending: bytes::Bytes,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    exec_id: String,
+    docker: Docker,
+    ended: bool,
+}
+
+const STDERR_KEEP: usize = 64 * 1024;
+
+fn keep_tail(buf: &mut Vec<u8>, more: &[u8]) {
+    buf.extend_from_slice(more);
+    if buf.len() > STDERR_KEEP {
+        let cut = buf.len() - STDERR_KEEP;
+        buf.drain(..cut);
+    }
+}
+
+/// How a command inside a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecExit {
+    pub code: i64,
+    pub stderr: String,
+}
+
+impl tokio::io::AsyncRead for ExecStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use bollard::container::LogOutput;
+        use std::task::Poll;
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                let chunk = self.pending.split_to(n);
+                buf.put_slice(&chunk);
+                return Poll::Ready(Ok(()));
+            }
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            match self.output.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.ended = true,
+                Poll::Ready(Some(Err(e))) => {
+                    self.ended = true;
+                    return Poll::Ready(Err(std::io::Error::other(format!(
+                        "the output stream from the container broke: {e}"
+                    ))));
+                }
+                Poll::Ready(Some(Ok(LogOutput::StdOut { message })))
+                | Poll::Ready(Some(Ok(LogOutput::Console { message }))) => self.pending = message,
+                Poll::Ready(Some(Ok(LogOutput::StdErr { message }))) => {
+                    keep_tail(&mut self.stderr.lock().expect("stderr lock"), &message)
+                }
+                Poll::Ready(Some(Ok(LogOutput::StdIn { .. }))) => {}
+            }
+        }
+    }
+}
+
+impl ExecStream {
+    /// Drains what is left of stdout and returns the exit code and stderr.
+    pub async fn finish(mut self) -> Result<ExecExit, DockerError> {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut self, &mut sink).await;
+        let stderr = String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned();
+        // The exec may still be marked running for a moment after its streams close.
+        for _ in 0..100 {
+            let r = timed("inspect_exec", self.docker.inspect_exec(&self.exec_id)).await?;
+            if r.running != Some(true) {
+                return Ok(ExecExit {
+                    code: r.exit_code.unwrap_or(-1),
+                    stderr: stderr.trim().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(DockerError::Timeout { call: "inspect_exec (still running)" })
+    }
+
+    /// stderr so far (for progress or diagnostics).
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned()
+    }
+}
+
+impl DockerClient {
+    /// Starts `cmd` in `container` with stdout and stderr attached (no TTY, no stdin).
+    /// `env` entries are `NAME=value`: secrets go there, never into `cmd`.
+    pub async fn exec(
+        &self,
+        container: &str,
+        cmd: &[String],
+        env: &[String],
+        user: Option<&str>,
+    ) -> Result<ExecStream, DockerError> {
+        let config = bollard::models::ExecConfig {
+            attach_stdin: Some(false),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            cmd: Some(cmd.to_vec()),
+            env: (!env.is_empty()).then(|| env.to_vec()),
+            user: user.map(String::from),
+            ..Default::default()
+        };
+        let created = timed("create_exec", self.docker.create_exec(container, config)).await?;
+        let started = timed(
+            "start_exec",
+            self.docker.start_exec(
+                &created.id,
+                Some(bollard::exec::StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: None,
+                }),
+            ),
+        )
+        .await?;
+        match started {
+            bollard::exec::StartExecResults::Attached { output, .. } => Ok(ExecStream {
+                output,
+                pending: bytes::Bytes::new(),
+                stderr: Default::default(),
+                exec_id: created.id,
+                docker: self.docker.clone(),
+                ended: false,
+            }),
+            bollard::exec::StartExecResults::Detached => Err(DockerError::Timeout {
+                call: "start_exec (detached unexpectedly)",
+            }),
+        }
+    }
+
+    /// Runs a short command and collects its whole output.
+    pub async fn exec_capture(
+        &self,
+        container: &str,
+        cmd: &[String],
+        env: &[String],
+        user: Option<&str>,
+    ) -> Result<(ExecExit, String), DockerError> {
+        use tokio::io::AsyncReadExt;
+        let mut s = self.exec(container, cmd, env, user).await?;
+        let mut out = String::new();
+        if let Err(e) = s.read_to_string(&mut out).await {
+            return Err(DockerError::Stream(e.to_string()));
+        }
+        let exit = s.finish().await?;
+        Ok((exit, out))
     }
 }

@@ -1,29 +1,33 @@
-//! Health and status endpoints served by `pgctl run` on `PGBACKUP_HTTP_ADDR`.
+//! HTTP endpoints of `pgctl run` on `PGBACKUP_HTTP_ADDR`: health, status, metrics, and manual
+//! backups (so `pgctl backup` shares the controller's locks and never overlaps a scheduled run).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::discovery::Shared;
+use crate::layout::Kind;
+use crate::runner::{JobResult, Runner, Trigger};
 use crate::status;
 
 #[derive(Clone)]
 struct AppState {
     shared: Shared,
-    tz: Tz,
+    runner: Arc<Runner>,
 }
 
 pub const STATUS_PATH: &str = "/v1/status";
+pub const BACKUPS_PATH: &str = "/v1/backups";
 
-/// Binds first (so a port conflict fails start-up with a clear message), then serves until
-/// shutdown.
+/// Binds first, so a port conflict fails start-up with a clear message.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
 }
@@ -31,13 +35,15 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
-    tz: Tz,
+    runner: Arc<Runner>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route(STATUS_PATH, get(status_json))
-        .with_state(AppState { shared, tz });
+        .route(BACKUPS_PATH, post(backups))
+        .with_state(AppState { shared, runner });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
@@ -60,14 +66,109 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.runner.metrics.encode(),
+    )
+}
+
 async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
     let targets = s.shared.registry.read().await.targets();
     let docker = s.shared.docker.read().await.clone();
-    Json(status::report(
-        "controller",
-        &targets,
-        docker.into(),
-        Utc::now(),
-        s.tz,
-    ))
+    let mut report = status::report("controller", &targets, docker.into(), Utc::now(), s.runner.tz);
+    let runs = s.runner.state.read().await;
+    for t in report.targets.iter_mut() {
+        if let Some(st) = t["target"].as_str().and_then(|k| runs.get(k)) {
+            t["run"] = serde_json::to_value(st).expect("run state serialises");
+        }
+    }
+    Json(report)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupRequest {
+    /// Target names (`project/service`, or the service alone when unambiguous); empty with
+    /// `all` = every valid target.
+    pub targets: Vec<String>,
+    pub all: bool,
+    pub kind: Kind,
+    /// Wait for a running job of the same target instead of refusing.
+    pub wait: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupOutcome {
+    pub target: String,
+    pub ok: bool,
+    pub refused: bool,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupResponse {
+    pub outcomes: Vec<BackupOutcome>,
+    /// Names that matched no valid target.
+    pub unknown: Vec<String>,
+}
+
+async fn backups(State(s): State<AppState>, Json(req): Json<BackupRequest>) -> impl IntoResponse {
+    let targets = s.shared.registry.read().await.targets();
+    let mut chosen = Vec::new();
+    let mut unknown = Vec::new();
+    if req.all {
+        let mut seen = std::collections::BTreeSet::new();
+        chosen.extend(
+            targets
+                .iter()
+                .filter(|t| t.settings().is_some() && seen.insert(t.target.clone()))
+                .cloned(),
+        );
+    }
+    for name in &req.targets {
+        let matches: Vec<_> = targets.iter().filter(|t| t.target.matches(name)).collect();
+        let mut ids: Vec<_> = matches.iter().map(|t| t.target.clone()).collect();
+        ids.dedup();
+        match (matches.first(), ids.len()) {
+            (Some(t), 1) if t.settings().is_some() => {
+                if !chosen.iter().any(|c: &crate::discovery::Target| c.target == t.target) {
+                    chosen.push((*t).clone());
+                }
+            }
+            (Some(t), 1) => unknown.push(format!("{name} (target {} has invalid labels; see pgctl status)", t.target)),
+            (Some(_), _) => unknown.push(format!("{name} (ambiguous: {})", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "))),
+            (None, _) => unknown.push(name.clone()),
+        }
+    }
+    let jobs = chosen.into_iter().map(|t| {
+        let runner = s.runner.clone();
+        let kind = req.kind;
+        let wait = req.wait;
+        async move {
+            let r = runner.run(&t, kind, Trigger::Manual, wait).await;
+            match r {
+                Ok(res) => outcome(&t.target.to_string(), res),
+                Err(e) => BackupOutcome {
+                    target: t.target.to_string(),
+                    ok: false,
+                    refused: true,
+                    result: None,
+                    error: Some(e.to_string()),
+                },
+            }
+        }
+    });
+    let outcomes = futures_util::future::join_all(jobs).await;
+    Json(BackupResponse { outcomes, unknown })
+}
+
+fn outcome(target: &str, r: JobResult) -> BackupOutcome {
+    BackupOutcome {
+        target: target.to_string(),
+        ok: r.ok,
+        refused: false,
+        error: r.error.clone(),
+        result: Some(serde_json::to_value(r).expect("result serialises")),
+    }
 }

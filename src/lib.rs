@@ -3,16 +3,24 @@
 //! Pure modules (`config`, `labels`, `schedule`, `retention`, `status`) decide; `docker`, `s3`
 //! and `http` are the only ones doing I/O; `controller` wires them together.
 
+pub mod backup;
+pub mod catalog;
 pub mod config;
 pub mod controller;
 pub mod discovery;
 pub mod docker;
 pub mod http;
 pub mod labels;
+pub mod layout;
+pub mod manifest;
+pub mod metrics;
+pub mod pg;
 pub mod retention;
+pub mod runner;
 pub mod s3;
 pub mod schedule;
 pub mod status;
+pub mod upload;
 
 /// Documented exit codes (README "Exit codes").
 pub mod exit {

@@ -28,6 +28,35 @@ struct Cli {
 enum Command {
     /// Run the controller: discover labelled Postgres containers and back them up on schedule.
     Run,
+    /// Back up targets now, through the running controller (never overlapping a scheduled run).
+    Backup {
+        /// Targets (`project/service`, or just the service); see `pgctl status`.
+        #[arg(value_name = "TARGET", required_unless_present = "all", conflicts_with = "all")]
+        targets: Vec<String>,
+        /// Every valid target.
+        #[arg(long)]
+        all: bool,
+        /// A physical base backup instead of logical dumps.
+        #[arg(long)]
+        physical: bool,
+        /// Wait for a running backup of the same target instead of refusing.
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Controller to ask (default: this container's PGBACKUP_HTTP_ADDR on localhost).
+        #[arg(long, value_name = "URL")]
+        controller: Option<String>,
+    },
+    /// List committed backups (newest last), read from S3.
+    List {
+        /// Only this target (`project/service`, or just the service).
+        target: Option<String>,
+        /// Print JSON (the manifests) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show every discovered target with its parsed settings or its label errors.
     Status {
         /// Print JSON for scripts instead of a table.
@@ -49,6 +78,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run => cmd_run().await,
             Command::Status { json, controller } => cmd_status(json, controller).await,
+            Command::Backup {
+                targets,
+                all,
+                physical,
+                wait,
+                json,
+                controller,
+            } => cmd_backup(targets, all, physical, wait, json, controller).await,
+            Command::List { target, json } => cmd_list(target, json).await,
         }
     });
     ExitCode::from(code as u8)
@@ -186,4 +224,184 @@ async fn direct_report(docker_host: Option<&str>, defaults: &Defaults) -> anyhow
         Utc::now(),
         defaults.timezone,
     ))
+}
+
+async fn cmd_backup(
+    targets: Vec<String>,
+    all: bool,
+    physical: bool,
+    wait: bool,
+    json: bool,
+    controller: Option<String>,
+) -> i32 {
+    let map = match env_map() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("pgctl: configuration error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let base = controller.unwrap_or_else(|| controller_url(map.get("PGBACKUP_HTTP_ADDR")));
+    let req = http::BackupRequest {
+        targets,
+        all,
+        kind: if physical {
+            pgbackup::layout::Kind::Physical
+        } else {
+            pgbackup::layout::Kind::Logical
+        },
+        wait,
+    };
+    if !json {
+        eprintln!("pgctl: backing up (this waits until every backup is committed or failed)…");
+    }
+    let resp = async {
+        // No overall timeout: a backup takes as long as it takes (each job has its own limit).
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        let r = client
+            .post(format!("{}{}", base.trim_end_matches('/'), http::BACKUPS_PATH))
+            .json(&req)
+            .send()
+            .await?
+            .error_for_status()?;
+        anyhow::Ok(r.json::<http::BackupResponse>().await?)
+    }
+    .await;
+    let resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "pgctl: no controller answered at {base} ({e:#}); `pgctl backup` runs through the controller: is `pgctl run` running (docker compose exec backup pgctl backup …)?"
+            );
+            return exit::FAILED;
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp).expect("serialises"));
+    } else {
+        for o in &resp.outcomes {
+            match (&o.result, o.ok) {
+                (Some(r), true) => println!(
+                    "ok      {}  {}  {} database(s), {} in {:.1}s",
+                    o.target,
+                    r["backup_id"].as_str().unwrap_or(""),
+                    r["databases"].as_array().map(|a| a.len()).unwrap_or(0),
+                    human_bytes(r["bytes"].as_u64().unwrap_or(0)),
+                    r["duration_seconds"].as_f64().unwrap_or(0.0)
+                ),
+                _ => println!(
+                    "{}  {}  {}",
+                    if o.refused { "refused" } else { "FAILED " },
+                    o.target,
+                    o.error.as_deref().unwrap_or("unknown error")
+                ),
+            }
+        }
+        for u in &resp.unknown {
+            eprintln!("pgctl: no valid target named {u}; see `pgctl status`");
+        }
+        if resp.outcomes.is_empty() && resp.unknown.is_empty() {
+            eprintln!("pgctl: no valid targets to back up; see `pgctl status`");
+        }
+    }
+    if !resp.unknown.is_empty() {
+        exit::USAGE
+    } else if resp.outcomes.iter().all(|o| o.ok) && !resp.outcomes.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
+}
+
+async fn cmd_list(target: Option<String>, json: bool) -> i32 {
+    let cfg = match env_map().and_then(|m| Config::from_map(&m)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgctl: configuration error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let client = pgbackup::s3::client(&cfg.s3).await;
+    let (mut manifests, problems) = match pgbackup::catalog::committed(&client, &cfg.s3, None).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgctl: {e}");
+            return exit::FAILED;
+        }
+    };
+    if let Some(t) = &target {
+        manifests.retain(|m| &m.target == t || m.target.rsplit('/').next() == Some(t.as_str()));
+    }
+    for p in &problems {
+        eprintln!("pgctl: warning: {p}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&manifests).expect("serialises"));
+        return exit::OK;
+    }
+    print!("{}", render_list(&manifests, Utc::now()));
+    exit::OK
+}
+
+fn render_list(manifests: &[pgbackup::manifest::Manifest], now: chrono::DateTime<Utc>) -> String {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "TARGET".into(),
+        "DATABASES".into(),
+        "SIZE".into(),
+        "AGE".into(),
+    ]];
+    for m in manifests {
+        rows.push([
+            m.backup_id.to_string(),
+            m.target.clone(),
+            m.databases.join(","),
+            human_bytes(m.size()),
+            human_age(now - m.finished_at),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    if manifests.is_empty() {
+        out.push_str("(no committed backups)\n");
+    }
+    out
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn human_age(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
 }

@@ -1,0 +1,316 @@
+//! One logical backup of one target: list databases, stream every dump through the pipeline
+//! into S3, then `SHA256SUMS`, then `manifest.json` (the commit marker).
+
+use std::sync::atomic::Ordering;
+
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::config::{S3Config, Secret};
+use crate::discovery::Target;
+use crate::docker::{Container, DockerClient};
+use crate::labels::{Databases, Format, Method, TargetSpec};
+use crate::layout::{self, BackupId, Kind};
+use crate::manifest::{self, Manifest, Object, ObjectKind, Postgres};
+use crate::pg::{self, Access, PgError};
+use crate::upload::{self, Counting, UploadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("target {0} is invalid; fix its labels (see pgctl status)")]
+    Invalid(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("{0}")]
+    Pg(#[from] PgError),
+    #[error("{what}: {source}")]
+    Upload {
+        what: String,
+        #[source]
+        source: UploadError,
+    },
+    #[error("pg_dump of database {database:?} failed (exit code {code}): {stderr}")]
+    Dump {
+        database: String,
+        code: i64,
+        stderr: String,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl BackupError {
+    /// The database the failure concerns, for metrics and logs.
+    pub fn database(&self) -> Option<&str> {
+        match self {
+            BackupError::Dump { database, .. } => Some(database),
+            _ => None,
+        }
+    }
+}
+
+pub struct Ctx<'a> {
+    pub docker: &'a DockerClient,
+    pub s3: &'a Client,
+    pub s3cfg: &'a S3Config,
+}
+
+/// The password of a target for `connect` mode: `POSTGRES_PASSWORD`, or the file named by
+/// `POSTGRES_PASSWORD_FILE` read inside the container.
+async fn password_of(ctx: &Ctx<'_>, c: &Container) -> Result<Option<Secret>, PgError> {
+    if let Some(p) = c.env.get("POSTGRES_PASSWORD").filter(|p| !p.is_empty()) {
+        return Ok(Some(Secret::new(p.clone())));
+    }
+    if let Some(path) = c.env.get("POSTGRES_PASSWORD_FILE") {
+        let (exit, out) = ctx
+            .docker
+            .exec_capture(&c.id, &["cat".to_string(), path.clone()], &[], None)
+            .await?;
+        if exit.code != 0 {
+            return Err(PgError::Other(format!(
+                "cannot read POSTGRES_PASSWORD_FILE={path} in container {}: {}",
+                c.name, exit.stderr
+            )));
+        }
+        return Ok(Some(Secret::new(out.trim_end_matches(['\n', '\r']).to_string())));
+    }
+    Ok(None)
+}
+
+pub async fn access_for(ctx: &Ctx<'_>, c: &Container, spec: &TargetSpec) -> Result<Access, PgError> {
+    Ok(match spec.method {
+        Method::Exec => Access::Exec {
+            docker: ctx.docker.clone(),
+            container: c.id.clone(),
+            user: spec.user.clone(),
+        },
+        // The container name resolves on every user-defined network the sidecar shares with it.
+        Method::Connect => Access::Connect {
+            host: c.name.clone(),
+            port: 5432,
+            user: spec.user.clone(),
+            password: password_of(ctx, c).await?,
+        },
+    })
+}
+
+/// What the job learned about the server before dumping.
+struct Server {
+    version: String,
+    major: u32,
+    dump_tool: String,
+}
+
+async fn server_info(access: &Access) -> Result<Server, BackupError> {
+    let rows = access
+        .query(
+            "postgres",
+            "SELECT current_setting('server_version'), current_setting('server_version_num')",
+        )
+        .await?;
+    let row = rows.first().cloned().unwrap_or_default();
+    let (version, num) = row.split_once('|').unwrap_or((row.as_str(), ""));
+    let major = pg::major_of(num).ok_or_else(|| {
+        BackupError::Refused(format!("cannot read the server version from {row:?}"))
+    })?;
+    let dump_tool = access.version("pg_dump").await?;
+    let client_major = pg::major_of(&dump_tool).unwrap_or(0);
+    if client_major < major {
+        return Err(BackupError::Refused(format!(
+            "the sidecar's {dump_tool} is older than the server (Postgres {major}) and cannot dump it: use pgbackup.method=exec, which runs the server's own pg_dump"
+        )));
+    }
+    Ok(Server {
+        version: version.to_string(),
+        major,
+        dump_tool,
+    })
+}
+
+async fn databases(access: &Access, spec: &TargetSpec) -> Result<Vec<String>, BackupError> {
+    Ok(match &spec.databases {
+        Databases::List(l) => l.clone(),
+        Databases::All => {
+            access
+                .query(
+                    "postgres",
+                    "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+                )
+                .await?
+        }
+    })
+}
+
+/// Streams one program's output into one object; checks the exit code after the stream ended.
+async fn dump_object(
+    ctx: &Ctx<'_>,
+    access: &Access,
+    spec: &TargetSpec,
+    key: &str,
+    program: &str,
+    args: &[String],
+    label: &str,
+) -> Result<(u64, upload::Uploaded), BackupError> {
+    let mut stream = access.stream(program, args).await?;
+    let (counting, raw) = Counting::new(&mut stream);
+    // The pipeline borrows the stream; it is finished (exit code) once the upload is done.
+    let compressed = upload::compress(counting, spec.compression);
+    let uploaded = upload::upload(ctx.s3, ctx.s3cfg, key, compressed).await;
+    let exit = stream.finish().await?;
+    if exit.code != 0 {
+        if uploaded.is_ok() {
+            let _ = ctx.s3.delete_object().bucket(&ctx.s3cfg.bucket).key(key).send().await;
+        }
+        return Err(BackupError::Dump {
+            database: label.to_string(),
+            code: exit.code,
+            stderr: exit.stderr,
+        });
+    }
+    let uploaded = uploaded.map_err(|source| BackupError::Upload {
+        what: format!("uploading {key}"),
+        source,
+    })?;
+    Ok((raw.load(Ordering::Relaxed), uploaded))
+}
+
+/// Runs one logical backup and commits it. Nothing is listed unless this returns Ok.
+pub async fn logical(
+    ctx: &Ctx<'_>,
+    target: &Target,
+    now: DateTime<Utc>,
+) -> Result<Manifest, BackupError> {
+    let spec = target
+        .settings()
+        .ok_or_else(|| BackupError::Invalid(target.target.to_string()))?;
+    let c = ctx.docker.inspect(&target.container_id).await.map_err(PgError::from)?;
+    if !c.running {
+        return Err(BackupError::NotRunning(c.name));
+    }
+    let access = access_for(ctx, &c, spec).await?;
+    let server = server_info(&access).await?;
+    let dbs = databases(&access, spec).await?;
+    let id = BackupId::new(now, Kind::Logical);
+    let dir = layout::backup_dir(&ctx.s3cfg.prefix, &spec.prefix, &id);
+    let mut objects = Vec::new();
+
+    let result = async {
+        if spec.globals {
+            let name = layout::globals_object(spec.compression);
+            let key = layout::join(&[&dir, &name]);
+            let (raw, up) = dump_object(
+                ctx,
+                &access,
+                spec,
+                &key,
+                "pg_dumpall",
+                &["--globals-only".into(), "--no-password".into()],
+                "(globals)",
+            )
+            .await?;
+            objects.push(Object {
+                name,
+                kind: ObjectKind::Globals,
+                database: None,
+                size: up.size,
+                raw_size: raw,
+                sha256: up.sha256,
+            });
+        }
+        for db in &dbs {
+            let name = layout::database_object(db, spec.format, spec.compression);
+            let key = layout::join(&[&dir, &name]);
+            let mut args = vec![
+                "--no-password".to_string(),
+                match spec.format {
+                    // pg_dump's own compression off: ours is streamed and parallel.
+                    Format::Custom => "--format=custom".into(),
+                    Format::Plain => "--format=plain".into(),
+                },
+            ];
+            if spec.format == Format::Custom {
+                args.push("--compress=0".into());
+            }
+            args.extend(spec.dump_options.iter().cloned());
+            args.push(format!("--dbname={db}"));
+            let started = std::time::Instant::now();
+            let (raw, up) = dump_object(ctx, &access, spec, &key, "pg_dump", &args, db).await?;
+            tracing::info!(target_id = %target.target, database = %db, raw_bytes = raw, stored_bytes = up.size,
+                duration_ms = started.elapsed().as_millis() as u64, "Database dumped.");
+            objects.push(Object {
+                name,
+                kind: ObjectKind::Database,
+                database: Some(db.clone()),
+                size: up.size,
+                raw_size: raw,
+                sha256: up.sha256,
+            });
+        }
+        let sums: Vec<(String, String)> = objects
+            .iter()
+            .map(|o| (o.name.clone(), o.sha256.clone()))
+            .collect();
+        upload::put(
+            ctx.s3,
+            ctx.s3cfg,
+            &layout::join(&[&dir, layout::SUMS]),
+            Bytes::from(layout::sums_file(&sums)),
+        )
+        .await
+        .map_err(|e| BackupError::Upload {
+            what: "writing SHA256SUMS".into(),
+            source: e.into(),
+        })?;
+        let m = Manifest {
+            format_version: manifest::FORMAT_VERSION,
+            backup_id: id,
+            kind: Kind::Logical,
+            target: target.target.to_string(),
+            prefix: dir.clone(),
+            container: c.name.clone(),
+            method: spec.method,
+            format: spec.format,
+            compression: spec.compression.to_string(),
+            postgres: Postgres {
+                server_version: server.version.clone(),
+                major: server.major,
+                dump_tool: server.dump_tool.clone(),
+            },
+            databases: dbs.clone(),
+            objects: objects.clone(),
+            started_at: now,
+            finished_at: Utc::now(),
+            tool: manifest::Tool::default(),
+        };
+        // Written last: its presence is what makes the backup exist.
+        upload::put(
+            ctx.s3,
+            ctx.s3cfg,
+            &layout::join(&[&dir, layout::MANIFEST]),
+            Bytes::from(m.to_json()),
+        )
+        .await
+        .map_err(|e| BackupError::Upload {
+            what: "committing manifest.json".into(),
+            source: e.into(),
+        })?;
+        Ok::<Manifest, BackupError>(m)
+    }
+    .await;
+
+    if result.is_err() {
+        // Best effort: no manifest means nothing is listed; removing the pieces saves space
+        // now rather than at the next prune.
+        for o in &objects {
+            let _ = ctx
+                .s3
+                .delete_object()
+                .bucket(&ctx.s3cfg.bucket)
+                .key(layout::join(&[&dir, &o.name]))
+                .send()
+                .await;
+        }
+    }
+    result
+}

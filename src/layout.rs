@@ -1,0 +1,199 @@
+//! Storage layout (SPEC §6): `[S3_PREFIX/]<target prefix>/<backup-id>/<object>`, backup ids,
+//! object names. Pure.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::labels::{Compression, Format};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const SUMS: &str = "SHA256SUMS";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Logical,
+    Physical,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Logical => "logical",
+            Kind::Physical => "physical",
+        })
+    }
+}
+
+/// `YYYYMMDDTHHMMSSZ-logical|physical`: sorts chronologically as a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackupId {
+    pub time: DateTime<Utc>,
+    pub kind: Kind,
+}
+
+const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+impl BackupId {
+    pub fn new(time: DateTime<Utc>, kind: Kind) -> BackupId {
+        // Second precision: the id is the time a person reads.
+        let time = DateTime::from_timestamp(time.timestamp(), 0).expect("in range");
+        BackupId { time, kind }
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.time.format(TIME_FORMAT), self.kind)
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a backup id (expected YYYYMMDDTHHMMSSZ-logical or -physical)");
+        let (time, kind) = s.split_once('-').ok_or_else(bad)?;
+        let kind = match kind {
+            "logical" => Kind::Logical,
+            "physical" => Kind::Physical,
+            _ => return Err(bad()),
+        };
+        let time = NaiveDateTime::parse_from_str(time, TIME_FORMAT)
+            .map_err(|_| bad())?
+            .and_utc();
+        Ok(BackupId { time, kind })
+    }
+}
+
+impl Serialize for BackupId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Joins key segments, skipping empty ones (an unset `S3_PREFIX`).
+pub fn join(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The folder of one target: `[S3_PREFIX/]<target prefix>`.
+pub fn target_dir(s3_prefix: &str, target_prefix: &str) -> String {
+    join(&[s3_prefix, target_prefix])
+}
+
+pub fn backup_dir(s3_prefix: &str, target_prefix: &str, id: &BackupId) -> String {
+    join(&[s3_prefix, target_prefix, &id.to_string()])
+}
+
+/// A database name made safe for a file name and a `SHA256SUMS` line: anything outside
+/// `[A-Za-z0-9._-]` becomes `%XX` (names are rarely unusual; when they are, nothing breaks).
+pub fn safe_name(db: &str) -> String {
+    let mut out = String::with_capacity(db.len());
+    for b in db.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || (b == b'.' && !out.is_empty()) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub fn database_object(db: &str, format: Format, compression: Compression) -> String {
+    let ext = match format {
+        Format::Custom => "dump",
+        Format::Plain => "sql",
+    };
+    format!("{}.{ext}{}", safe_name(db), compression.extension())
+}
+
+pub fn globals_object(compression: Compression) -> String {
+    format!("globals.sql{}", compression.extension())
+}
+
+/// `sha256sum -c` compatible lines: `<hex>  <name>`.
+pub fn sums_file(entries: &[(String, String)]) -> String {
+    entries
+        .iter()
+        .map(|(name, sha)| format!("{sha}  {name}\n"))
+        .collect()
+}
+
+/// Splits `…/<target prefix>/<backup-id>/<name>` into (target dir, id, name).
+pub fn parse_key(key: &str) -> Option<(&str, BackupId, &str)> {
+    let (rest, name) = key.rsplit_once('/')?;
+    let (dir, id) = rest.rsplit_once('/')?;
+    Some((dir, id.parse().ok()?, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[test]
+    fn backup_ids_round_trip_and_sort() {
+        let t = DateTime::parse_from_rfc3339("2026-11-20T23:58:49.123Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let id = BackupId::new(t, Kind::Logical);
+        assert_eq!(id.to_string(), "20261120T235849Z-logical");
+        assert_eq!("20261120T235849Z-logical".parse::<BackupId>().unwrap(), id);
+        let later = BackupId::new(t + chrono::Duration::seconds(1), Kind::Physical);
+        assert!(id.to_string() < later.to_string() && id < later);
+        for bad in ["20261120T235849Z", "2026-11-20-logical", "20261120T235849Z-full", ""] {
+            assert!(bad.parse::<BackupId>().is_err(), "{bad}");
+        }
+    }
+
+    #[rstest]
+    #[case("", "shop/db", "shop/db")]
+    #[case("prod/", "/shop/db/", "prod/shop/db")]
+    fn target_dirs(#[case] prefix: &str, #[case] target: &str, #[case] expected: &str) {
+        assert_eq!(target_dir(prefix, target), expected);
+    }
+
+    #[rstest]
+    #[case("app", Format::Custom, Compression::Zstd(3), "app.dump.zst")]
+    #[case("app", Format::Plain, Compression::Gzip(6), "app.sql.gz")]
+    #[case("app", Format::Custom, Compression::None, "app.dump")]
+    #[case("my db", Format::Custom, Compression::Zstd(3), "my%20db.dump.zst")]
+    #[case(".hidden", Format::Custom, Compression::Zstd(3), "%2Ehidden.dump.zst")]
+    #[case("ünï", Format::Custom, Compression::None, "%C3%BCn%C3%AF.dump")]
+    fn object_names(
+        #[case] db: &str,
+        #[case] f: Format,
+        #[case] c: Compression,
+        #[case] expected: &str,
+    ) {
+        assert_eq!(database_object(db, f, c), expected);
+    }
+
+    #[test]
+    fn keys_parse_back() {
+        let (dir, id, name) = parse_key("prod/shop/db/20261120T235849Z-logical/app.dump.zst").unwrap();
+        assert_eq!(dir, "prod/shop/db");
+        assert_eq!(id.to_string(), "20261120T235849Z-logical");
+        assert_eq!(name, "app.dump.zst");
+        assert!(parse_key("shop/db/not-an-id/x").is_none());
+        assert_eq!(
+            sums_file(&[("a.dump.zst".into(), "ab".into())]),
+            "ab  a.dump.zst\n"
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Prometheus metrics served on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub target: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabels {
+    pub target: String,
+    pub database: String,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub last_success: Family<JobLabels, FGauge>,
+    pub last_duration: Family<JobLabels, FGauge>,
+    pub last_size: Family<JobLabels, Gauge>,
+    pub jobs_ok: Family<JobLabels, Counter>,
+    pub jobs_failed: Family<JobLabels, Counter>,
+    pub db_last_success: Family<DbLabels, FGauge>,
+    pub db_size: Family<DbLabels, Gauge>,
+    pub db_failures: Family<DbLabels, Counter>,
+    pub running: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("pgbackup");
+        let m = Metrics {
+            last_success: Family::default(),
+            last_duration: Family::default(),
+            last_size: Family::default(),
+            jobs_ok: Family::default(),
+            jobs_failed: Family::default(),
+            db_last_success: Family::default(),
+            db_size: Family::default(),
+            db_failures: Family::default(),
+            running: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "last_success_timestamp_seconds",
+            "Unix time of the last successful backup",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "last_duration_seconds",
+            "Duration of the last backup, successful or not",
+            m.last_duration.clone(),
+        );
+        registry.register(
+            "last_size_bytes",
+            "Stored bytes of the last successful backup",
+            m.last_size.clone(),
+        );
+        registry.register("backups_succeeded", "Successful backups", m.jobs_ok.clone());
+        registry.register("backups_failed", "Failed backups", m.jobs_failed.clone());
+        registry.register(
+            "database_last_success_timestamp_seconds",
+            "Unix time of the last successful dump of a database",
+            m.db_last_success.clone(),
+        );
+        registry.register(
+            "database_last_size_bytes",
+            "Stored bytes of the last dump of a database",
+            m.db_size.clone(),
+        );
+        registry.register(
+            "database_failures",
+            "Failed dumps of a database",
+            m.db_failures.clone(),
+        );
+        registry.register("jobs_running", "Backup jobs running now", m.running.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode metrics");
+        out
+    }
+}

@@ -1,0 +1,256 @@
+//! Running Postgres client programs for a target: inside its container through the Docker exec
+//! API (`exec`), or in the sidecar over the network (`connect`, password by environment only).
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::process::{Child, ChildStdout};
+
+use crate::config::Secret;
+use crate::docker::{DockerClient, DockerError, ExecExit, ExecStream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error("cannot start {program} in the sidecar: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} failed (exit code {code}): {stderr}")]
+    Failed {
+        program: String,
+        code: i64,
+        stderr: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How to reach a target's Postgres.
+#[derive(Clone)]
+pub enum Access {
+    Exec {
+        docker: DockerClient,
+        container: String,
+        user: String,
+    },
+    Connect {
+        host: String,
+        port: u16,
+        user: String,
+        password: Option<Secret>,
+    },
+}
+
+impl Access {
+    pub fn user(&self) -> &str {
+        match self {
+            Access::Exec { user, .. } | Access::Connect { user, .. } => user,
+        }
+    }
+
+    /// Starts `program -U <user> args…` with its stdout as a stream.
+    pub async fn stream(&self, program: &str, args: &[String]) -> Result<PgStream, PgError> {
+        let mut argv = vec!["-U".to_string(), self.user().to_string()];
+        argv.extend_from_slice(args);
+        self.spawn(program, &argv).await
+    }
+
+    /// The version line of a client program where it runs (the target or the sidecar).
+    pub async fn version(&self, program: &str) -> Result<String, PgError> {
+        let s = self.spawn(program, &["--version".to_string()]).await?;
+        Ok(collect(program, s).await?.trim().to_string())
+    }
+
+    async fn spawn(&self, program: &str, args: &[String]) -> Result<PgStream, PgError> {
+        let mut argv = vec![program.to_string()];
+        argv.extend_from_slice(args);
+        match self {
+            Access::Exec {
+                docker, container, ..
+            } => Ok(PgStream::Exec(docker.exec(container, &argv, &[], None).await?)),
+            Access::Connect {
+                host,
+                port,
+                password,
+                ..
+            } => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(&argv[1..])
+                    .env("PGHOST", host)
+                    .env("PGPORT", port.to_string())
+                    .env("PGCONNECT_TIMEOUT", "10")
+                    .env_remove("PGPASSWORD")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .kill_on_drop(true);
+                if let Some(p) = password {
+                    // Environment, never argv: `ps` shows arguments to everyone.
+                    cmd.env("PGPASSWORD", p.expose());
+                }
+                let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
+                    program: program.to_string(),
+                    source,
+                })?;
+                let stdout = child.stdout.take().expect("piped stdout");
+                let stderr_buf = Arc::new(Mutex::new(Vec::new()));
+                let mut stderr = child.stderr.take().expect("piped stderr");
+                let sink = stderr_buf.clone();
+                // Drained concurrently so a chatty stderr never blocks the dump.
+                let stderr_task = tokio::spawn(async move {
+                    let mut chunk = [0u8; 8192];
+                    while let Ok(n) = stderr.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let mut b = sink.lock().expect("stderr lock");
+                        b.extend_from_slice(&chunk[..n]);
+                        let len = b.len();
+                        if len > 64 * 1024 {
+                            b.drain(..len - 64 * 1024);
+                        }
+                    }
+                });
+                Ok(PgStream::Local {
+                    child,
+                    stdout,
+                    stderr: stderr_buf,
+                    stderr_task,
+                })
+            }
+        }
+    }
+
+    /// Runs `program args…` and returns its stdout; a non-zero exit is an error with stderr.
+    pub async fn capture(&self, program: &str, args: &[String]) -> Result<String, PgError> {
+        collect(program, self.stream(program, args).await?).await
+    }
+
+    /// One SQL query through psql, unaligned and tuples-only: one row per line.
+    pub async fn query(&self, database: &str, sql: &str) -> Result<Vec<String>, PgError> {
+        let out = self
+            .capture(
+                "psql",
+                &[
+                    "-X".into(),
+                    "-A".into(),
+                    "-t".into(),
+                    "-q".into(),
+                    "-v".into(),
+                    "ON_ERROR_STOP=1".into(),
+                    "-d".into(),
+                    database.into(),
+                    "-c".into(),
+                    sql.into(),
+                ],
+            )
+            .await?;
+        Ok(out
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+}
+
+/// stdout of a running client program, exec'd or local.
+pub enum PgStream {
+    Exec(ExecStream),
+    Local {
+        child: Child,
+        stdout: ChildStdout,
+        stderr: Arc<Mutex<Vec<u8>>>,
+        stderr_task: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl AsyncRead for PgStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            PgStream::Exec(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            PgStream::Local { stdout, .. } => std::pin::Pin::new(stdout).poll_read(cx, buf),
+        }
+    }
+}
+
+impl PgStream {
+    /// Waits for the program to end (after its stdout ended) and returns exit code and stderr.
+    pub async fn finish(self) -> Result<ExecExit, PgError> {
+        match self {
+            PgStream::Exec(s) => Ok(s.finish().await?),
+            PgStream::Local {
+                mut child,
+                mut stdout,
+                stderr,
+                stderr_task,
+            } => {
+                let _ = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await;
+                let status = child
+                    .wait()
+                    .await
+                    .map_err(|e| PgError::Other(format!("waiting for the client failed: {e}")))?;
+                let _ = stderr_task.await;
+                let text = String::from_utf8_lossy(&stderr.lock().expect("stderr lock"))
+                    .trim()
+                    .to_string();
+                Ok(ExecExit {
+                    code: status.code().map(i64::from).unwrap_or(-1),
+                    stderr: text,
+                })
+            }
+        }
+    }
+}
+
+/// Reads a program's whole stdout; a non-zero exit is an error carrying its stderr.
+async fn collect(program: &str, mut s: PgStream) -> Result<String, PgError> {
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .await
+        .map_err(|e| PgError::Other(format!("reading {program}'s output failed: {e}")))?;
+    let exit = s.finish().await?;
+    if exit.code != 0 {
+        return Err(PgError::Failed {
+            program: program.to_string(),
+            code: exit.code,
+            stderr: exit.stderr,
+        });
+    }
+    Ok(out)
+}
+
+/// `pg_dump (PostgreSQL) 17.2 (Debian 17.2-1)` → 17. Also reads `server_version_num` (170002).
+pub fn major_of(version: &str) -> Option<u32> {
+    let v = version.trim();
+    if let Ok(num) = v.parse::<u32>() {
+        return Some(if num >= 100_000 { num / 10_000 } else { num / 100 });
+    }
+    v.split_whitespace()
+        .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("pg_dump (PostgreSQL) 17.2 (Debian 17.2-1.pgdg120+1)", Some(17))]
+    #[case("pg_dump (PostgreSQL) 15.18", Some(15))]
+    #[case("170002", Some(17))]
+    #[case("150018", Some(15))]
+    #[case("90624", Some(9))]
+    #[case("nonsense", None)]
+    fn majors(#[case] v: &str, #[case] expected: Option<u32>) {
+        assert_eq!(major_of(v), expected);
+    }
+}

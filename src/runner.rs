@@ -1,0 +1,429 @@
+//! Runs backup jobs: at most `PGBACKUP_CONCURRENCY` at once, never two of one target, each
+//! within its timeout; records results for status and metrics. The scheduler decides when
+//! (pure planning in [`plan`] and [`due`]), the runner how.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+use tokio::sync::{Mutex, RwLock, Semaphore, watch};
+
+use crate::backup::{self, BackupError, Ctx};
+use crate::config::S3Config;
+use crate::discovery::{Shared, Target};
+use crate::docker::DockerClient;
+use crate::labels::TargetId;
+use crate::layout::Kind;
+use crate::metrics::{DbLabels, JobLabels, Metrics};
+use crate::schedule::Schedule;
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Schedule,
+    Startup,
+    Manual,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResult {
+    pub target: String,
+    pub kind: Kind,
+    pub trigger: Trigger,
+    pub ok: bool,
+    pub backup_id: Option<String>,
+    pub databases: Vec<String>,
+    pub bytes: u64,
+    pub started_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetState {
+    pub running: Option<Running>,
+    pub last: Option<JobResult>,
+    pub last_success: Option<JobResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Running {
+    pub kind: Kind,
+    pub trigger: Trigger,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("a {kind} backup of {target} ({trigger:?}) is already running since {since}; try again when it ends, or pass --wait")]
+    Busy {
+        target: String,
+        kind: Kind,
+        trigger: Trigger,
+        since: DateTime<Utc>,
+    },
+}
+
+pub struct Runner {
+    pub docker: DockerClient,
+    pub s3: Client,
+    pub s3cfg: S3Config,
+    pub tz: Tz,
+    slots: Semaphore,
+    locks: Mutex<HashMap<TargetId, Arc<Mutex<()>>>>,
+    pub state: RwLock<BTreeMap<String, TargetState>>,
+    pub metrics: Metrics,
+}
+
+impl Runner {
+    pub fn new(docker: DockerClient, s3: Client, s3cfg: S3Config, tz: Tz, concurrency: usize) -> Runner {
+        Runner {
+            docker,
+            s3,
+            s3cfg,
+            tz,
+            slots: Semaphore::new(concurrency),
+            locks: Mutex::default(),
+            state: RwLock::default(),
+            metrics: Metrics::default(),
+        }
+    }
+
+    async fn lock_for(&self, t: &TargetId) -> Arc<Mutex<()>> {
+        self.locks.lock().await.entry(t.clone()).or_default().clone()
+    }
+
+    /// Runs one job now. With `wait`, waits for a running job of the same target to end;
+    /// without, refuses with [`RunError::Busy`].
+    pub async fn run(&self, target: &Target, kind: Kind, trigger: Trigger, wait: bool) -> Result<JobResult, RunError> {
+        let lock = self.lock_for(&target.target).await;
+        let _guard = match lock.clone().try_lock_owned() {
+            Ok(g) => g,
+            Err(_) if wait => lock.lock_owned().await,
+            Err(_) => {
+                let st = self.state.read().await;
+                let r = st.get(&target.target.to_string()).and_then(|s| s.running.clone());
+                return Err(RunError::Busy {
+                    target: target.target.to_string(),
+                    kind: r.as_ref().map(|r| r.kind).unwrap_or(kind),
+                    trigger: r.as_ref().map(|r| r.trigger).unwrap_or(Trigger::Schedule),
+                    since: r.map(|r| r.started_at).unwrap_or_else(Utc::now),
+                });
+            }
+        };
+        let _permit = self.slots.acquire().await.expect("semaphore open");
+        let started_at = Utc::now();
+        let key = target.target.to_string();
+        self.state.write().await.entry(key.clone()).or_default().running = Some(Running {
+            kind,
+            trigger,
+            started_at,
+        });
+        self.metrics.running.inc();
+        let clock = Instant::now();
+        tracing::info!(target_id = %key, kind = %kind, trigger = ?trigger, container = %target.container, "Backup started.");
+        let timeout = target
+            .settings()
+            .map(|s| s.timeout)
+            .unwrap_or(Duration::from_secs(7200));
+        let ctx = Ctx {
+            docker: &self.docker,
+            s3: &self.s3,
+            s3cfg: &self.s3cfg,
+        };
+        let outcome = match kind {
+            Kind::Logical => match tokio::time::timeout(timeout, backup::logical(&ctx, target, started_at)).await {
+                Ok(r) => r,
+                Err(_) => Err(BackupError::Refused(format!(
+                    "the backup took longer than its timeout of {} (pgbackup.timeout) and was aborted",
+                    humantime::format_duration(timeout)
+                ))),
+            },
+            Kind::Physical => Err(BackupError::Refused(
+                "physical backups are not available in this version".into(),
+            )),
+        };
+        let duration = clock.elapsed().as_secs_f64();
+        self.metrics.running.dec();
+        let labels = JobLabels {
+            target: key.clone(),
+            kind: kind.to_string(),
+        };
+        self.metrics.last_duration.get_or_create(&labels).set(duration);
+        let result = match outcome {
+            Ok(m) => {
+                self.metrics.jobs_ok.get_or_create(&labels).inc();
+                self.metrics
+                    .last_success
+                    .get_or_create(&labels)
+                    .set(Utc::now().timestamp() as f64);
+                self.metrics.last_size.get_or_create(&labels).set(m.size() as i64);
+                for o in &m.objects {
+                    let db = DbLabels {
+                        target: key.clone(),
+                        database: o.database.clone().unwrap_or_else(|| "(globals)".into()),
+                    };
+                    self.metrics.db_size.get_or_create(&db).set(o.size as i64);
+                    self.metrics
+                        .db_last_success
+                        .get_or_create(&db)
+                        .set(Utc::now().timestamp() as f64);
+                }
+                tracing::info!(target_id = %key, kind = %kind, backup_id = %m.backup_id, databases = m.databases.len(),
+                    bytes = m.size(), raw_bytes = m.raw_size(), duration_s = format!("{duration:.1}"), result = "ok",
+                    "Backup committed.");
+                JobResult {
+                    target: key.clone(),
+                    kind,
+                    trigger,
+                    ok: true,
+                    backup_id: Some(m.backup_id.to_string()),
+                    databases: m.databases.clone(),
+                    bytes: m.size(),
+                    started_at,
+                    duration_seconds: duration,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                self.metrics.jobs_failed.get_or_create(&labels).inc();
+                self.metrics
+                    .db_failures
+                    .get_or_create(&DbLabels {
+                        target: key.clone(),
+                        database: e.database().unwrap_or("").to_string(),
+                    })
+                    .inc();
+                tracing::error!(target_id = %key, kind = %kind, database = e.database().unwrap_or(""),
+                    duration_s = format!("{duration:.1}"), result = "failed", "Backup failed: {e}");
+                JobResult {
+                    target: key.clone(),
+                    kind,
+                    trigger,
+                    ok: false,
+                    backup_id: None,
+                    databases: vec![],
+                    bytes: 0,
+                    started_at,
+                    duration_seconds: duration,
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        let mut st = self.state.write().await;
+        let entry = st.entry(key).or_default();
+        entry.running = None;
+        entry.last = Some(result.clone());
+        if result.ok {
+            entry.last_success = Some(result.clone());
+        }
+        Ok(result)
+    }
+}
+
+/// Plan key: one schedule per target and kind.
+pub type PlanKey = (TargetId, Kind);
+
+/// A planned next run, with the schedule it came from (to notice label changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub schedule: String,
+    pub next: DateTime<Utc>,
+}
+
+/// Re-plans after the target set changed: unchanged schedules keep their next run (so a
+/// re-created container does not shift or repeat a run), new or changed ones are computed from
+/// `now`, and vanished targets drop out. Pure.
+pub fn plan(
+    old: &BTreeMap<PlanKey, Planned>,
+    targets: &[Target],
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> BTreeMap<PlanKey, Planned> {
+    let mut next = BTreeMap::new();
+    for t in targets {
+        let Some(s) = t.settings() else { continue };
+        for (kind, sched) in [
+            (Kind::Logical, &s.schedule_parsed),
+            (Kind::Physical, &s.physical_schedule_parsed),
+        ] {
+            if *sched == Schedule::Off {
+                continue;
+            }
+            let key = (t.target.clone(), kind);
+            if next.contains_key(&key) {
+                continue; // a scaled service: one schedule per target
+            }
+            let pattern = sched.to_string();
+            let planned = match old.get(&key) {
+                Some(p) if p.schedule == pattern => p.clone(),
+                _ => match sched.next_after(now, tz) {
+                    Some(n) => Planned {
+                        schedule: pattern,
+                        next: n,
+                    },
+                    None => continue,
+                },
+            };
+            next.insert(key, planned);
+        }
+    }
+    next
+}
+
+/// Keys whose run is due at `now`. Pure.
+pub fn due(plan: &BTreeMap<PlanKey, Planned>, now: DateTime<Utc>) -> Vec<PlanKey> {
+    plan.iter()
+        .filter(|(_, p)| p.next <= now)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn find<'a>(targets: &'a [Target], id: &TargetId) -> Option<&'a Target> {
+    targets.iter().find(|t| &t.target == id && t.settings().is_some())
+}
+
+/// The scheduling loop: wakes at the earliest planned run or when targets change.
+pub async fn schedule_loop(
+    runner: Arc<Runner>,
+    shared: Shared,
+    mut changed: watch::Receiver<u64>,
+    run_on_startup: bool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut planned: BTreeMap<PlanKey, Planned> = BTreeMap::new();
+    if run_on_startup {
+        // Wait for the first listing, then back every valid target up once.
+        let _ = tokio::time::timeout(Duration::from_secs(30), changed.changed()).await;
+        for t in shared.registry.read().await.targets() {
+            if t.settings().is_some() {
+                let r = runner.clone();
+                tokio::spawn(async move {
+                    let _ = r.run(&t, Kind::Logical, Trigger::Startup, false).await;
+                });
+            }
+        }
+    }
+    loop {
+        let targets = shared.registry.read().await.targets();
+        let now = Utc::now();
+        planned = plan(&planned, &targets, now, runner.tz);
+        for key in due(&planned, now) {
+            if let Some(t) = find(&targets, &key.0).cloned() {
+                let r = runner.clone();
+                let kind = key.1;
+                tokio::spawn(async move {
+                    if let Err(e) = r.run(&t, kind, Trigger::Schedule, false).await {
+                        tracing::warn!(target_id = %t.target, "Scheduled backup skipped: {e}.");
+                    }
+                });
+            }
+            if let Some(p) = planned.get_mut(&key) {
+                let sched = find(&targets, &key.0).and_then(|t| t.settings()).map(|s| match key.1 {
+                    Kind::Logical => s.schedule_parsed.clone(),
+                    Kind::Physical => s.physical_schedule_parsed.clone(),
+                });
+                match sched.and_then(|s| s.next_after(now, runner.tz)) {
+                    Some(n) => p.next = n,
+                    None => {
+                        planned.remove(&key);
+                    }
+                }
+            }
+        }
+        let sleep = planned
+            .values()
+            .map(|p| p.next)
+            .min()
+            .map(|n| (n - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            r = changed.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Defaults;
+    use crate::docker::Container;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn target(service: &str, schedule: &str, physical: Option<&str>) -> Target {
+        let mut labels: HashMap<String, String> = [
+            ("com.docker.compose.project", "shop"),
+            ("com.docker.compose.service", service),
+            ("pgbackup.enable", "true"),
+            ("pgbackup.schedule", schedule),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        if let Some(p) = physical {
+            labels.insert("pgbackup.physical.schedule".into(), p.into());
+        }
+        let c = Container {
+            id: format!("id-{service}"),
+            name: format!("shop-{service}-1"),
+            image: "postgres:17".into(),
+            labels,
+            env: HashMap::new(),
+            running: true,
+        };
+        Target::from_container(&c, &Defaults::from_map(&HashMap::new()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn plan_keeps_unchanged_schedules_and_replans_changed_ones() {
+        let now = at("2026-11-20T10:00:30Z");
+        let p1 = plan(
+            &BTreeMap::new(),
+            &[target("a", "@hourly", Some("@daily")), target("b", "off", None)],
+            now,
+            Tz::UTC,
+        );
+        assert_eq!(p1.len(), 2, "b is off; a has logical and physical");
+        let a = p1.keys().next().unwrap().0.clone();
+        assert_eq!(p1[&(a.clone(), Kind::Logical)].next, at("2026-11-20T11:00:00Z"));
+        assert_eq!(p1[&(a.clone(), Kind::Physical)].next, at("2026-11-21T00:00:00Z"));
+
+        // Later, same labels (e.g. container re-created): the planned time does not move.
+        let later = at("2026-11-20T10:30:00Z");
+        let p2 = plan(&p1, &[target("a", "@hourly", Some("@daily"))], later, Tz::UTC);
+        assert_eq!(p2, p1);
+
+        // Changed schedule: re-planned from now.
+        let p3 = plan(&p1, &[target("a", "*/5 * * * *", None)], later, Tz::UTC);
+        assert_eq!(p3.len(), 1);
+        assert_eq!(p3[&(a, Kind::Logical)].next, at("2026-11-20T10:35:00Z"));
+
+        // Target gone: nothing planned.
+        assert!(plan(&p3, &[], later, Tz::UTC).is_empty());
+    }
+
+    #[test]
+    fn due_is_exactly_the_past_runs() {
+        let now = at("2026-11-20T10:00:00Z");
+        let p = plan(
+            &BTreeMap::new(),
+            &[target("a", "*/10 * * * * *", None), target("b", "@daily", None)],
+            now,
+            Tz::UTC,
+        );
+        assert!(due(&p, now).is_empty());
+        let d = due(&p, at("2026-11-20T10:00:10Z"));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].0.service, "a");
+        assert_eq!(due(&p, at("2026-11-21T00:00:00Z")).len(), 2);
+    }
+}
