@@ -9,6 +9,7 @@ need_apt=()
 command -v docker >/dev/null || { log "docker is required: install Docker Engine first"; exit 1; }
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v zstd >/dev/null || need_apt+=(zstd)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -73,12 +73,18 @@ async fn password_of(ctx: &Ctx<'_>, c: &Container) -> Result<Option<Secret>, PgE
                 c.name, exit.stderr
             )));
         }
-        return Ok(Some(Secret::new(out.trim_end_matches(['\n', '\r']).to_string())));
+        return Ok(Some(Secret::new(
+            out.trim_end_matches(['\n', '\r']).to_string(),
+        )));
     }
     Ok(None)
 }
 
-pub async fn access_for(ctx: &Ctx<'_>, c: &Container, spec: &TargetSpec) -> Result<Access, PgError> {
+pub async fn access_for(
+    ctx: &Ctx<'_>,
+    c: &Container,
+    spec: &TargetSpec,
+) -> Result<Access, PgError> {
     Ok(match spec.method {
         Method::Exec => Access::Exec {
             docker: ctx.docker.clone(),
@@ -160,7 +166,13 @@ async fn dump_object(
     let exit = stream.finish().await?;
     if exit.code != 0 {
         if uploaded.is_ok() {
-            let _ = ctx.s3.delete_object().bucket(&ctx.s3cfg.bucket).key(key).send().await;
+            let _ = ctx
+                .s3
+                .delete_object()
+                .bucket(&ctx.s3cfg.bucket)
+                .key(key)
+                .send()
+                .await;
         }
         return Err(BackupError::Dump {
             database: label.to_string(),
@@ -184,7 +196,11 @@ pub async fn logical(
     let spec = target
         .settings()
         .ok_or_else(|| BackupError::Invalid(target.target.to_string()))?;
-    let c = ctx.docker.inspect(&target.container_id).await.map_err(PgError::from)?;
+    let c = ctx
+        .docker
+        .inspect(&target.container_id)
+        .await
+        .map_err(PgError::from)?;
     if !c.running {
         return Err(BackupError::NotRunning(c.name));
     }

@@ -18,7 +18,11 @@ pub async fn keys(client: &Client, cfg: &S3Config, prefix: &str) -> Result<Vec<S
         .send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| classify(cfg, "ListObjectsV2", &e))?;
-        out.extend(page.contents().iter().filter_map(|o| o.key().map(String::from)));
+        out.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(String::from)),
+        );
     }
     Ok(out)
 }
@@ -47,7 +51,11 @@ pub async fn committed(
     target_prefix: Option<&str>,
 ) -> Result<(Vec<Manifest>, Vec<String>), S3Error> {
     let root = layout::join(&[&cfg.prefix, target_prefix.unwrap_or("")]);
-    let root = if root.is_empty() { root } else { format!("{root}/") };
+    let root = if root.is_empty() {
+        root
+    } else {
+        format!("{root}/")
+    };
     let mut manifests = Vec::new();
     let mut problems = Vec::new();
     for key in keys(client, cfg, &root).await? {

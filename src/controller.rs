@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use crate::config::{self, Config};
 use crate::discovery::{self, Shared};
 use crate::docker::{DockerClient, DockerError};
-use crate::s3::{self, S3Error};
 use crate::runner::{self, Runner};
+use crate::s3::{self, S3Error};
 use crate::{exit, http};
 
 #[derive(Debug, thiserror::Error)]

@@ -227,7 +227,9 @@ impl DockerClient {
 /// code once stdout has ended.
 pub struct ExecStream {
     output: std::pin::Pin<
-        Box<dyn Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>,
+        Box<
+            dyn Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send,
+        >,
     >,
     pending: bytes::Bytes,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
@@ -296,7 +298,8 @@ impl ExecStream {
     pub async fn finish(mut self) -> Result<ExecExit, DockerError> {
         let mut sink = tokio::io::sink();
         let _ = tokio::io::copy(&mut self, &mut sink).await;
-        let stderr = String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned();
+        let stderr =
+            String::from_utf8_lossy(&self.stderr.lock().expect("stderr lock")).into_owned();
         // The exec may still be marked running for a moment after its streams close.
         for _ in 0..100 {
             let r = timed("inspect_exec", self.docker.inspect_exec(&self.exec_id)).await?;
@@ -308,7 +311,9 @@ impl ExecStream {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(DockerError::Timeout { call: "inspect_exec (still running)" })
+        Err(DockerError::Timeout {
+            call: "inspect_exec (still running)",
+        })
     }
 
     /// stderr so far (for progress or diagnostics).

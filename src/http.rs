@@ -76,7 +76,13 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
     let targets = s.shared.registry.read().await.targets();
     let docker = s.shared.docker.read().await.clone();
-    let mut report = status::report("controller", &targets, docker.into(), Utc::now(), s.runner.tz);
+    let mut report = status::report(
+        "controller",
+        &targets,
+        docker.into(),
+        Utc::now(),
+        s.runner.tz,
+    );
     let runs = s.runner.state.read().await;
     for t in report.targets.iter_mut() {
         if let Some(st) = t["target"].as_str().and_then(|k| runs.get(k)) {
@@ -132,12 +138,24 @@ async fn backups(State(s): State<AppState>, Json(req): Json<BackupRequest>) -> i
         ids.dedup();
         match (matches.first(), ids.len()) {
             (Some(t), 1) if t.settings().is_some() => {
-                if !chosen.iter().any(|c: &crate::discovery::Target| c.target == t.target) {
+                if !chosen
+                    .iter()
+                    .any(|c: &crate::discovery::Target| c.target == t.target)
+                {
                     chosen.push((*t).clone());
                 }
             }
-            (Some(t), 1) => unknown.push(format!("{name} (target {} has invalid labels; see pgctl status)", t.target)),
-            (Some(_), _) => unknown.push(format!("{name} (ambiguous: {})", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "))),
+            (Some(t), 1) => unknown.push(format!(
+                "{name} (target {} has invalid labels; see pgctl status)",
+                t.target
+            )),
+            (Some(_), _) => unknown.push(format!(
+                "{name} (ambiguous: {})",
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
             (None, _) => unknown.push(name.clone()),
         }
     }

@@ -54,7 +54,8 @@ impl fmt::Display for BackupId {
 impl FromStr for BackupId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("{s:?} is not a backup id (expected YYYYMMDDTHHMMSSZ-logical or -physical)");
+        let bad =
+            || format!("{s:?} is not a backup id (expected YYYYMMDDTHHMMSSZ-logical or -physical)");
         let (time, kind) = s.split_once('-').ok_or_else(bad)?;
         let kind = match kind {
             "logical" => Kind::Logical,
@@ -156,7 +157,12 @@ mod tests {
         assert_eq!("20261120T235849Z-logical".parse::<BackupId>().unwrap(), id);
         let later = BackupId::new(t + chrono::Duration::seconds(1), Kind::Physical);
         assert!(id.to_string() < later.to_string() && id < later);
-        for bad in ["20261120T235849Z", "2026-11-20-logical", "20261120T235849Z-full", ""] {
+        for bad in [
+            "20261120T235849Z",
+            "2026-11-20-logical",
+            "20261120T235849Z-full",
+            "",
+        ] {
             assert!(bad.parse::<BackupId>().is_err(), "{bad}");
         }
     }
@@ -186,7 +192,8 @@ mod tests {
 
     #[test]
     fn keys_parse_back() {
-        let (dir, id, name) = parse_key("prod/shop/db/20261120T235849Z-logical/app.dump.zst").unwrap();
+        let (dir, id, name) =
+            parse_key("prod/shop/db/20261120T235849Z-logical/app.dump.zst").unwrap();
         assert_eq!(dir, "prod/shop/db");
         assert_eq!(id.to_string(), "20261120T235849Z-logical");
         assert_eq!(name, "app.dump.zst");

@@ -31,7 +31,11 @@ enum Command {
     /// Back up targets now, through the running controller (never overlapping a scheduled run).
     Backup {
         /// Targets (`project/service`, or just the service); see `pgctl status`.
-        #[arg(value_name = "TARGET", required_unless_present = "all", conflicts_with = "all")]
+        #[arg(
+            value_name = "TARGET",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
         targets: Vec<String>,
         /// Every valid target.
         #[arg(long)]
@@ -261,7 +265,11 @@ async fn cmd_backup(
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         let r = client
-            .post(format!("{}{}", base.trim_end_matches('/'), http::BACKUPS_PATH))
+            .post(format!(
+                "{}{}",
+                base.trim_end_matches('/'),
+                http::BACKUPS_PATH
+            ))
             .json(&req)
             .send()
             .await?
@@ -279,7 +287,10 @@ async fn cmd_backup(
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&resp).expect("serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resp).expect("serialises")
+        );
     } else {
         for o in &resp.outcomes {
             match (&o.result, o.ok) {
@@ -324,7 +335,8 @@ async fn cmd_list(target: Option<String>, json: bool) -> i32 {
         }
     };
     let client = pgbackup::s3::client(&cfg.s3).await;
-    let (mut manifests, problems) = match pgbackup::catalog::committed(&client, &cfg.s3, None).await {
+    let (mut manifests, problems) = match pgbackup::catalog::committed(&client, &cfg.s3, None).await
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgctl: {e}");
@@ -338,7 +350,10 @@ async fn cmd_list(target: Option<String>, json: bool) -> i32 {
         eprintln!("pgctl: warning: {p}");
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&manifests).expect("serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&manifests).expect("serialises")
+        );
         return exit::OK;
     }
     print!("{}", render_list(&manifests, Utc::now()));

@@ -90,7 +90,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode metrics");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encode metrics");
         out
     }
 }

@@ -72,7 +72,9 @@ impl Access {
         match self {
             Access::Exec {
                 docker, container, ..
-            } => Ok(PgStream::Exec(docker.exec(container, &argv, &[], None).await?)),
+            } => Ok(PgStream::Exec(
+                docker.exec(container, &argv, &[], None).await?,
+            )),
             Access::Connect {
                 host,
                 port,
@@ -232,7 +234,11 @@ async fn collect(program: &str, mut s: PgStream) -> Result<String, PgError> {
 pub fn major_of(version: &str) -> Option<u32> {
     let v = version.trim();
     if let Ok(num) = v.parse::<u32>() {
-        return Some(if num >= 100_000 { num / 10_000 } else { num / 100 });
+        return Some(if num >= 100_000 {
+            num / 10_000
+        } else {
+            num / 100
+        });
     }
     v.split_whitespace()
         .find_map(|w| w.split('.').next()?.parse::<u32>().ok())

@@ -59,7 +59,9 @@ pub struct Running {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("a {kind} backup of {target} ({trigger:?}) is already running since {since}; try again when it ends, or pass --wait")]
+    #[error(
+        "a {kind} backup of {target} ({trigger:?}) is already running since {since}; try again when it ends, or pass --wait"
+    )]
     Busy {
         target: String,
         kind: Kind,
@@ -80,7 +82,13 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub fn new(docker: DockerClient, s3: Client, s3cfg: S3Config, tz: Tz, concurrency: usize) -> Runner {
+    pub fn new(
+        docker: DockerClient,
+        s3: Client,
+        s3cfg: S3Config,
+        tz: Tz,
+        concurrency: usize,
+    ) -> Runner {
         Runner {
             docker,
             s3,
@@ -94,19 +102,32 @@ impl Runner {
     }
 
     async fn lock_for(&self, t: &TargetId) -> Arc<Mutex<()>> {
-        self.locks.lock().await.entry(t.clone()).or_default().clone()
+        self.locks
+            .lock()
+            .await
+            .entry(t.clone())
+            .or_default()
+            .clone()
     }
 
     /// Runs one job now. With `wait`, waits for a running job of the same target to end;
     /// without, refuses with [`RunError::Busy`].
-    pub async fn run(&self, target: &Target, kind: Kind, trigger: Trigger, wait: bool) -> Result<JobResult, RunError> {
+    pub async fn run(
+        &self,
+        target: &Target,
+        kind: Kind,
+        trigger: Trigger,
+        wait: bool,
+    ) -> Result<JobResult, RunError> {
         let lock = self.lock_for(&target.target).await;
         let _guard = match lock.clone().try_lock_owned() {
             Ok(g) => g,
             Err(_) if wait => lock.lock_owned().await,
             Err(_) => {
                 let st = self.state.read().await;
-                let r = st.get(&target.target.to_string()).and_then(|s| s.running.clone());
+                let r = st
+                    .get(&target.target.to_string())
+                    .and_then(|s| s.running.clone());
                 return Err(RunError::Busy {
                     target: target.target.to_string(),
                     kind: r.as_ref().map(|r| r.kind).unwrap_or(kind),
@@ -118,7 +139,12 @@ impl Runner {
         let _permit = self.slots.acquire().await.expect("semaphore open");
         let started_at = Utc::now();
         let key = target.target.to_string();
-        self.state.write().await.entry(key.clone()).or_default().running = Some(Running {
+        self.state
+            .write()
+            .await
+            .entry(key.clone())
+            .or_default()
+            .running = Some(Running {
             kind,
             trigger,
             started_at,
@@ -136,13 +162,16 @@ impl Runner {
             s3cfg: &self.s3cfg,
         };
         let outcome = match kind {
-            Kind::Logical => match tokio::time::timeout(timeout, backup::logical(&ctx, target, started_at)).await {
-                Ok(r) => r,
-                Err(_) => Err(BackupError::Refused(format!(
-                    "the backup took longer than its timeout of {} (pgbackup.timeout) and was aborted",
-                    humantime::format_duration(timeout)
-                ))),
-            },
+            Kind::Logical => {
+                match tokio::time::timeout(timeout, backup::logical(&ctx, target, started_at)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(BackupError::Refused(format!(
+                        "the backup took longer than its timeout of {} (pgbackup.timeout) and was aborted",
+                        humantime::format_duration(timeout)
+                    ))),
+                }
+            }
             Kind::Physical => Err(BackupError::Refused(
                 "physical backups are not available in this version".into(),
             )),
@@ -153,7 +182,10 @@ impl Runner {
             target: key.clone(),
             kind: kind.to_string(),
         };
-        self.metrics.last_duration.get_or_create(&labels).set(duration);
+        self.metrics
+            .last_duration
+            .get_or_create(&labels)
+            .set(duration);
         let result = match outcome {
             Ok(m) => {
                 self.metrics.jobs_ok.get_or_create(&labels).inc();
@@ -161,7 +193,10 @@ impl Runner {
                     .last_success
                     .get_or_create(&labels)
                     .set(Utc::now().timestamp() as f64);
-                self.metrics.last_size.get_or_create(&labels).set(m.size() as i64);
+                self.metrics
+                    .last_size
+                    .get_or_create(&labels)
+                    .set(m.size() as i64);
                 for o in &m.objects {
                     let db = DbLabels {
                         target: key.clone(),
@@ -284,7 +319,9 @@ pub fn due(plan: &BTreeMap<PlanKey, Planned>, now: DateTime<Utc>) -> Vec<PlanKey
 }
 
 fn find<'a>(targets: &'a [Target], id: &TargetId) -> Option<&'a Target> {
-    targets.iter().find(|t| &t.target == id && t.settings().is_some())
+    targets
+        .iter()
+        .find(|t| &t.target == id && t.settings().is_some())
 }
 
 /// The scheduling loop: wakes at the earliest planned run or when targets change.
@@ -323,10 +360,13 @@ pub async fn schedule_loop(
                 });
             }
             if let Some(p) = planned.get_mut(&key) {
-                let sched = find(&targets, &key.0).and_then(|t| t.settings()).map(|s| match key.1 {
-                    Kind::Logical => s.schedule_parsed.clone(),
-                    Kind::Physical => s.physical_schedule_parsed.clone(),
-                });
+                let sched =
+                    find(&targets, &key.0)
+                        .and_then(|t| t.settings())
+                        .map(|s| match key.1 {
+                            Kind::Logical => s.schedule_parsed.clone(),
+                            Kind::Physical => s.physical_schedule_parsed.clone(),
+                        });
                 match sched.and_then(|s| s.next_after(now, runner.tz)) {
                     Some(n) => p.next = n,
                     None => {
@@ -388,18 +428,32 @@ mod tests {
         let now = at("2026-11-20T10:00:30Z");
         let p1 = plan(
             &BTreeMap::new(),
-            &[target("a", "@hourly", Some("@daily")), target("b", "off", None)],
+            &[
+                target("a", "@hourly", Some("@daily")),
+                target("b", "off", None),
+            ],
             now,
             Tz::UTC,
         );
         assert_eq!(p1.len(), 2, "b is off; a has logical and physical");
         let a = p1.keys().next().unwrap().0.clone();
-        assert_eq!(p1[&(a.clone(), Kind::Logical)].next, at("2026-11-20T11:00:00Z"));
-        assert_eq!(p1[&(a.clone(), Kind::Physical)].next, at("2026-11-21T00:00:00Z"));
+        assert_eq!(
+            p1[&(a.clone(), Kind::Logical)].next,
+            at("2026-11-20T11:00:00Z")
+        );
+        assert_eq!(
+            p1[&(a.clone(), Kind::Physical)].next,
+            at("2026-11-21T00:00:00Z")
+        );
 
         // Later, same labels (e.g. container re-created): the planned time does not move.
         let later = at("2026-11-20T10:30:00Z");
-        let p2 = plan(&p1, &[target("a", "@hourly", Some("@daily"))], later, Tz::UTC);
+        let p2 = plan(
+            &p1,
+            &[target("a", "@hourly", Some("@daily"))],
+            later,
+            Tz::UTC,
+        );
         assert_eq!(p2, p1);
 
         // Changed schedule: re-planned from now.
@@ -416,7 +470,10 @@ mod tests {
         let now = at("2026-11-20T10:00:00Z");
         let p = plan(
             &BTreeMap::new(),
-            &[target("a", "*/10 * * * * *", None), target("b", "@daily", None)],
+            &[
+                target("a", "*/10 * * * * *", None),
+                target("b", "@daily", None),
+            ],
             now,
             Tz::UTC,
         );

@@ -189,7 +189,17 @@ pub async fn upload(
         upload_id: upload_id.clone(),
         armed: true,
     };
-    let result = upload_parts(client, cfg, key, &upload_id, &mut reader, first, &mut sha, &mut total).await;
+    let result = upload_parts(
+        client,
+        cfg,
+        key,
+        &upload_id,
+        &mut reader,
+        first,
+        &mut sha,
+        &mut total,
+    )
+    .await;
     guard.armed = false;
     match result {
         Ok(parts) => {
@@ -243,17 +253,33 @@ impl Drop for AbortGuard {
     }
 }
 
-/// Best effort: a failed abort leaves an upload that `prune` removes later.
+/// Aborts a multipart upload, retrying for about a minute (the endpoint may be the very thing
+/// that failed). If it still fails, `prune` removes the upload later.
 pub async fn abort(client: &Client, cfg: &S3Config, key: &str, upload_id: &str) {
-    if let Err(e) = client
-        .abort_multipart_upload()
-        .bucket(&cfg.bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .send()
-        .await
-    {
-        tracing::warn!(key, error = %classify(cfg, "AbortMultipartUpload", &e), "Could not abort a multipart upload; prune will remove it.");
+    let mut delay = std::time::Duration::from_secs(1);
+    for attempt in 1..=7 {
+        match client
+            .abort_multipart_upload()
+            .bucket(&cfg.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(key, "Multipart upload aborted.");
+                return;
+            }
+            Err(e) => {
+                let err = classify(cfg, "AbortMultipartUpload", &e);
+                if attempt == 7 || !err.is_transient() {
+                    tracing::warn!(key, error = %err, "Could not abort a multipart upload; prune will remove it.");
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(20));
+            }
+        }
     }
 }
 

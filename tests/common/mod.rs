@@ -140,6 +140,16 @@ impl Stack {
     /// Starts a standalone Postgres container with `labels`, owned by this test run (removed by
     /// `make test`'s clean-up even if the test panics).
     pub fn start_container(&self, name: &str, labels: &[(&str, &str)]) -> String {
+        self.start_container_with(name, labels, &[])
+    }
+
+    /// Like [`Stack::start_container`], with extra `docker run` arguments (before the image).
+    pub fn start_container_with(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        extra: &[&str],
+    ) -> String {
         let owner = format!("pgbackup-e2e.owner={}", self.project);
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -155,6 +165,7 @@ impl Stack {
             args.push("--label".into());
             args.push(format!("{k}={v}"));
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         args.push(postgres_image());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         docker(&refs)
@@ -169,5 +180,128 @@ impl Drop for Cleanup {
         let _ = Command::new("docker")
             .args(["rm", "-f", "-v", &self.0])
             .output();
+    }
+}
+
+/// The stack's Garage, reached from the host through its published port, with the demo key.
+pub fn s3_config(stack: &Stack) -> pgbackup::config::S3Config {
+    let port = stdout(&stack.compose(&["port", "garage", "3900"]));
+    let map: std::collections::HashMap<String, String> = [
+        ("S3_BUCKET", "pgbackup".to_string()),
+        ("S3_ENDPOINT", format!("http://{}", port.trim())),
+        ("S3_REGION", "garage".into()),
+        ("S3_ACCESS_KEY_ID", "GK5a0696932d5415f414fe611f".into()),
+        (
+            "S3_SECRET_ACCESS_KEY",
+            "9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2dfcaccb976025".into(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    pgbackup::config::Config::from_map(&map)
+        .expect("test S3 config")
+        .s3
+}
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Downloads every object of a backup folder into `dir`; returns their names.
+pub fn download(
+    cfg: &pgbackup::config::S3Config,
+    prefix: &str,
+    dir: &std::path::Path,
+) -> Vec<String> {
+    block_on(async {
+        let client = pgbackup::s3::client(cfg).await;
+        let keys = pgbackup::catalog::keys(&client, cfg, &format!("{prefix}/"))
+            .await
+            .unwrap();
+        let mut names = vec![];
+        for k in keys {
+            let obj = client
+                .get_object()
+                .bucket(&cfg.bucket)
+                .key(&k)
+                .send()
+                .await
+                .unwrap();
+            let bytes = obj.body.collect().await.unwrap().into_bytes();
+            let name = k.rsplit('/').next().unwrap().to_string();
+            std::fs::write(dir.join(&name), &bytes).unwrap();
+            names.push(name);
+        }
+        names
+    })
+}
+
+/// Multipart uploads still open in the bucket (must be none after any failure).
+pub fn open_uploads(cfg: &pgbackup::config::S3Config) -> Vec<String> {
+    block_on(async {
+        let client = pgbackup::s3::client(cfg).await;
+        let r = client
+            .list_multipart_uploads()
+            .bucket(&cfg.bucket)
+            .send()
+            .await
+            .unwrap();
+        r.uploads()
+            .iter()
+            .filter_map(|u| u.key().map(String::from))
+            .collect()
+    })
+}
+
+/// `psql -XAt` in a container; panics on failure.
+pub fn psql(container: &str, user: &str, db: &str, sql: &str) -> String {
+    docker(&[
+        "exec",
+        container,
+        "psql",
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-At",
+        "-U",
+        user,
+        "-d",
+        db,
+        "-c",
+        sql,
+    ])
+}
+
+/// Runs a shell pipeline on the host; panics with its output when it fails.
+pub fn sh(script: &str) -> String {
+    let o = run(Command::new("bash").args(["-euo", "pipefail", "-c", script]));
+    assert!(
+        o.status.success(),
+        "{script}\nfailed: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+impl Stack {
+    pub fn container(&self, service: &str) -> String {
+        format!("{}-{service}-1", self.project)
+    }
+
+    /// Committed backups as `pgctl list --json` reports them.
+    pub fn list(&self, target: &str) -> Vec<Value> {
+        let o = self.pgctl(&["list", target, "--json"]);
+        assert!(o.status.success(), "pgctl list failed: {}", stderr(&o));
+        serde_json::from_slice::<Vec<Value>>(&o.stdout).expect("list JSON")
+    }
+
+    pub fn network(&self) -> String {
+        format!("{}_default", self.project)
     }
 }
