@@ -5,12 +5,13 @@ COMPOSE := docker compose
 # Makes the image variables (official or local images) visible to Compose.
 IMAGES := scripts/deps.sh && eval "$$(scripts/images.sh)"
 
-.PHONY: up down logs status test clean images
+.PHONY: up down logs status backup list test bench clean images
 
-## up: build what is missing, start the stack, wait until healthy, show the targets
+## up: build what is missing, start the stack, wait until healthy, show targets and backups
 up:
 	@$(IMAGES) && $(COMPOSE) up -d --build --quiet-pull && scripts/wait-healthy.sh $(COMPOSE)
 	@$(COMPOSE) exec -T backup pgctl status
+	@scripts/wait-first-backup.sh $(COMPOSE)
 
 ## down: stop the stack (volumes and backups are kept)
 down:
@@ -24,6 +25,14 @@ logs:
 status:
 	$(COMPOSE) exec -T backup pgctl status
 
+## backup: back up every target now (TARGET=project/service for one)
+backup:
+	$(COMPOSE) exec -T backup pgctl backup --wait $(if $(TARGET),$(TARGET),--all)
+
+## list: committed backups
+list:
+	$(COMPOSE) exec -T backup pgctl list $(TARGET)
+
 ## test: unit tests and end-to-end tests on the real stack (sets everything up first)
 test:
 	scripts/test.sh
@@ -31,6 +40,10 @@ test:
 ## images: build or pull the images only
 images:
 	@$(IMAGES) && env | grep -E '^(POSTGRES|GARAGE|PGBACKUP|PGCTL)_' || true
+
+## bench: backup throughput vs raw pg_dump and a naive pipeline, sidecar memory → BENCHMARKS.md
+bench:
+	scripts/bench.sh
 
 ## clean: remove the stack with its volumes (DELETES the demo database and local Garage data)
 clean:

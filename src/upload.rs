@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(part_size(1), 8 * MIB);
         assert_eq!(part_size(1000), 8 * MIB);
         assert_eq!(part_size(1001), 16 * MIB);
-        assert_eq!(part_size(10_000), 8 * MIB << 9);
+        assert_eq!(part_size(10_000), (8 * MIB) << 9);
         let tib = 1u64 << 40;
         assert!(capacity(MAX_PARTS) > 7 * tib, "{}", capacity(MAX_PARTS));
         // Dumps up to 8 GiB compressed never leave 8 MiB parts.

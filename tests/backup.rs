@@ -147,6 +147,24 @@ fn manual_backup_exec_pg17_restores_with_standard_tools() {
         table.contains(last["backup_id"].as_str().unwrap()),
         "{table}"
     );
+    // Prometheus metrics name the target and database.
+    let metrics = docker(&[
+        "exec",
+        &s.container("backup"),
+        "curl",
+        "-fsS",
+        "http://127.0.0.1:8080/metrics",
+    ]);
+    for needle in [
+        format!("pgbackup_last_success_timestamp_seconds{{target=\"{target}\",kind=\"logical\"}}"),
+        format!("pgbackup_database_last_size_bytes{{target=\"{target}\",database=\"app\"}}"),
+        "pgbackup_backups_succeeded_total".to_string(),
+    ] {
+        assert!(
+            metrics.contains(&needle),
+            "{needle} missing from /metrics:\n{metrics}"
+        );
+    }
 }
 
 #[test]
@@ -205,11 +223,14 @@ fn seconds_level_schedule_backs_up_by_itself() {
         "postgres",
         "CREATE TABLE ticks(id int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 100)",
     );
+    let written = chrono::Utc::now();
+    // The first scheduled backup that started after the data was written.
     let found = wait_until(Duration::from_secs(40), || {
         s.list(&name).into_iter().find(|b| {
-            b["databases"]
-                .as_array()
-                .is_some_and(|d| d.iter().any(|x| x == "postgres"))
+            b["started_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t > written)
         })
     });
     let b = found.expect("the schedule produced a committed backup within 40 s");
@@ -335,7 +356,15 @@ fn target_stopped_mid_dump_fails_cleanly() {
         s.target(&name).filter(|t| t["run"]["running"].is_object())
     });
     assert!(running.is_some(), "the backup started");
-    std::thread::sleep(Duration::from_millis(1500));
+    // A second manual backup of the same target is refused while one runs.
+    let o = s.pgctl(&["backup", &name]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("refused") && stdout(&o).contains("already running"),
+        "{}",
+        stdout(&o)
+    );
+    std::thread::sleep(Duration::from_millis(1000));
     docker(&["stop", "-t", "2", &name]);
     let o = backup.join().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# `make bench`: backup throughput and sidecar memory on one database, in one run, against the
+# real stack (project pgbackup-bench). Writes BENCHMARKS.md.
+#
+#   raw dump    docker exec db pg_dump -Fc -Z0 app > /dev/null        (the ceiling)
+#   pgbackup    pgctl backup (exec pg_dump → zstd:3 → SHA-256 → Garage multipart)
+#   naive       docker exec db pg_dump app | gzip | aws s3 cp - s3://…  (awscli from PyPI)
+#   memory      peak RSS (VmHWM) of pgctl, the sidecar's only process, fresh for each size
+#
+# BENCH_SCALE (default 60) is the pgbench scale of the base size; the run repeats the backup on
+# a database 4× larger to show memory does not grow with it (BENCH_SKIP_4X=1 to skip).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+eval "$(scripts/images.sh)"
+
+P=pgbackup-bench
+compose=(docker compose -p "$P" -f compose.yaml -f compose.test.yaml)
+SCALE=${BENCH_SCALE:-60}
+DB="$P-db-1"
+SIDECAR="$P-backup-1"
+VENV=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}/bench-venv
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+
+if [ ! -x "$VENV/bin/aws" ]; then
+    log "installing awscli from PyPI into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q awscli
+fi
+
+"${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+trap '"${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
+"${compose[@]}" up -d --build --quiet-pull db backup garage garage-init >/dev/null
+scripts/wait-healthy.sh "${compose[@]}"
+
+GARAGE=$("${compose[@]}" port garage 3900)
+export AWS_ACCESS_KEY_ID=GK5a0696932d5415f414fe611f
+export AWS_SECRET_ACCESS_KEY=9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2dfcaccb976025
+export AWS_DEFAULT_REGION=garage
+
+psql() { docker exec "$DB" psql -X -q -v ON_ERROR_STOP=1 -U app -d app "$@"; }
+
+# fill SCALE TEXT_ROWS: pgbench tables plus a text-heavy table (documents, mixed repetition).
+fill() {
+    log "filling: pgbench scale $1, $2 text rows"
+    psql -c "DROP TABLE IF EXISTS documents" >/dev/null
+    docker exec "$DB" pgbench -q -i -s "$1" -U app app >/dev/null 2>&1
+    psql -c "CREATE TABLE documents AS
+        SELECT g AS id, now() - g * interval '1 second' AS created,
+               repeat(md5(g::text), 8) || ' ' || repeat('lorem ipsum dolor sit amet ', 1 + g % 20) AS body
+        FROM generate_series(1, $2) g" >/dev/null
+    psql -c "VACUUM ANALYZE" >/dev/null
+}
+
+secs() { python3 -c "import sys; print(f'{float(sys.argv[1]):.1f}')" "$1"; }
+rate() { python3 -c "import sys; print(f'{int(sys.argv[1])/float(sys.argv[2])/1e6:.1f}')" "$1" "$2"; }
+
+# measure LABEL: prints one markdown row per method; sets RAW_RATE/PGB_RATE/NAIVE_RATE/PEAK.
+measure() {
+    local label=$1 size raw_bytes t0 t1 raw_s pgb_s naive_s out peak
+    size=$(psql -At -c "SELECT pg_database_size('app')")
+    log "$label: database is $((size / 1024 / 1024)) MiB"
+
+    t0=$(date +%s.%N)
+    raw_bytes=$(docker exec "$DB" pg_dump -U app -Fc -Z0 app | wc -c)
+    t1=$(date +%s.%N)
+    raw_s=$(python3 -c "print($t1-$t0)")
+
+    # A fresh sidecar so its peak RSS belongs to this backup alone.
+    docker restart -t 5 "$SIDECAR" >/dev/null
+    scripts/wait-healthy.sh "${compose[@]}" 2>/dev/null
+    sleep 3
+    out=$(docker exec "$SIDECAR" pgctl backup --wait --json "$P/db")
+    pgb_s=$(printf '%s' "$out" | python3 -c "import json,sys; r=json.load(sys.stdin)['outcomes'][0]; assert r['ok'], r; print(r['result']['duration_seconds'])")
+    stored=$(printf '%s' "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['outcomes'][0]['result']['bytes'])")
+    peak=$(docker exec "$SIDECAR" awk '/VmHWM/ {print int($2/1024)}' /proc/1/status)
+
+    t0=$(date +%s.%N)
+    docker exec "$DB" pg_dump -U app app | gzip | "$VENV/bin/aws" --endpoint-url "http://$GARAGE" s3 cp - "s3://pgbackup/naive/app-$label.sql.gz" --only-show-errors
+    t1=$(date +%s.%N)
+    naive_s=$(python3 -c "print($t1-$t0)")
+
+    RAW_RATE=$(rate "$raw_bytes" "$raw_s")
+    PGB_RATE=$(rate "$raw_bytes" "$pgb_s")
+    NAIVE_RATE=$(rate "$raw_bytes" "$naive_s")
+    PEAK=$peak
+    ROWS+="| $label | $((size / 1024 / 1024)) MiB | $((raw_bytes / 1024 / 1024)) MiB | $(secs "$raw_s") s · $RAW_RATE MB/s | $(secs "$pgb_s") s · $PGB_RATE MB/s ($((stored / 1024 / 1024)) MiB stored) | $(secs "$naive_s") s · $NAIVE_RATE MB/s | $PEAK MiB |"$'\n'
+    log "$label: raw $RAW_RATE MB/s, pgbackup $PGB_RATE MB/s, naive $NAIVE_RATE MB/s, peak RSS $PEAK MiB"
+}
+
+ROWS=""
+fill "$SCALE" 1500000
+measure "1x"
+BASE_PGB=$PGB_RATE BASE_RAW=$RAW_RATE BASE_NAIVE=$NAIVE_RATE BASE_PEAK=$PEAK
+if [ "${BENCH_SKIP_4X:-0}" != 1 ]; then
+    fill $((SCALE * 4)) 6000000
+    measure "4x"
+fi
+
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+cat >BENCHMARKS.md <<MD
+# Benchmarks
+
+Produced by \`make bench\` (scripts/bench.sh) on $(date -u +%Y-%m-%d), $(nproc) cores,
+$(free -g | awk '/Mem:/ {print $2}') GiB, Docker $(docker version -f '{{.Server.Version}}'),
+images: \`$POSTGRES_IMAGE\`, \`$GARAGE_IMAGE\`. Garage runs on the same machine, so the figures
+include its CPU use. Rates are dump bytes (uncompressed custom format) per second.
+
+| size | database | dump | raw \`pg_dump > /dev/null\` | pgbackup → Garage | naive \`pg_dump \| gzip \| aws s3 cp -\` | sidecar peak RSS |
+|---|---|---|---|---|---|---|
+$ROWS
+Base size: pgbackup reaches **$(ratio "$BASE_PGB" "$BASE_RAW")×** the raw dump rate and
+**$(ratio "$BASE_PGB" "$BASE_NAIVE")×** the naive pipeline; peak sidecar memory $BASE_PEAK MiB.
+Targets (SPEC §9): ≥ 0.90× raw, ≥ 3× naive, ≤ 64 MiB at every size.
+
+Commands, exactly as run:
+
+\`\`\`sh
+docker exec $DB pg_dump -U app -Fc -Z0 app | wc -c                       # raw
+docker exec $SIDECAR pgctl backup --wait --json $P/db                    # pgbackup (zstd:3)
+docker exec $DB pg_dump -U app app | gzip | aws --endpoint-url http://\$GARAGE s3 cp - s3://pgbackup/naive/app.sql.gz
+docker exec $SIDECAR awk '/VmHWM/' /proc/1/status                         # peak RSS, fresh sidecar per size
+\`\`\`
+
+Data: \`pgbench -i -s $SCALE\` plus a \`documents\` table of 1.5 M text rows (4× both for the
+larger size).
+MD
+log "wrote BENCHMARKS.md"
+cat BENCHMARKS.md
