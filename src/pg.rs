@@ -234,11 +234,8 @@ async fn collect(program: &str, mut s: PgStream) -> Result<String, PgError> {
 pub fn major_of(version: &str) -> Option<u32> {
     let v = version.trim();
     if let Ok(num) = v.parse::<u32>() {
-        return Some(if num >= 100_000 {
-            num / 10_000
-        } else {
-            num / 100
-        });
+        // server_version_num: 170002 → 17, 90624 → 9 (9.6: majors before 10 had two parts).
+        return Some(num / 10_000);
     }
     v.split_whitespace()
         .find_map(|w| w.split('.').next()?.parse::<u32>().ok())
