@@ -381,3 +381,44 @@ fn target_stopped_mid_dump_fails_cleanly() {
         common::open_uploads(&cfg)
     );
 }
+
+#[test]
+fn job_timeout_aborts_and_lists_nothing() {
+    let s = stack!();
+    let name = unique("timeout");
+    let _g = Cleanup(name.clone());
+    s.start_container_with(
+        &name,
+        &[
+            ("pgbackup.enable", "true"),
+            ("pgbackup.timeout", "3s"),
+            ("pgbackup.globals", "false"),
+        ],
+        &["--network", &s.network()],
+    );
+    wait_healthy(&name);
+    psql(&name, "postgres", "postgres", "CREATE TABLE locked(id int)");
+    // Hold an exclusive lock so pg_dump waits on it for longer than the job may run.
+    let holder =
+        {
+            let n = name.clone();
+            std::thread::spawn(move || {
+                common::run(std::process::Command::new("docker").args([
+                "exec", &n, "psql", "-U", "postgres", "-c",
+                "BEGIN; LOCK TABLE locked IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(20); COMMIT;",
+            ]))
+            })
+        };
+    std::thread::sleep(Duration::from_secs(1));
+    wait_until(Duration::from_secs(5), || s.target(&name)).expect("listed");
+    let started = std::time::Instant::now();
+    let o = s.pgctl(&["backup", &name]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("timeout of 3s"), "{}", stdout(&o));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the job was cut at its timeout"
+    );
+    assert!(s.list(&name).is_empty());
+    let _ = holder.join();
+}

@@ -9,7 +9,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -72,21 +72,8 @@ impl Proxy {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn status(url: &str) -> Option<Value> {
-    let o = Command::new(env!("CARGO_BIN_EXE_pgctl"))
-        .args(["status", "--json", "--controller", url])
-        .env("PGBACKUP_HTTP_ADDR", "off")
-        .env("DOCKER_HOST", "tcp://127.0.0.1:1")
-        .output()
-        .ok()?;
+    let o = common::host_pgctl(&["status", "--json", "--controller", url]);
     let v: Value = serde_json::from_slice(&o.stdout).ok()?;
     (v["source"] == "controller").then_some(v)
 }
@@ -97,50 +84,16 @@ fn listed(v: &Value, name: &str) -> bool {
         .is_some_and(|a| a.iter().any(|t| t["target"] == name))
 }
 
-/// Kills the host controller if the test fails half-way.
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn controller_reconnects_after_losing_the_docker_daemon() {
     let s = stack!();
-    let garage = stdout(&s.compose(&["port", "garage", "3900"]));
-    let garage = garage.trim();
-    assert!(
-        !garage.is_empty(),
-        "garage's S3 port is published by compose.test.yaml"
-    );
-
-    let docker_port = free_port();
-    let http_port = free_port();
-    let url = format!("http://127.0.0.1:{http_port}");
+    let docker_port = common::free_port();
     let proxy = Proxy::start(docker_port);
-
-    let child = Command::new(env!("CARGO_BIN_EXE_pgctl"))
-        .arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DOCKER_HOST", format!("tcp://127.0.0.1:{docker_port}"))
-        .env("S3_ENDPOINT", format!("http://{garage}"))
-        .env("S3_REGION", "garage")
-        .env("S3_BUCKET", "pgbackup")
-        .env("S3_ACCESS_KEY_ID", "GK5a0696932d5415f414fe611f")
-        .env(
-            "S3_SECRET_ACCESS_KEY",
-            "9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2dfcaccb976025",
-        )
-        .env("PGBACKUP_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-        .env("PGBACKUP_RESYNC_INTERVAL", "2s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start pgctl run on the host");
-    let mut child = Child(child);
+    let mut child = s.host_controller(&[
+        ("DOCKER_HOST", format!("tcp://127.0.0.1:{docker_port}")),
+        ("PGBACKUP_RESYNC_INTERVAL", "2s".into()),
+    ]);
+    let url = child.url.clone();
 
     let db = format!("{}/db", s.project);
     let up = wait_until(Duration::from_secs(30), || {
@@ -194,7 +147,7 @@ fn controller_reconnects_after_losing_the_docker_daemon() {
     );
 
     // SIGTERM: a clean stop with exit code 0.
-    let pid = child.0.id().to_string();
+    let pid = child.child.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -203,12 +156,12 @@ fn controller_reconnects_after_losing_the_docker_daemon() {
             .success()
     );
     let code = wait_until(Duration::from_secs(15), || {
-        child.0.try_wait().ok().flatten()
+        child.child.try_wait().ok().flatten()
     })
     .expect("the controller stops on SIGTERM");
     let mut log = String::new();
     child
-        .0
+        .child
         .stderr
         .take()
         .unwrap()

@@ -305,3 +305,62 @@ impl Stack {
         format!("{}_default", self.project)
     }
 }
+
+/// `pgctl run` on the host (the binary under test) against the stack's Garage; killed on drop.
+pub struct HostController {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for HostController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Stack {
+    /// Starts `pgctl run` on the host with the stack's S3 settings plus `env`.
+    pub fn host_controller(&self, env: &[(&str, String)]) -> HostController {
+        let garage = stdout(&self.compose(&["port", "garage", "3900"]));
+        let http_port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgctl"));
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("S3_ENDPOINT", format!("http://{}", garage.trim()))
+            .env("S3_REGION", "garage")
+            .env("S3_BUCKET", "pgbackup")
+            .env("S3_ACCESS_KEY_ID", "GK5a0696932d5415f414fe611f")
+            .env(
+                "S3_SECRET_ACCESS_KEY",
+                "9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2dfcaccb976025",
+            )
+            .env("PGBACKUP_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        HostController {
+            child: cmd.spawn().expect("start pgctl run on the host"),
+            url: format!("http://127.0.0.1:{http_port}"),
+        }
+    }
+}
+
+/// `pgctl ARGS` on the host (the binary under test).
+pub fn host_pgctl(args: &[&str]) -> Output {
+    run(Command::new(env!("CARGO_BIN_EXE_pgctl"))
+        .args(args)
+        .env("PGBACKUP_HTTP_ADDR", "off")
+        .env("DOCKER_HOST", "tcp://127.0.0.1:1"))
+}
