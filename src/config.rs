@@ -184,6 +184,8 @@ impl Config {
     /// Pure: builds and validates the configuration from a map of variables.
     pub fn from_map(map: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let raw = parse_raw(map)?;
+        // Label defaults first: the rest consumes `raw` field by field.
+        let defaults = Defaults::from_raw(&raw)?;
         let bucket = non_empty(raw.s3_bucket).ok_or_else(|| ConfigError::Missing {
             name: "S3_BUCKET".into(),
             hint: "set it to the name of the bucket that receives the backups".into(),
@@ -255,18 +257,6 @@ impl Config {
         }
         let object_lock = parse_bool("S3_OBJECT_LOCK", raw.s3_object_lock, false)?;
 
-        let defaults = Defaults::from_raw(
-            raw.pgbackup_schedule,
-            raw.tz,
-            [
-                ("RETENTION_KEEP_LAST", raw.retention_keep_last),
-                ("RETENTION_KEEP_HOURLY", raw.retention_keep_hourly),
-                ("RETENTION_KEEP_DAILY", raw.retention_keep_daily),
-                ("RETENTION_KEEP_WEEKLY", raw.retention_keep_weekly),
-                ("RETENTION_KEEP_MONTHLY", raw.retention_keep_monthly),
-                ("RETENTION_KEEP_YEARLY", raw.retention_keep_yearly),
-            ],
-        )?;
         let concurrency = parse_num("PGBACKUP_CONCURRENCY", raw.pgbackup_concurrency, 2, 1)?;
         let run_on_startup = parse_bool(
             "PGBACKUP_RUN_ON_STARTUP",
@@ -364,27 +354,19 @@ impl Config {
 impl Defaults {
     /// Only the label defaults, for commands that need no S3 settings.
     pub fn from_map(map: &HashMap<String, String>) -> Result<Defaults, ConfigError> {
-        let raw = parse_raw(map)?;
-        Defaults::from_raw(
-            raw.pgbackup_schedule,
-            raw.tz,
-            [
-                ("RETENTION_KEEP_LAST", raw.retention_keep_last),
-                ("RETENTION_KEEP_HOURLY", raw.retention_keep_hourly),
-                ("RETENTION_KEEP_DAILY", raw.retention_keep_daily),
-                ("RETENTION_KEEP_WEEKLY", raw.retention_keep_weekly),
-                ("RETENTION_KEEP_MONTHLY", raw.retention_keep_monthly),
-                ("RETENTION_KEEP_YEARLY", raw.retention_keep_yearly),
-            ],
-        )
+        Defaults::from_raw(&parse_raw(map)?)
     }
 
-    fn from_raw(
-        schedule: Option<String>,
-        tz: Option<String>,
-        keep: [(&str, Option<String>); 6],
-    ) -> Result<Defaults, ConfigError> {
-        let schedule = match non_empty(schedule) {
+    fn from_raw(raw: &Raw) -> Result<Defaults, ConfigError> {
+        let keep = [
+            ("RETENTION_KEEP_LAST", &raw.retention_keep_last),
+            ("RETENTION_KEEP_HOURLY", &raw.retention_keep_hourly),
+            ("RETENTION_KEEP_DAILY", &raw.retention_keep_daily),
+            ("RETENTION_KEEP_WEEKLY", &raw.retention_keep_weekly),
+            ("RETENTION_KEEP_MONTHLY", &raw.retention_keep_monthly),
+            ("RETENTION_KEEP_YEARLY", &raw.retention_keep_yearly),
+        ];
+        let schedule = match non_empty(raw.pgbackup_schedule.clone()) {
             None => Schedule::parse("@daily").expect("valid default"),
             Some(v) => Schedule::parse(&v).map_err(|e| {
                 invalid(
@@ -394,7 +376,7 @@ impl Defaults {
                 )
             })?,
         };
-        let timezone = match non_empty(tz) {
+        let timezone = match non_empty(raw.tz.clone()) {
             None => Tz::UTC,
             Some(v) => v.parse::<Tz>().map_err(|_| {
                 invalid(
@@ -406,7 +388,7 @@ impl Defaults {
         };
         let mut values = [None; 6];
         for (slot, (name, value)) in values.iter_mut().zip(keep) {
-            if let Some(v) = non_empty(value) {
+            if let Some(v) = non_empty(value.clone()) {
                 *slot = Some(v.parse::<u32>().map_err(|_| {
                     invalid(name, &v, "a whole number of backups to keep, 0 or more")
                 })?);

@@ -295,6 +295,30 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
+/// A running compose container `shop-<service>-1` of project `shop`, opted in, with `extra`
+/// labels, parsed with default settings: the fixture of the unit tests that need targets.
+#[cfg(test)]
+pub(crate) fn test_target(service: &str, extra: &[(&str, &str)]) -> Target {
+    let labels = [
+        ("com.docker.compose.project", "shop"),
+        ("com.docker.compose.service", service),
+        ("pgbackup.enable", "true"),
+    ]
+    .iter()
+    .chain(extra)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let c = Container {
+        id: format!("id-{service}"),
+        name: format!("shop-{service}-1"),
+        image: "postgres:17".into(),
+        labels,
+        env: std::collections::HashMap::new(),
+        running: true,
+    };
+    Target::from_container(&c, &Defaults::from_map(&Default::default()).unwrap()).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ pub mod runner;
 pub mod s3;
 pub mod schedule;
 pub mod status;
+pub mod table;
 pub mod upload;
 
 /// Documented exit codes (README "Exit codes").

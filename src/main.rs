@@ -361,7 +361,7 @@ async fn cmd_list(target: Option<String>, json: bool) -> i32 {
 }
 
 fn render_list(manifests: &[pgbackup::manifest::Manifest], now: chrono::DateTime<Utc>) -> String {
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "ID".to_string(),
         "TARGET".into(),
         "DATABASES".into(),
@@ -369,7 +369,7 @@ fn render_list(manifests: &[pgbackup::manifest::Manifest], now: chrono::DateTime
         "AGE".into(),
     ]];
     for m in manifests {
-        rows.push([
+        rows.push(vec![
             m.backup_id.to_string(),
             m.target.clone(),
             m.databases.join(","),
@@ -377,19 +377,10 @@ fn render_list(manifests: &[pgbackup::manifest::Manifest], now: chrono::DateTime
             human_age(now - m.finished_at),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+    let mut out: String = pgbackup::table::lines(&rows)
+        .iter()
+        .map(|l| format!("{l}\n"))
         .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
     if manifests.is_empty() {
         out.push_str("(no committed backups)\n");
     }

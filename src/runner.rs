@@ -392,35 +392,17 @@ pub async fn schedule_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Defaults;
-    use crate::docker::Container;
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
     fn target(service: &str, schedule: &str, physical: Option<&str>) -> Target {
-        let mut labels: HashMap<String, String> = [
-            ("com.docker.compose.project", "shop"),
-            ("com.docker.compose.service", service),
-            ("pgbackup.enable", "true"),
-            ("pgbackup.schedule", schedule),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let mut labels = vec![("pgbackup.schedule", schedule)];
         if let Some(p) = physical {
-            labels.insert("pgbackup.physical.schedule".into(), p.into());
+            labels.push(("pgbackup.physical.schedule", p));
         }
-        let c = Container {
-            id: format!("id-{service}"),
-            name: format!("shop-{service}-1"),
-            image: "postgres:17".into(),
-            labels,
-            env: HashMap::new(),
-            running: true,
-        };
-        Target::from_container(&c, &Defaults::from_map(&HashMap::new()).unwrap()).unwrap()
+        crate::discovery::test_target(service, &labels)
     }
 
     #[test]

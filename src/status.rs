@@ -68,7 +68,7 @@ pub fn report(
 
 /// Human table: one line per target, then one indented line per label error.
 pub fn render(r: &Report) -> String {
-    let mut rows: Vec<[String; 6]> = vec![[
+    let mut rows: Vec<Vec<String>> = vec![vec![
         "TARGET".into(),
         "CONTAINER".into(),
         "STATE".into(),
@@ -115,7 +115,7 @@ pub fn render(r: &Report) -> String {
                 })
                 .unwrap_or_default(),
         };
-        rows.push([
+        rows.push(vec![
             s("target"),
             s("container"),
             state.clone(),
@@ -128,9 +128,6 @@ pub fn render(r: &Report) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
     let mut out = String::new();
     if r.source != "controller" {
         out.push_str(
@@ -143,13 +140,8 @@ pub fn render(r: &Report) -> String {
             r.docker.last_error.as_deref().unwrap_or("unknown error")
         ));
     }
-    for (i, row) in rows.iter().enumerate() {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
+    for (i, line) in crate::table::lines(&rows).iter().enumerate() {
+        out.push_str(line);
         out.push('\n');
         for (_, n) in notes.iter().filter(|(row_i, _)| *row_i == i) {
             out.push_str(&format!("    {n}\n"));
@@ -164,29 +156,9 @@ pub fn render(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Defaults;
-    use crate::docker::Container;
-    use std::collections::HashMap;
 
     fn target(service: &str, extra: &[(&str, &str)]) -> Target {
-        let labels = [
-            ("com.docker.compose.project", "shop"),
-            ("com.docker.compose.service", service),
-            ("pgbackup.enable", "true"),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let c = Container {
-            id: format!("id-{service}"),
-            name: format!("shop-{service}-1"),
-            image: "postgres:17".into(),
-            labels,
-            env: HashMap::new(),
-            running: true,
-        };
-        Target::from_container(&c, &Defaults::from_map(&HashMap::new()).unwrap()).unwrap()
+        crate::discovery::test_target(service, extra)
     }
 
     #[test]
