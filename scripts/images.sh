@@ -104,8 +104,12 @@ local_images() {
     postgres_image 17 "$LOCAL/debian:trixie"
     garage_image
     # The sidecar's pgctl is compiled here and copied onto the local trixie base.
-    log "cargo build --release --locked (pgctl for the sidecar image)"
-    cargo build --release --locked --bin pgctl >&2
+    # PGCTL_PREBUILT=1: target/release/pgctl is fresh already (scripts/test.sh builds it with the
+    # tests, whose feature set differs; building it again here would recompile half the tree).
+    if [ "${PGCTL_PREBUILT:-0}" != 1 ]; then
+        log "cargo build --release --locked (pgctl for the sidecar image)"
+        cargo build --release --locked --bin pgctl >&2
+    fi
     mkdir -p docker/bin
     cp target/release/pgctl docker/bin/pgctl
     cat <<OUT

@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
-eval "$(scripts/images.sh)"
+# One release build serves the tests and the sidecar image.
+cargo test --release --locked --all-targets --no-run
+eval "$(PGCTL_PREBUILT=1 scripts/images.sh)"
 
 export PGBACKUP_E2E_PROJECT=${PGBACKUP_E2E_PROJECT:-pgbackup-e2e}
 compose=(docker compose -p "$PGBACKUP_E2E_PROJECT" -f compose.yaml -f compose.test.yaml)
@@ -23,5 +25,4 @@ echo "test: starting the stack (project $PGBACKUP_E2E_PROJECT)" >&2
 "${compose[@]}" up -d --build --quiet-pull
 scripts/wait-healthy.sh "${compose[@]}"
 
-# Release profile: the same build the sidecar image uses, compiled once.
 cargo test --release --locked --all-targets "$@"
