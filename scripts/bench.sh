@@ -7,7 +7,7 @@
 #   naive       docker exec db pg_dump app | gzip | aws s3 cp - s3://…  (awscli from PyPI)
 #   memory      peak RSS (VmHWM) of pgctl, the sidecar's only process, fresh for each size
 #
-# BENCH_SCALE (default 60) is the pgbench scale of the base size; the run repeats the backup on
+# BENCH_SCALE (default 40) is the pgbench scale of the base size; the run repeats the backup on
 # a database 4× larger to show memory does not grow with it (BENCH_SKIP_4X=1 to skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ eval "$(scripts/images.sh)"
 
 P=pgbackup-bench
 compose=(docker compose -p "$P" -f compose.yaml -f compose.test.yaml)
-SCALE=${BENCH_SCALE:-60}
+SCALE=${BENCH_SCALE:-40}
 DB="$P-db-1"
 SIDECAR="$P-backup-1"
 VENV=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}/bench-venv
