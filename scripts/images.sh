@@ -111,7 +111,7 @@ local_images() {
         cargo build --release --locked --bin pgctl >&2
     fi
     mkdir -p docker/bin
-    cp target/release/pgctl docker/bin/pgctl
+    cp "${CARGO_TARGET_DIR:-target}/release/pgctl" docker/bin/pgctl
     cat <<OUT
 export POSTGRES_IMAGE=$LOCAL/postgres:${POSTGRES_MAJOR}
 export POSTGRES15_IMAGE=$LOCAL/postgres:15
