@@ -1,3 +1,8 @@
+// mimalloc returns freed part buffers to the OS promptly; with glibc's malloc the sidecar's RSS
+// crept up with the size of the database (BENCHMARKS.md) although its buffers are fixed.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;

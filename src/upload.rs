@@ -26,8 +26,13 @@ const MIB: usize = 1024 * 1024;
 /// S3's limits: parts of at least 5 MiB (but the last), at most 10,000 of them.
 pub const MAX_PARTS: u32 = 10_000;
 const FIRST_PART: usize = 8 * MIB;
-/// Buffers in flight (filling + uploading) stay within this while parts are small enough.
-const BUFFER_BUDGET: usize = 40 * MIB;
+/// Buffers in flight (filling + uploading) stay within this while parts are small enough:
+/// two 8 MiB parts uploading while the third fills. Measured (BENCHMARKS.md): more parts in
+/// flight do not speed up a dump-bound backup but cost 8 MiB each.
+const BUFFER_BUDGET: usize = 24 * MIB;
+/// zstd job size per worker thread: small jobs keep the compressor's own buffers at a few MiB
+/// per worker (its default for level 3 is 8 MiB of input plus output per job).
+const ZSTD_JOB: u32 = 2 * 1024 * 1024;
 
 /// Part size for part `n` (1-based): 8 MiB for the first 1,000 parts, doubling every 1,000
 /// after, so 10,000 parts hold about 8 TiB while dumps under ~8 GiB (compressed) never use
@@ -86,7 +91,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Counting<R> {
 pub type BoxRead<'a> = Box<dyn AsyncRead + Unpin + Send + 'a>;
 
 /// Compresses `input` as configured. zstd uses its own worker threads (one per core, at most
-/// four), so compression does not hold back the dump.
+/// four), so compression does not hold back the dump, and writes frame checksums.
 pub fn compress<'a>(input: impl AsyncRead + Unpin + Send + 'a, c: Compression) -> BoxRead<'a> {
     let buffered = BufReader::with_capacity(256 * 1024, input);
     match c {
@@ -98,7 +103,11 @@ pub fn compress<'a>(input: impl AsyncRead + Unpin + Send + 'a, c: Compression) -
             Box::new(ZstdEncoder::with_quality_and_params(
                 buffered,
                 Level::Precise(level),
-                &[CParameter::nb_workers(workers)],
+                &[
+                    CParameter::nb_workers(workers),
+                    CParameter::job_size(ZSTD_JOB),
+                    CParameter::checksum_flag(true),
+                ],
             ))
         }
         Compression::Gzip(level) => Box::new(GzipEncoder::with_quality(
@@ -422,12 +431,12 @@ mod tests {
 
     #[test]
     fn buffers_stay_within_budget_while_parts_are_small() {
-        for n in [1, 1000, 1001, 2001] {
+        for n in [1, 1000, 1001] {
             let size = part_size(n);
             let buffers = (parts_in_flight(size) + 1) * size;
             assert!(buffers <= BUFFER_BUDGET + size, "part {n}: {buffers}");
         }
-        assert_eq!(parts_in_flight(8 * MIB), 4);
+        assert_eq!(parts_in_flight(8 * MIB), 2);
         assert_eq!(parts_in_flight(512 * MIB), 1);
     }
 
