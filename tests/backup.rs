@@ -10,37 +10,6 @@ use std::time::Duration;
 use common::{Cleanup, docker, psql, sh, stderr, stdout, unique, wait_until};
 use serde_json::Value;
 
-pub fn wait_healthy(container: &str) {
-    let ok = wait_until(Duration::from_secs(60), || {
-        let o = common::run(std::process::Command::new("docker").args([
-            "exec",
-            container,
-            "pg_isready",
-            "-q",
-            "-h",
-            "127.0.0.1",
-        ]));
-        o.status.success().then_some(())
-    });
-    assert!(ok.is_some(), "{container} did not become ready");
-    // The official entrypoint restarts the server once after init; let it settle.
-    std::thread::sleep(Duration::from_secs(2));
-    wait_until(Duration::from_secs(30), || {
-        common::run(std::process::Command::new("docker").args([
-            "exec",
-            container,
-            "pg_isready",
-            "-q",
-            "-h",
-            "127.0.0.1",
-        ]))
-        .status
-        .success()
-        .then_some(())
-    })
-    .expect("ready again");
-}
-
 /// Restores one downloaded backup with standard tools only into a fresh database of db-restore,
 /// then compares `table` with the source.
 fn check_restorable(
@@ -207,16 +176,14 @@ fn seconds_level_schedule_backs_up_by_itself() {
     let s = stack!();
     let name = unique("sched");
     let _g = Cleanup(name.clone());
-    s.start_container_with(
+    s.start_pg(
         &name,
         &[
             ("pgbackup.enable", "true"),
             ("pgbackup.schedule", "*/5 * * * * *"),
             ("pgbackup.globals", "false"),
         ],
-        &["--network", &s.network()],
     );
-    wait_healthy(&name);
     psql(
         &name,
         "postgres",
@@ -262,15 +229,13 @@ fn failures_leave_nothing_listed_and_say_why() {
     // A database that does not exist (dropped after it was configured/listed).
     let ghost = unique("ghost");
     let _g1 = Cleanup(ghost.clone());
-    s.start_container_with(
+    s.start_pg(
         &ghost,
         &[
             ("pgbackup.enable", "true"),
             ("pgbackup.databases", "postgres,gone_db"),
         ],
-        &["--network", &s.network()],
     );
-    wait_healthy(&ghost);
     wait_until(Duration::from_secs(5), || s.target(&ghost)).expect("listed");
     let o = s.pgctl(&["backup", &ghost]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
@@ -284,12 +249,10 @@ fn failures_leave_nothing_listed_and_say_why() {
     // connect mode with a wrong password.
     let pw = unique("wrongpw");
     let _g2 = Cleanup(pw.clone());
-    s.start_container_with(
+    s.start_pg(
         &pw,
         &[("pgbackup.enable", "true"), ("pgbackup.method", "connect")],
-        &["--network", &s.network()],
     );
-    wait_healthy(&pw);
     psql(
         &pw,
         "postgres",
@@ -325,22 +288,15 @@ fn target_stopped_mid_dump_fails_cleanly() {
     let cfg = common::s3_config(&s);
     let name = unique("stopmid");
     let _g = Cleanup(name.clone());
-    s.start_container_with(
+    s.start_pg(
         &name,
         &[
             ("pgbackup.enable", "true"),
             ("pgbackup.compression", "none"),
         ],
-        &["--network", &s.network()],
     );
-    wait_healthy(&name);
     // ~400 MB of incompressible-ish rows so the dump is still running when we stop it.
-    psql(
-        &name,
-        "postgres",
-        "postgres",
-        "CREATE TABLE big AS SELECT g, md5(g::text) || md5((g*7)::text) || md5((g*13)::text) AS a FROM generate_series(1, 3000000) g",
-    );
+    psql(&name, "postgres", "postgres", common::BIG_TABLE);
     wait_until(Duration::from_secs(5), || s.target(&name)).expect("listed");
 
     let backup = {
@@ -387,16 +343,14 @@ fn job_timeout_aborts_and_lists_nothing() {
     let s = stack!();
     let name = unique("timeout");
     let _g = Cleanup(name.clone());
-    s.start_container_with(
+    s.start_pg(
         &name,
         &[
             ("pgbackup.enable", "true"),
             ("pgbackup.timeout", "3s"),
             ("pgbackup.globals", "false"),
         ],
-        &["--network", &s.network()],
     );
-    wait_healthy(&name);
     psql(&name, "postgres", "postgres", "CREATE TABLE locked(id int)");
     // Hold an exclusive lock so pg_dump waits on it for longer than the job may run.
     let holder =

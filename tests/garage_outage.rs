@@ -13,36 +13,15 @@ fn garage_stopped_mid_upload_leaves_nothing_behind() {
     let s = stack!();
     let name = unique("s3down");
     let _g = Cleanup(name.clone());
-    s.start_container_with(
+    s.start_pg(
         &name,
         &[
             ("pgbackup.enable", "true"),
             ("pgbackup.compression", "none"),
             ("pgbackup.globals", "false"),
         ],
-        &["--network", &s.network()],
     );
-    let ready = wait_until(Duration::from_secs(60), || {
-        common::run(std::process::Command::new("docker").args([
-            "exec",
-            &name,
-            "pg_isready",
-            "-q",
-            "-h",
-            "127.0.0.1",
-        ]))
-        .status
-        .success()
-        .then_some(())
-    });
-    assert!(ready.is_some());
-    std::thread::sleep(Duration::from_secs(3));
-    psql(
-        &name,
-        "postgres",
-        "postgres",
-        "CREATE TABLE big AS SELECT g, md5(g::text) || md5((g*7)::text) || md5((g*13)::text) AS a FROM generate_series(1, 3000000) g",
-    );
+    psql(&name, "postgres", "postgres", common::BIG_TABLE);
     wait_until(Duration::from_secs(5), || s.target(&name)).expect("listed");
 
     let c = s.container("backup");

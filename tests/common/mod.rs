@@ -364,3 +364,48 @@ pub fn host_pgctl(args: &[&str]) -> Output {
         .env("PGBACKUP_HTTP_ADDR", "off")
         .env("DOCKER_HOST", "tcp://127.0.0.1:1"))
 }
+
+/// Rows of ~100 bytes, ~300 MB: a dump that is still running a second after it started.
+pub const BIG_TABLE: &str = "CREATE TABLE big AS SELECT g, md5(g::text) || md5((g*7)::text) || md5((g*13)::text) AS a FROM generate_series(1, 3000000) g";
+
+/// Waits until Postgres in `container` accepts connections for good (after the entrypoint's
+/// init restart).
+pub fn wait_ready(container: &str) {
+    let ok = wait_until(Duration::from_secs(60), || {
+        let o = run(std::process::Command::new("docker").args([
+            "exec",
+            container,
+            "pg_isready",
+            "-q",
+            "-h",
+            "127.0.0.1",
+        ]));
+        o.status.success().then_some(())
+    });
+    assert!(ok.is_some(), "{container} did not become ready");
+    // The official entrypoint restarts the server once after init; let it settle.
+    std::thread::sleep(Duration::from_secs(2));
+    wait_until(Duration::from_secs(30), || {
+        run(std::process::Command::new("docker").args([
+            "exec",
+            container,
+            "pg_isready",
+            "-q",
+            "-h",
+            "127.0.0.1",
+        ]))
+        .status
+        .success()
+        .then_some(())
+    })
+    .expect("ready again");
+}
+
+impl Stack {
+    /// A standalone Postgres with `labels` on the stack's network (so the sidecar reaches it by
+    /// name in connect mode), ready for queries.
+    pub fn start_pg(&self, name: &str, labels: &[(&str, &str)]) {
+        self.start_container_with(name, labels, &["--network", &self.network()]);
+        wait_ready(name);
+    }
+}
