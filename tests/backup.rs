@@ -171,16 +171,17 @@ fn manual_backup_connect_pg15_restores_with_standard_tools() {
     check_restorable(&s, &last, &db15, "legacy", "legacy", "items");
 }
 
-#[test]
-fn seconds_level_schedule_backs_up_by_itself() {
-    let s = stack!();
-    let name = unique("sched");
+/// A container backed up by a seconds-level schedule with `method`; checks the first scheduled
+/// backup that started after data was written.
+fn scheduled_backup(s: &common::Stack, method: &str) {
+    let name = unique(&format!("sched-{method}"));
     let _g = Cleanup(name.clone());
     s.start_pg(
         &name,
         &[
             ("pgbackup.enable", "true"),
             ("pgbackup.schedule", "*/5 * * * * *"),
+            ("pgbackup.method", method),
             ("pgbackup.globals", "false"),
         ],
     );
@@ -191,7 +192,6 @@ fn seconds_level_schedule_backs_up_by_itself() {
         "CREATE TABLE ticks(id int PRIMARY KEY); INSERT INTO ticks SELECT generate_series(1, 100)",
     );
     let written = chrono::Utc::now();
-    // The first scheduled backup that started after the data was written.
     let found = wait_until(Duration::from_secs(40), || {
         s.list(&name).into_iter().find(|b| {
             b["started_at"]
@@ -202,9 +202,22 @@ fn seconds_level_schedule_backs_up_by_itself() {
     });
     let b = found.expect("the schedule produced a committed backup within 40 s");
     assert_eq!(b["target"], name.as_str());
+    assert_eq!(b["method"], method);
     let st = s.target(&name).expect("listed");
     assert!(st["run"]["last_success"]["trigger"] == "schedule", "{st}");
-    check_restorable_plain_count(&s, &b);
+    check_restorable_plain_count(s, &b);
+}
+
+#[test]
+fn seconds_level_schedule_backs_up_by_itself_exec() {
+    let s = stack!();
+    scheduled_backup(&s, "exec");
+}
+
+#[test]
+fn seconds_level_schedule_backs_up_by_itself_connect() {
+    let s = stack!();
+    scheduled_backup(&s, "connect");
 }
 
 /// A lighter restore check: the dump lists the table (pg_restore --list, standard tool).
