@@ -295,11 +295,16 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-/// A running compose container `shop-<service>-1` of project `shop`, opted in, with `extra`
-/// labels, parsed with default settings: the fixture of the unit tests that need targets.
+/// A compose container `shop-<service>-1` of project `shop`, opted in, with `extra` labels (an
+/// empty value removes a label): the fixture of the unit tests.
 #[cfg(test)]
-pub(crate) fn test_target(service: &str, extra: &[(&str, &str)]) -> Target {
-    let labels = [
+pub(crate) fn test_container(
+    id: &str,
+    service: &str,
+    extra: &[(&str, &str)],
+    running: bool,
+) -> Container {
+    let mut labels: std::collections::HashMap<String, String> = [
         ("com.docker.compose.project", "shop"),
         ("com.docker.compose.service", service),
         ("pgbackup.enable", "true"),
@@ -308,14 +313,21 @@ pub(crate) fn test_target(service: &str, extra: &[(&str, &str)]) -> Target {
     .chain(extra)
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let c = Container {
-        id: format!("id-{service}"),
+    labels.retain(|_, v| !v.is_empty());
+    Container {
+        id: id.into(),
         name: format!("shop-{service}-1"),
         image: "postgres:17".into(),
         labels,
         env: std::collections::HashMap::new(),
-        running: true,
-    };
+        running,
+    }
+}
+
+/// [`test_container`] (running) parsed with default settings.
+#[cfg(test)]
+pub(crate) fn test_target(service: &str, extra: &[(&str, &str)]) -> Target {
+    let c = test_container(&format!("id-{service}"), service, extra, true);
     Target::from_container(&c, &Defaults::from_map(&Default::default()).unwrap()).unwrap()
 }
 
@@ -325,24 +337,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn container(id: &str, service: &str, extra: &[(&str, &str)], running: bool) -> Container {
-        let mut labels: HashMap<String, String> = [
-            ("com.docker.compose.project", "shop"),
-            ("com.docker.compose.service", service),
-            ("pgbackup.enable", "true"),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        labels.retain(|_, v| !v.is_empty());
-        Container {
-            id: id.into(),
-            name: format!("shop-{service}-1"),
-            image: "postgres:17".into(),
-            labels,
-            env: HashMap::new(),
-            running,
-        }
+        test_container(id, service, extra, running)
     }
 
     fn defaults() -> Defaults {

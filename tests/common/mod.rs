@@ -371,34 +371,21 @@ pub const BIG_TABLE: &str = "CREATE TABLE big AS SELECT g, md5(g::text) || md5((
 /// Waits until Postgres in `container` accepts connections for good (after the entrypoint's
 /// init restart).
 pub fn wait_ready(container: &str) {
-    let ok = wait_until(Duration::from_secs(60), || {
-        let o = run(std::process::Command::new("docker").args([
-            "exec",
-            container,
-            "pg_isready",
-            "-q",
-            "-h",
-            "127.0.0.1",
-        ]));
-        o.status.success().then_some(())
-    });
-    assert!(ok.is_some(), "{container} did not become ready");
+    let ready = || pg_ready(container).then_some(());
+    assert!(
+        wait_until(Duration::from_secs(60), ready).is_some(),
+        "{container} did not become ready"
+    );
     // The official entrypoint restarts the server once after init; let it settle.
     std::thread::sleep(Duration::from_secs(2));
-    wait_until(Duration::from_secs(30), || {
-        run(std::process::Command::new("docker").args([
-            "exec",
-            container,
-            "pg_isready",
-            "-q",
-            "-h",
-            "127.0.0.1",
-        ]))
+    wait_until(Duration::from_secs(30), ready).expect("ready again");
+}
+
+/// `pg_isready` over TCP inside the container.
+pub fn pg_ready(container: &str) -> bool {
+    run(Command::new("docker").args(["exec", container, "pg_isready", "-q", "-h", "127.0.0.1"]))
         .status
         .success()
-        .then_some(())
-    })
-    .expect("ready again");
 }
 
 impl Stack {
