@@ -69,6 +69,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         cfg.s3.clone(),
         cfg.timezone,
         cfg.concurrency,
+        cfg.min_backups,
     ));
 
     let disco = tokio::spawn(discovery::run(

@@ -130,12 +130,19 @@ impl DockerClient {
     /// Running containers that carry the `pgbackup.enable` label (any value: the label parser
     /// decides what the value means).
     pub async fn list_labelled(&self) -> Result<Vec<Container>, DockerError> {
+        self.list_running(&[ENABLE]).await
+    }
+
+    /// Running containers carrying every one of `labels` (`name` or `name=value`), inspected.
+    pub async fn list_running(&self, labels: &[&str]) -> Result<Vec<Container>, DockerError> {
         let opts = ListContainersOptions {
             all: false,
-            filters: Some(HashMap::from([(
-                "label".to_string(),
-                vec![ENABLE.to_string()],
-            )])),
+            filters: (!labels.is_empty()).then(|| {
+                HashMap::from([(
+                    "label".to_string(),
+                    labels.iter().map(|l| l.to_string()).collect(),
+                )])
+            }),
             ..Default::default()
         };
         let summaries = timed("list_containers", self.docker.list_containers(Some(opts))).await?;
@@ -322,6 +329,10 @@ impl ExecStream {
     }
 }
 
+/// The write end of a command's stdin. `shutdown()` half-closes the connection, which the
+/// daemon passes on as end of file.
+pub type ExecInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
 impl DockerClient {
     /// Starts `cmd` in `container` with stdout and stderr attached (no TTY, no stdin).
     /// `env` entries are `NAME=value`: secrets go there, never into `cmd`.
@@ -332,8 +343,32 @@ impl DockerClient {
         env: &[String],
         user: Option<&str>,
     ) -> Result<ExecStream, DockerError> {
+        Ok(self.start(container, cmd, env, user, false).await?.0)
+    }
+
+    /// Like [`DockerClient::exec`], with stdin attached too: the caller writes the input and
+    /// must read the output concurrently (a command blocked on a full stdout reads no input).
+    pub async fn exec_with_stdin(
+        &self,
+        container: &str,
+        cmd: &[String],
+        env: &[String],
+        user: Option<&str>,
+    ) -> Result<(ExecStream, ExecInput), DockerError> {
+        let (out, input) = self.start(container, cmd, env, user, true).await?;
+        Ok((out, input.expect("stdin attached")))
+    }
+
+    async fn start(
+        &self,
+        container: &str,
+        cmd: &[String],
+        env: &[String],
+        user: Option<&str>,
+        stdin: bool,
+    ) -> Result<(ExecStream, Option<ExecInput>), DockerError> {
         let config = bollard::models::ExecConfig {
-            attach_stdin: Some(false),
+            attach_stdin: Some(stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(false),
@@ -356,14 +391,17 @@ impl DockerClient {
         )
         .await?;
         match started {
-            bollard::exec::StartExecResults::Attached { output, .. } => Ok(ExecStream {
-                output,
-                pending: bytes::Bytes::new(),
-                stderr: Default::default(),
-                exec_id: created.id,
-                docker: self.docker.clone(),
-                ended: false,
-            }),
+            bollard::exec::StartExecResults::Attached { output, input } => Ok((
+                ExecStream {
+                    output,
+                    pending: bytes::Bytes::new(),
+                    stderr: Default::default(),
+                    exec_id: created.id,
+                    docker: self.docker.clone(),
+                    ended: false,
+                },
+                stdin.then_some(input),
+            )),
             bollard::exec::StartExecResults::Detached => Err(DockerError::Timeout {
                 call: "start_exec (detached unexpectedly)",
             }),

@@ -9,12 +9,15 @@ pub mod config;
 pub mod controller;
 pub mod discovery;
 pub mod docker;
+pub mod fetch;
 pub mod http;
 pub mod labels;
 pub mod layout;
 pub mod manifest;
 pub mod metrics;
 pub mod pg;
+pub mod prune;
+pub mod restore;
 pub mod retention;
 pub mod runner;
 pub mod s3;
@@ -33,4 +36,7 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// A dependency refused or could not be reached at start-up (Docker daemon, S3 bucket).
     pub const UNAVAILABLE: i32 = 3;
+    /// Refused before changing anything: a restore over existing data without `--clean`, an
+    /// incompatible Postgres version.
+    pub const REFUSED: i32 = 4;
 }

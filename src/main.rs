@@ -17,6 +17,8 @@ use pgbackup::docker::DockerClient;
 use pgbackup::status::{self, DockerView, Report};
 use pgbackup::{controller, exit, http};
 
+mod commands;
+
 /// Backups and restores for Postgres running in Docker Compose.
 ///
 /// Configuration comes from the environment (see the README); every variable also accepts
@@ -66,6 +68,73 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Restore a logical backup into a running Postgres container, all or nothing.
+    ///
+    /// BACKUP is `latest`, a backup id (see `pgctl list`) or a key (folder, manifest or one
+    /// object). Every database is restored in one transaction committed only after the whole
+    /// object arrived with the right SHA-256; on any failure the target is left as it was.
+    /// Exit codes: 0 restored, 1 failed and rolled back, 2 bad arguments, 4 refused (data would
+    /// be overwritten without --clean, or the target's Postgres cannot read the backup).
+    Restore {
+        /// `latest`, a backup id or a key.
+        #[arg(value_name = "BACKUP")]
+        backup: String,
+        /// Whose backups `latest` or a bare id refer to (default: the --to target).
+        #[arg(long, value_name = "TARGET")]
+        from: Option<String>,
+        /// Container to restore into: `project/service`, service or container name (default:
+        /// the backup's own target).
+        #[arg(long, value_name = "TARGET")]
+        to: Option<String>,
+        /// Restore only this database of the backup.
+        #[arg(long, value_name = "NAME")]
+        db: Option<String>,
+        /// Replace what the target databases hold (dropped and restored in one transaction).
+        #[arg(long)]
+        clean: bool,
+        /// Restore a physical base backup into a new volume (not available in this version).
+        #[arg(long)]
+        physical: bool,
+        /// Print what would happen and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply retention: delete backups the policy does not keep, uncommitted leftovers older
+    /// than a day, and stale multipart uploads. Prints the plan with every backup's reasons.
+    Prune {
+        /// Targets (`project/service`); default: every valid target the controller sees.
+        #[arg(value_name = "TARGET")]
+        targets: Vec<String>,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read stored objects and check their sizes and SHA-256 against the manifest.
+    /// Exit 1 when any backup is damaged.
+    Verify {
+        /// `latest`, a backup id or a key.
+        #[arg(
+            value_name = "BACKUP",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        backup: Option<String>,
+        /// Every committed backup in the bucket (under S3_PREFIX).
+        #[arg(long)]
+        all: bool,
+        /// Whose backups `latest` or a bare id refer to.
+        #[arg(long, value_name = "TARGET")]
+        from: Option<String>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show every discovered target with its parsed settings or its label errors.
     Status {
         /// Print JSON for scripts instead of a table.
@@ -96,6 +165,41 @@ fn main() -> ExitCode {
                 controller,
             } => cmd_backup(targets, all, physical, wait, json, controller).await,
             Command::List { target, json } => cmd_list(target, json).await,
+            Command::Restore {
+                backup,
+                from,
+                to,
+                db,
+                clean,
+                physical,
+                dry_run,
+                json,
+            } => {
+                commands::restore(
+                    commands::RestoreArgs {
+                        backup,
+                        from,
+                        to,
+                        db,
+                        clean,
+                        physical,
+                        dry_run,
+                    },
+                    json,
+                )
+                .await
+            }
+            Command::Prune {
+                targets,
+                dry_run,
+                json,
+            } => commands::prune(targets, dry_run, json).await,
+            Command::Verify {
+                backup,
+                all,
+                from,
+                json,
+            } => commands::verify(backup, all, from, json).await,
         }
     });
     ExitCode::from(code as u8)
@@ -304,7 +408,7 @@ async fn cmd_backup(
                     o.target,
                     r["backup_id"].as_str().unwrap_or(""),
                     r["databases"].as_array().map(|a| a.len()).unwrap_or(0),
-                    human_bytes(r["bytes"].as_u64().unwrap_or(0)),
+                    pgbackup::table::human_bytes(r["bytes"].as_u64().unwrap_or(0)),
                     r["duration_seconds"].as_f64().unwrap_or(0.0)
                 ),
                 _ => println!(
@@ -378,7 +482,7 @@ fn render_list(manifests: &[pgbackup::manifest::Manifest], now: chrono::DateTime
             m.backup_id.to_string(),
             m.target.clone(),
             m.databases.join(","),
-            human_bytes(m.size()),
+            pgbackup::table::human_bytes(m.size()),
             human_age(now - m.finished_at),
         ]);
     }
@@ -390,21 +494,6 @@ fn render_list(manifests: &[pgbackup::manifest::Manifest], now: chrono::DateTime
         out.push_str("(no committed backups)\n");
     }
     out
-}
-
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn human_age(d: chrono::Duration) -> String {

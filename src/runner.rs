@@ -19,6 +19,7 @@ use crate::docker::DockerClient;
 use crate::labels::TargetId;
 use crate::layout::Kind;
 use crate::metrics::{DbLabels, JobLabels, Metrics};
+use crate::prune;
 use crate::schedule::Schedule;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -75,6 +76,7 @@ pub struct Runner {
     pub s3: Client,
     pub s3cfg: S3Config,
     pub tz: Tz,
+    pub min_backups: u32,
     slots: Semaphore,
     locks: Mutex<HashMap<TargetId, Arc<Mutex<()>>>>,
     pub state: RwLock<BTreeMap<String, TargetState>>,
@@ -88,12 +90,14 @@ impl Runner {
         s3cfg: S3Config,
         tz: Tz,
         concurrency: usize,
+        min_backups: u32,
     ) -> Runner {
         Runner {
             docker,
             s3,
             s3cfg,
             tz,
+            min_backups,
             slots: Semaphore::new(concurrency),
             locks: Mutex::default(),
             state: RwLock::default(),
@@ -249,6 +253,10 @@ impl Runner {
                 }
             }
         };
+        if result.ok && trigger != Trigger::Manual {
+            // Retention runs after every scheduled backup, still under the target's lock.
+            self.prune(target).await;
+        }
         let mut st = self.state.write().await;
         let entry = st.entry(key).or_default();
         entry.running = None;
@@ -257,6 +265,35 @@ impl Runner {
             entry.last_success = Some(result.clone());
         }
         Ok(result)
+    }
+}
+
+impl Runner {
+    async fn prune(&self, target: &Target) {
+        let Some(scope) = prune::scope_of(target, &self.s3cfg.prefix) else {
+            return;
+        };
+        let result = async {
+            let plan = prune::plan(
+                &self.s3,
+                &self.s3cfg,
+                &scope,
+                self.min_backups,
+                self.tz,
+                Utc::now(),
+            )
+            .await?;
+            prune::execute(&self.s3, &self.s3cfg, &plan).await
+        }
+        .await;
+        match result {
+            Ok(d) => tracing::info!(target_id = %scope.target, policy = %scope.policy,
+                backups_deleted = d.backups_deleted, leftovers_deleted = d.leftovers_deleted,
+                uploads_aborted = d.uploads_aborted, "Retention applied."),
+            Err(e) => {
+                tracing::warn!(target_id = %scope.target, "Retention failed (retried after the next backup): {e}")
+            }
+        }
     }
 }
 

@@ -1,0 +1,402 @@
+//! `pgctl restore`, `prune` and `verify`: commands that work on S3 and Docker directly (no
+//! controller needed), with tables for people and JSON for scripts.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use chrono::Utc;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use pgbackup::config::Config;
+use pgbackup::discovery::Target;
+use pgbackup::docker::DockerClient;
+use pgbackup::exit;
+use pgbackup::fetch;
+use pgbackup::layout;
+use pgbackup::manifest::Manifest;
+use pgbackup::prune::{self, Scope};
+use pgbackup::restore::{self, BackupRef, Progress, Quiet, Request, RestoreError};
+use pgbackup::table::human_bytes;
+
+/// The configuration, or the exit code after saying what is wrong.
+pub fn load_config() -> Result<Config, i32> {
+    crate::env_map()
+        .and_then(|m| Config::from_map(&m))
+        .map_err(|e| {
+            eprintln!("pgctl: configuration error: {e}");
+            exit::USAGE
+        })
+}
+
+async fn connect_docker(cfg: &Config) -> Result<DockerClient, i32> {
+    DockerClient::connect(cfg.docker_host.as_deref())
+        .await
+        .map_err(|e| {
+            eprintln!("pgctl: {e}");
+            exit::UNAVAILABLE
+        })
+}
+
+/// A progress bar on stderr when it is a terminal: bytes, rate and time left.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new() -> Bar {
+        let pb = if std::io::stderr().is_terminal() {
+            ProgressBar::new(0)
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta} left",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.enable_steady_tick(Duration::from_millis(250));
+        Bar(pb)
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, what: &str, total: u64) {
+        self.0.reset();
+        self.0.set_length(total);
+        self.0.set_position(0);
+        self.0.set_message(what.to_string());
+    }
+    fn set(&self, done: u64) {
+        self.0.set_position(done);
+    }
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}
+
+pub struct RestoreArgs {
+    pub backup: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub db: Option<String>,
+    pub clean: bool,
+    pub physical: bool,
+    pub dry_run: bool,
+}
+
+pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
+    if args.physical {
+        eprintln!("pgctl: physical restores are not available in this version");
+        return exit::USAGE;
+    }
+    let backup: BackupRef = match args.backup.parse() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("pgctl: {e}");
+            return exit::USAGE;
+        }
+    };
+    let cfg = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let docker = match connect_docker(&cfg).await {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let client = pgbackup::s3::client(&cfg.s3).await;
+    let defaults = cfg.defaults();
+    let req = Request {
+        backup,
+        from: args.from,
+        to: args.to,
+        db: args.db,
+        clean: args.clean,
+    };
+    let result = async {
+        let (manifest, object) =
+            restore::resolve_backup(&docker, &client, &cfg.s3, &defaults, &req).await?;
+        let plan = restore::plan(&docker, &defaults, manifest, object, &req).await?;
+        if !json {
+            eprint!("{plan}");
+        }
+        restore::check(&plan)?;
+        if args.dry_run {
+            return Ok(None);
+        }
+        let progress: Box<dyn Progress> = if json {
+            Box::new(Quiet)
+        } else {
+            Box::new(Bar::new())
+        };
+        restore::execute(&docker, &client, &cfg.s3, &plan, progress.as_ref())
+            .await
+            .map(Some)
+    }
+    .await;
+    match result {
+        Ok(None) => {
+            if !json {
+                eprintln!("pgctl: dry run: nothing was changed");
+            }
+            exit::OK
+        }
+        Ok(Some(o)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&o).expect("serialises"));
+            } else {
+                println!(
+                    "restored {} of {} into {}: {} ({}) in {:.1}s{}",
+                    o.backup_id,
+                    o.source,
+                    o.target,
+                    o.databases.join(", "),
+                    human_bytes(o.bytes),
+                    o.duration_seconds,
+                    if o.roles_created.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; roles created: {}", o.roles_created.join(", "))
+                    }
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            let label = match e {
+                RestoreError::Refused(_) => "refused",
+                RestoreError::Usage(_) => "error",
+                RestoreError::Failed(_) => "restore failed",
+            };
+            eprintln!("pgctl: {label}: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+/// Scopes for `prune`: the named targets, or every valid target running now.
+async fn scopes(cfg: &Config, docker: &DockerClient, names: &[String]) -> Result<Vec<Scope>, i32> {
+    let defaults = cfg.defaults();
+    let running: Vec<Target> = docker
+        .list_labelled()
+        .await
+        .map_err(|e| {
+            eprintln!("pgctl: {e}");
+            exit::UNAVAILABLE
+        })?
+        .iter()
+        .filter_map(|c| Target::from_container(c, &defaults))
+        .collect();
+    if names.is_empty() {
+        for t in running.iter().filter(|t| t.settings().is_none()) {
+            eprintln!(
+                "pgctl: warning: {} has invalid labels and is not pruned; see `pgctl status`",
+                t.target
+            );
+        }
+        return Ok(running
+            .iter()
+            .filter_map(|t| prune::scope_of(t, &cfg.s3.prefix))
+            .collect());
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let found: Vec<&Target> = running.iter().filter(|t| t.target.matches(name)).collect();
+        match found.as_slice() {
+            [t] => match prune::scope_of(t, &cfg.s3.prefix) {
+                Some(s) => out.push(s),
+                None => {
+                    eprintln!(
+                        "pgctl: {} has invalid labels (see `pgctl status`): fix them first, its retention labels are unknown",
+                        t.target
+                    );
+                    return Err(exit::USAGE);
+                }
+            },
+            [] if name.contains('/') => {
+                // Not running (or never labelled here): its folder with the environment's policy.
+                out.push(Scope {
+                    target: name.clone(),
+                    dir: layout::target_dir(&cfg.s3.prefix, name),
+                    policy: cfg.keep.clone(),
+                })
+            }
+            [] => {
+                eprintln!(
+                    "pgctl: no running target named {name:?}; name a target that is not running as project/service"
+                );
+                return Err(exit::USAGE);
+            }
+            _ => {
+                eprintln!("pgctl: {name:?} is ambiguous: name it as project/service");
+                return Err(exit::USAGE);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn prune(targets: Vec<String>, dry_run: bool, json: bool) -> i32 {
+    let cfg = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let docker = match connect_docker(&cfg).await {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let scopes = match scopes(&cfg, &docker, &targets).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if scopes.is_empty() {
+        eprintln!("pgctl: no targets to prune");
+        return exit::OK;
+    }
+    let client = pgbackup::s3::client(&cfg.s3).await;
+    let now = Utc::now();
+    let mut plans = Vec::new();
+    let mut failed = false;
+    for scope in &scopes {
+        let plan =
+            match prune::plan(&client, &cfg.s3, scope, cfg.min_backups, cfg.timezone, now).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("pgctl: {}: {e}", scope.target);
+                    failed = true;
+                    continue;
+                }
+            };
+        if !json {
+            print!("{}", prune::render(&plan, cfg.timezone));
+        }
+        if !dry_run {
+            match prune::execute(&client, &cfg.s3, &plan).await {
+                Ok(d) => {
+                    if !json {
+                        println!(
+                            "  deleted {} backups and {} leftovers, aborted {} uploads",
+                            d.backups_deleted, d.leftovers_deleted, d.uploads_aborted
+                        );
+                    }
+                }
+                Err(e) => {
+                    eprintln!("pgctl: {}: {e}", scope.target);
+                    failed = true;
+                }
+            }
+        }
+        plans.push(plan);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plans).expect("serialises")
+        );
+    } else if dry_run {
+        println!("(dry run: nothing was deleted)");
+    }
+    if failed { exit::FAILED } else { exit::OK }
+}
+
+#[derive(serde::Serialize)]
+struct Verified {
+    backup_id: String,
+    target: String,
+    ok: bool,
+    objects: usize,
+    bytes: u64,
+    damage: Vec<String>,
+}
+
+pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, json: bool) -> i32 {
+    let cfg = match load_config() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let client = pgbackup::s3::client(&cfg.s3).await;
+    let manifests: Vec<Manifest> = if all {
+        match pgbackup::catalog::committed(&client, &cfg.s3, None).await {
+            Ok((m, problems)) => {
+                for p in problems {
+                    eprintln!("pgctl: damaged: {p}");
+                }
+                m
+            }
+            Err(e) => {
+                eprintln!("pgctl: {e}");
+                return exit::FAILED;
+            }
+        }
+    } else {
+        let backup: BackupRef = match backup.unwrap_or_default().parse() {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("pgctl: {e}");
+                return exit::USAGE;
+            }
+        };
+        let docker = match connect_docker(&cfg).await {
+            Ok(d) => d,
+            Err(code) => return code,
+        };
+        let req = Request {
+            backup,
+            from,
+            to: None,
+            db: None,
+            clean: false,
+        };
+        match restore::resolve_backup(&docker, &client, &cfg.s3, &cfg.defaults(), &req).await {
+            Ok((m, _)) => vec![m],
+            Err(e) => {
+                eprintln!("pgctl: {e}");
+                return e.exit_code();
+            }
+        }
+    };
+    let mut results = Vec::new();
+    for m in &manifests {
+        let mut damage = Vec::new();
+        for o in &m.objects {
+            if let Err(d) = fetch::verify_object(&client, &cfg.s3, m, o).await {
+                damage.push(d.to_string());
+            }
+        }
+        let v = Verified {
+            backup_id: m.backup_id.to_string(),
+            target: m.target.clone(),
+            ok: damage.is_empty(),
+            objects: m.objects.len(),
+            bytes: m.size(),
+            damage,
+        };
+        if !json {
+            println!(
+                "{:<8} {}  {}  {} objects, {}",
+                if v.ok { "ok" } else { "DAMAGED" },
+                v.target,
+                v.backup_id,
+                v.objects,
+                human_bytes(v.bytes)
+            );
+            for d in &v.damage {
+                println!("         {d}");
+            }
+        }
+        results.push(v);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&results).expect("serialises")
+        );
+    } else if results.is_empty() {
+        println!("(no committed backups)");
+    }
+    if results.iter().all(|v| v.ok) {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
+}
