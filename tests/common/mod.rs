@@ -74,6 +74,10 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
+pub fn postgres15_image() -> String {
+    std::env::var("POSTGRES15_IMAGE").unwrap_or_else(|_| "postgres:15".into())
+}
+
 pub fn postgres_image() -> String {
     std::env::var("POSTGRES_IMAGE").unwrap_or_else(|_| "postgres:17".into())
 }
@@ -150,6 +154,17 @@ impl Stack {
         labels: &[(&str, &str)],
         extra: &[&str],
     ) -> String {
+        self.start_image(name, &postgres_image(), labels, extra)
+    }
+
+    /// Starts `image` as a standalone container owned by this test run.
+    pub fn start_image(
+        &self,
+        name: &str,
+        image: &str,
+        labels: &[(&str, &str)],
+        extra: &[&str],
+    ) -> String {
         let owner = format!("pgbackup-e2e.owner={}", self.project);
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -166,7 +181,7 @@ impl Stack {
             args.push(format!("{k}={v}"));
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        args.push(postgres_image());
+        args.push(image.to_string());
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         docker(&refs)
     }
@@ -238,6 +253,58 @@ pub fn download(
             names.push(name);
         }
         names
+    })
+}
+
+/// Writes one object (for tests that damage or fabricate backups).
+pub fn put(cfg: &pgbackup::config::S3Config, key: &str, data: Vec<u8>) {
+    block_on(async {
+        let client = pgbackup::s3::client(cfg).await;
+        client
+            .put_object()
+            .bucket(&cfg.bucket)
+            .key(key)
+            .body(data.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+    })
+}
+
+/// Writes many small objects, 32 at a time.
+pub fn put_many(cfg: &pgbackup::config::S3Config, objects: Vec<(String, Vec<u8>)>) {
+    use futures_util::StreamExt;
+    block_on(async {
+        let client = pgbackup::s3::client(cfg).await;
+        let client = &client;
+        futures_util::stream::iter(objects)
+            .map(|(key, data)| async move {
+                client
+                    .put_object()
+                    .bucket(&cfg.bucket)
+                    .key(&key)
+                    .body(data.into())
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+    })
+}
+
+pub fn get(cfg: &pgbackup::config::S3Config, key: &str) -> Vec<u8> {
+    block_on(async {
+        let client = pgbackup::s3::client(cfg).await;
+        let obj = client
+            .get_object()
+            .bucket(&cfg.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
+        obj.body.collect().await.unwrap().into_bytes().to_vec()
     })
 }
 
@@ -328,12 +395,12 @@ pub fn free_port() -> u16 {
 }
 
 impl Stack {
-    /// Starts `pgctl run` on the host with the stack's S3 settings plus `env`.
-    pub fn host_controller(&self, env: &[(&str, String)]) -> HostController {
+    /// `pgctl ARGS` on the host (the binary under test) with the stack's S3 settings and the
+    /// local Docker socket, nothing else from the environment.
+    pub fn host_pgctl_cmd(&self, args: &[&str]) -> Command {
         let garage = stdout(&self.compose(&["port", "garage", "3900"]));
-        let http_port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgctl"));
-        cmd.arg("run")
+        cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("S3_ENDPOINT", format!("http://{}", garage.trim()))
@@ -343,8 +410,15 @@ impl Stack {
             .env(
                 "S3_SECRET_ACCESS_KEY",
                 "9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2dfcaccb976025",
-            )
-            .env("PGBACKUP_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            );
+        cmd
+    }
+
+    /// Starts `pgctl run` on the host with the stack's S3 settings plus `env`.
+    pub fn host_controller(&self, env: &[(&str, String)]) -> HostController {
+        let http_port = free_port();
+        let mut cmd = self.host_pgctl_cmd(&["run"]);
+        cmd.env("PGBACKUP_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
         for (k, v) in env {
@@ -392,7 +466,12 @@ impl Stack {
     /// A standalone Postgres with `labels` on the stack's network (so the sidecar reaches it by
     /// name in connect mode), ready for queries.
     pub fn start_pg(&self, name: &str, labels: &[(&str, &str)]) {
-        self.start_container_with(name, labels, &["--network", &self.network()]);
+        self.start_pg_image(name, &postgres_image(), labels);
+    }
+
+    /// [`Stack::start_pg`] with another image (`postgres15_image()`).
+    pub fn start_pg_image(&self, name: &str, image: &str, labels: &[(&str, &str)]) {
+        self.start_image(name, image, labels, &["--network", &self.network()]);
         wait_ready(name);
     }
 }
