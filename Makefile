@@ -5,7 +5,7 @@ COMPOSE := docker compose
 # Makes the image variables (official or local images) visible to Compose.
 IMAGES := scripts/deps.sh && eval "$$(scripts/images.sh)"
 
-.PHONY: up down logs status backup list test bench clean images
+.PHONY: up down logs status backup list restore verify prune test bench clean images
 
 ## up: build what is missing, start the stack, wait until healthy, show targets and backups
 up:
@@ -32,6 +32,22 @@ backup:
 ## list: committed backups
 list:
 	$(COMPOSE) exec -T backup pgctl list $(TARGET)
+
+# A terminal for the progress bar when there is one; -T otherwise (CI, pipes).
+TTY := $(shell [ -t 0 ] || echo -T)
+
+## restore: FILE=latest|<backup id>|<key> [FROM=project/service] [TO=service] [ARGS="--db app --clean"]
+restore:
+	@[ -n "$(FILE)" ] || { echo 'usage: make restore FILE=latest|<backup id>|<key> [FROM=…] [TO=…] [ARGS=…]; see `make list`' >&2; exit 2; }
+	$(COMPOSE) exec $(TTY) backup pgctl restore $(FILE) $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(ARGS)
+
+## verify: re-read stored backups and check their SHA-256 (FILE=… for one, default all)
+verify:
+	$(COMPOSE) exec -T backup pgctl verify $(if $(FILE),$(FILE),--all)
+
+## prune: apply retention now (ARGS=--dry-run to only print the plan)
+prune:
+	$(COMPOSE) exec -T backup pgctl prune $(ARGS)
 
 ## test: unit tests and end-to-end tests on the real stack (sets everything up first)
 test:

@@ -54,7 +54,6 @@ impl Bar {
             .expect("valid template")
             .progress_chars("=> "),
         );
-        pb.enable_steady_tick(Duration::from_millis(250));
         Bar(pb)
     }
 }
@@ -65,6 +64,7 @@ impl Progress for Bar {
         self.0.set_length(total);
         self.0.set_position(0);
         self.0.set_message(what.to_string());
+        self.0.enable_steady_tick(Duration::from_millis(250));
     }
     fn set(&self, done: u64) {
         self.0.set_position(done);
