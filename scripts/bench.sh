@@ -6,6 +6,10 @@
 #   pgbackup    pgctl backup (exec pg_dump → zstd:3 → SHA-256 → Garage multipart)
 #   naive       docker exec db pg_dump app | gzip | aws s3 cp - s3://…  (awscli from PyPI)
 #   memory      peak RSS (VmHWM) of pgctl, the sidecar's only process, fresh for each size
+# and the same for restore, into db-restore:
+#   local       pg_restore --single-transaction of the dump file inside db-restore (the ceiling)
+#   pgbackup    pgctl restore latest (Garage → SHA-256 → zstd -d → pg_restore | psql, one transaction)
+#   naive       aws s3 cp - | gunzip | psql (the naive backup, plain SQL)
 #
 # BENCH_SCALE (default 40) is the pgbench scale of the base size; the run repeats the backup on
 # a database 4× larger to show memory does not grow with it (BENCH_SKIP_4X=1 to skip).
@@ -19,6 +23,7 @@ P=pgbackup-bench
 compose=(docker compose -p "$P" -f compose.yaml -f compose.test.yaml)
 SCALE=${BENCH_SCALE:-40}
 DB="$P-db-1"
+RDB="$P-db-restore-1"
 SIDECAR="$P-backup-1"
 VENV=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}/bench-venv
 
@@ -32,7 +37,7 @@ fi
 
 "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
 trap '"${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true' EXIT
-"${compose[@]}" up -d --build --quiet-pull db backup garage garage-init >/dev/null
+"${compose[@]}" up -d --build --quiet-pull db db-restore backup garage garage-init >/dev/null
 scripts/wait-healthy.sh "${compose[@]}"
 
 GARAGE=$("${compose[@]}" port garage 3900)
@@ -41,6 +46,8 @@ export AWS_SECRET_ACCESS_KEY=9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2
 export AWS_DEFAULT_REGION=garage
 
 psql() { docker exec "$DB" psql -X -q -v ON_ERROR_STOP=1 -U app -d app "$@"; }
+rpsql() { docker exec "$RDB" psql -X -q -v ON_ERROR_STOP=1 -U app -d postgres "$@"; }
+fresh() { rpsql -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" >/dev/null; }
 
 # fill SCALE TEXT_ROWS: pgbench tables plus a text-heavy table (documents, mixed repetition).
 fill() {
@@ -86,17 +93,67 @@ measure() {
     PGB_RATE=$(rate "$raw_bytes" "$pgb_s")
     NAIVE_RATE=$(rate "$raw_bytes" "$naive_s")
     PEAK=$peak
+    RAW_BYTES=$raw_bytes
     ROWS+="| $label | $((size / 1024 / 1024)) MiB | $((raw_bytes / 1024 / 1024)) MiB | $(secs "$raw_s") s · $RAW_RATE MB/s | $(secs "$pgb_s") s · $PGB_RATE MB/s ($((stored / 1024 / 1024)) MiB stored) | $(secs "$naive_s") s · $NAIVE_RATE MB/s | $PEAK MiB |"$'\n'
     log "$label: raw $RAW_RATE MB/s, pgbackup $PGB_RATE MB/s, naive $NAIVE_RATE MB/s, peak RSS $PEAK MiB"
 }
 
+# measure_restore LABEL RAW_BYTES: local pg_restore, pgctl restore, naive; one markdown row.
+measure_restore() {
+    local label=$1 raw_bytes=$2 t0 t1 local_s pgb_s naive_s peak
+    docker exec "$DB" pg_dump -U app -Fc -Z0 -f /tmp/bench.dump app
+    docker cp "$DB:/tmp/bench.dump" - | docker cp - "$RDB:/tmp/"
+    docker exec "$DB" rm -f /tmp/bench.dump
+    fresh app_local
+    t0=$(date +%s.%N)
+    docker exec "$RDB" pg_restore -U app -d app_local --single-transaction /tmp/bench.dump
+    t1=$(date +%s.%N)
+    local_s=$(python3 -c "print($t1-$t0)")
+    docker exec "$RDB" rm -f /tmp/bench.dump
+    rpsql -c "DROP DATABASE app_local" >/dev/null
+
+    fresh app
+    # pgctl restore runs as its own process in the sidecar: sample its peak RSS while it runs.
+    t0=$(date +%s.%N)
+    peak=$(docker exec "$SIDECAR" sh -c '
+        pgctl restore latest --from '"$P/db"' --to db-restore --db app --json >/dev/null & pid=$!
+        peak=0
+        while kill -0 $pid 2>/dev/null; do
+            v=$(awk "/VmHWM/ {print int(\$2/1024)}" /proc/$pid/status 2>/dev/null || echo 0)
+            [ "${v:-0}" -gt "$peak" ] && peak=$v
+            sleep 0.2
+        done
+        wait $pid || exit 1
+        echo $peak')
+    t1=$(date +%s.%N)
+    pgb_s=$(python3 -c "print($t1-$t0)")
+
+    fresh app_naive
+    t0=$(date +%s.%N)
+    "$VENV/bin/aws" --endpoint-url "http://$GARAGE" s3 cp "s3://pgbackup/naive/app-$label.sql.gz" - |
+        gunzip | docker exec -i "$RDB" psql -X -q -o /dev/null -v ON_ERROR_STOP=1 -1 -U app -d app_naive
+    t1=$(date +%s.%N)
+    naive_s=$(python3 -c "print($t1-$t0)")
+    rpsql -c "DROP DATABASE app_naive" >/dev/null
+
+    LOCAL_R=$(rate "$raw_bytes" "$local_s")
+    PGB_R=$(rate "$raw_bytes" "$pgb_s")
+    NAIVE_R=$(rate "$raw_bytes" "$naive_s")
+    RROWS+="| $label | $(secs "$local_s") s · $LOCAL_R MB/s | $(secs "$pgb_s") s · $PGB_R MB/s | $(secs "$naive_s") s · $NAIVE_R MB/s | $peak MiB |"$'\n'
+    log "$label restore: local $LOCAL_R MB/s, pgbackup $PGB_R MB/s, naive $NAIVE_R MB/s, pgctl peak RSS $peak MiB"
+}
+
 ROWS=""
+RROWS=""
 fill "$SCALE" 1500000
 measure "1x"
+measure_restore "1x" "$RAW_BYTES"
 BASE_PGB=$PGB_RATE BASE_RAW=$RAW_RATE BASE_NAIVE=$NAIVE_RATE BASE_PEAK=$PEAK
+BASE_LOCAL_R=$LOCAL_R BASE_PGB_R=$PGB_R BASE_NAIVE_R=$NAIVE_R
 if [ "${BENCH_SKIP_4X:-0}" != 1 ]; then
     fill $((SCALE * 4)) 6000000
     measure "4x"
+    measure_restore "4x" "$RAW_BYTES"
 fi
 
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
@@ -115,6 +172,14 @@ Base size: pgbackup reaches **$(ratio "$BASE_PGB" "$BASE_RAW")×** the raw dump 
 **$(ratio "$BASE_PGB" "$BASE_NAIVE")×** the naive pipeline; peak sidecar memory $BASE_PEAK MiB.
 Targets (SPEC §9): ≥ 0.90× raw, ≥ 3× naive, ≤ 64 MiB at every size.
 
+Restore into \`db-restore\` (a fresh database each time; rates are dump bytes per second):
+
+| size | local \`pg_restore --single-transaction\` of the file | \`pgctl restore latest\` from Garage | naive \`aws s3 cp - \| gunzip \| psql -1\` | pgctl peak RSS |
+|---|---|---|---|---|
+$RROWS
+Base size: pgbackup's restore reaches **$(ratio "$BASE_PGB_R" "$BASE_LOCAL_R")×** a local
+pg_restore and **$(ratio "$BASE_PGB_R" "$BASE_NAIVE_R")×** the naive restore. Target: ≥ 0.90× local.
+
 Commands, exactly as run:
 
 \`\`\`sh
@@ -122,6 +187,9 @@ docker exec $DB pg_dump -U app -Fc -Z0 app | wc -c                       # raw
 docker exec $SIDECAR pgctl backup --wait --json $P/db                    # pgbackup (zstd:3)
 docker exec $DB pg_dump -U app app | gzip | aws --endpoint-url http://\$GARAGE s3 cp - s3://pgbackup/naive/app.sql.gz
 docker exec $SIDECAR awk '/VmHWM/' /proc/1/status                         # peak RSS, fresh sidecar per size
+docker exec $RDB pg_restore -U app -d app_local --single-transaction /tmp/bench.dump       # local restore
+docker exec $SIDECAR pgctl restore latest --from $P/db --to db-restore --db app          # pgbackup restore
+aws --endpoint-url http://\$GARAGE s3 cp s3://pgbackup/naive/app.sql.gz - | gunzip | docker exec -i $RDB psql -1 -U app -d app_naive
 \`\`\`
 
 Data: \`pgbench -i -s $SCALE\` plus a \`documents\` table of 1.5 M text rows (4× both for the

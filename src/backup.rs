@@ -108,7 +108,7 @@ struct Server {
     dump_tool: String,
 }
 
-async fn server_info(access: &Access) -> Result<Server, BackupError> {
+async fn server_info(access: &Access, tool: &str) -> Result<Server, BackupError> {
     let rows = access
         .query(
             "postgres",
@@ -120,7 +120,7 @@ async fn server_info(access: &Access) -> Result<Server, BackupError> {
     let major = pg::major_of(num).ok_or_else(|| {
         BackupError::Refused(format!("cannot read the server version from {row:?}"))
     })?;
-    let dump_tool = access.version("pg_dump").await?;
+    let dump_tool = access.version(tool).await?;
     let client_major = pg::major_of(&dump_tool).unwrap_or(0);
     if client_major < major {
         return Err(BackupError::Refused(format!(
@@ -205,7 +205,7 @@ pub async fn logical(
         return Err(BackupError::NotRunning(c.name));
     }
     let access = access_for(ctx, &c, spec).await?;
-    let server = server_info(&access).await?;
+    let server = server_info(&access, "pg_dump").await?;
     let dbs = databases(&access, spec).await?;
     let id = BackupId::new(now, Kind::Logical);
     let dir = layout::backup_dir(&ctx.s3cfg.prefix, &spec.prefix, &id);
@@ -242,7 +242,7 @@ pub async fn logical(
                 match spec.format {
                     // pg_dump's own compression off: ours is streamed and parallel.
                     Format::Custom => "--format=custom".into(),
-                    Format::Plain => "--format=plain".into(),
+                    Format::Plain | Format::Tar => "--format=plain".into(),
                 },
             ];
             if spec.format == Format::Custom {
@@ -263,21 +263,7 @@ pub async fn logical(
                 sha256: up.sha256,
             });
         }
-        let sums: Vec<(String, String)> = objects
-            .iter()
-            .map(|o| (o.name.clone(), o.sha256.clone()))
-            .collect();
-        upload::put(
-            ctx.s3,
-            ctx.s3cfg,
-            &layout::join(&[&dir, layout::SUMS]),
-            Bytes::from(layout::sums_file(&sums)),
-        )
-        .await
-        .map_err(|e| BackupError::Upload {
-            what: "writing SHA256SUMS".into(),
-            source: e.into(),
-        })?;
+        upload_sums(ctx, &dir, &objects).await?;
         let m = Manifest {
             format_version: manifest::FORMAT_VERSION,
             backup_id: id,
@@ -298,35 +284,168 @@ pub async fn logical(
             started_at: now,
             finished_at: Utc::now(),
             tool: manifest::Tool::default(),
+            physical: None,
         };
-        // Written last: its presence is what makes the backup exist.
-        upload::put(
-            ctx.s3,
-            ctx.s3cfg,
-            &layout::join(&[&dir, layout::MANIFEST]),
-            Bytes::from(m.to_json()),
-        )
-        .await
-        .map_err(|e| BackupError::Upload {
-            what: "committing manifest.json".into(),
-            source: e.into(),
-        })?;
-        Ok::<Manifest, BackupError>(m)
+        commit_manifest(ctx, &dir, m).await
     }
     .await;
-
     if result.is_err() {
-        // Best effort: no manifest means nothing is listed; removing the pieces saves space
-        // now rather than at the next prune.
-        for o in &objects {
-            let _ = ctx
-                .s3
-                .delete_object()
-                .bucket(&ctx.s3cfg.bucket)
-                .key(layout::join(&[&dir, &o.name]))
-                .send()
-                .await;
-        }
+        remove_objects(ctx, &dir, &objects).await;
+    }
+    result
+}
+
+/// `SHA256SUMS` for the objects written so far.
+async fn upload_sums(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) -> Result<(), BackupError> {
+    let sums: Vec<(String, String)> = objects
+        .iter()
+        .map(|o| (o.name.clone(), o.sha256.clone()))
+        .collect();
+    upload::put(
+        ctx.s3,
+        ctx.s3cfg,
+        &layout::join(&[dir, layout::SUMS]),
+        Bytes::from(layout::sums_file(&sums)),
+    )
+    .await
+    .map_err(|e| BackupError::Upload {
+        what: "writing SHA256SUMS".into(),
+        source: e.into(),
+    })
+}
+
+/// Writes `manifest.json`, last: its presence is what makes the backup exist.
+async fn commit_manifest(ctx: &Ctx<'_>, dir: &str, m: Manifest) -> Result<Manifest, BackupError> {
+    upload::put(
+        ctx.s3,
+        ctx.s3cfg,
+        &layout::join(&[dir, layout::MANIFEST]),
+        Bytes::from(m.to_json()),
+    )
+    .await
+    .map_err(|e| BackupError::Upload {
+        what: "committing manifest.json".into(),
+        source: e.into(),
+    })?;
+    Ok(m)
+}
+
+/// Best effort after a failure: no manifest means nothing is listed; removing the pieces saves
+/// space now rather than at the next prune.
+async fn remove_objects(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) {
+    for o in objects {
+        let _ = ctx
+            .s3
+            .delete_object()
+            .bucket(&ctx.s3cfg.bucket)
+            .key(layout::join(&[dir, &o.name]))
+            .send()
+            .await;
+    }
+}
+
+/// One physical base backup: `pg_basebackup` inside the target (always through `docker exec`,
+/// a local replication connection), as one tar stream with the WAL needed for consistency
+/// (`-X fetch`) and the server's own `backup_manifest` inside, through the same pipeline.
+pub async fn physical(
+    ctx: &Ctx<'_>,
+    target: &Target,
+    now: DateTime<Utc>,
+) -> Result<Manifest, BackupError> {
+    let spec = target
+        .settings()
+        .ok_or_else(|| BackupError::Invalid(target.target.to_string()))?;
+    let c = ctx
+        .docker
+        .inspect(&target.container_id)
+        .await
+        .map_err(PgError::from)?;
+    if !c.running {
+        return Err(BackupError::NotRunning(c.name));
+    }
+    let access = Access::Exec {
+        docker: ctx.docker.clone(),
+        container: c.id.clone(),
+        user: spec.user.clone(),
+    };
+    let server = server_info(&access, "pg_basebackup").await?;
+    let row = access
+        .query(
+            "postgres",
+            "SELECT system_identifier, current_setting('data_directory') FROM pg_control_system()",
+        )
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let (system_identifier, data_directory) = row
+        .split_once('|')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| {
+            BackupError::Refused(format!("cannot read the system identifier: {row:?}"))
+        })?;
+    let id = BackupId::new(now, Kind::Physical);
+    let dir = layout::backup_dir(&ctx.s3cfg.prefix, &spec.prefix, &id);
+    let mut objects = Vec::new();
+    let result = async {
+        let name = layout::base_object(spec.compression);
+        let key = layout::join(&[&dir, &name]);
+        let args: Vec<String> = [
+            "--no-password",
+            "--pgdata=-",
+            "--format=tar",
+            "--wal-method=fetch",
+            "--checkpoint=fast",
+            "--label=pgbackup",
+        ]
+        .map(String::from)
+        .to_vec();
+        let started = std::time::Instant::now();
+        let (raw, up) =
+            dump_object(ctx, &access, spec, &key, "pg_basebackup", &args, "(base)").await?;
+        tracing::info!(target_id = %target.target, raw_bytes = raw, stored_bytes = up.size,
+            duration_ms = started.elapsed().as_millis() as u64, "Base backup streamed.");
+        objects.push(Object {
+            name,
+            kind: ObjectKind::Base,
+            database: None,
+            size: up.size,
+            raw_size: raw,
+            sha256: up.sha256,
+        });
+        upload_sums(ctx, &dir, &objects).await?;
+        let m = Manifest {
+            format_version: manifest::FORMAT_VERSION,
+            backup_id: id,
+            kind: Kind::Physical,
+            target: target.target.to_string(),
+            prefix: dir.clone(),
+            container: c.name.clone(),
+            method: Method::Exec,
+            format: Format::Tar,
+            compression: spec.compression.to_string(),
+            postgres: Postgres {
+                server_version: server.version.clone(),
+                major: server.major,
+                dump_tool: server.dump_tool.clone(),
+            },
+            databases: vec![],
+            objects: objects.clone(),
+            started_at: now,
+            finished_at: Utc::now(),
+            tool: manifest::Tool::default(),
+            physical: Some(manifest::Physical {
+                system_identifier: system_identifier.clone(),
+                data_directory: data_directory.clone(),
+                wal_method: "fetch".into(),
+                image: c.image.clone(),
+            }),
+        };
+        commit_manifest(ctx, &dir, m).await
+    }
+    .await;
+    if result.is_err() {
+        remove_objects(ctx, &dir, &objects).await;
     }
     result
 }

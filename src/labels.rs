@@ -106,6 +106,8 @@ pub enum Method {
 pub enum Format {
     Custom,
     Plain,
+    /// Physical base backups (never a label value).
+    Tar,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

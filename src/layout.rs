@@ -119,8 +119,14 @@ pub fn database_object(db: &str, format: Format, compression: Compression) -> St
     let ext = match format {
         Format::Custom => "dump",
         Format::Plain => "sql",
+        Format::Tar => "tar",
     };
     format!("{}.{ext}{}", safe_name(db), compression.extension())
+}
+
+/// The physical base backup: `base.tar.zst`.
+pub fn base_object(compression: Compression) -> String {
+    format!("base.tar{}", compression.extension())
 }
 
 pub fn globals_object(compression: Compression) -> String {

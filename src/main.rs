@@ -481,7 +481,11 @@ fn render_list(manifests: &[pgbackup::manifest::Manifest], now: chrono::DateTime
         rows.push(vec![
             m.backup_id.to_string(),
             m.target.clone(),
-            m.databases.join(","),
+            if m.kind == pgbackup::layout::Kind::Physical {
+                "(whole cluster)".to_string()
+            } else {
+                m.databases.join(",")
+            },
             pgbackup::table::human_bytes(m.size()),
             human_age(now - m.finished_at),
         ]);

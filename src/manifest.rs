@@ -13,6 +13,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub enum ObjectKind {
     Database,
     Globals,
+    /// A physical base backup: the data directory as tar, WAL and `backup_manifest` inside.
+    Base,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +74,22 @@ pub struct Manifest {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub tool: Tool,
+    /// Physical backups only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<Physical>,
+}
+
+/// What a physical restore must match and know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Physical {
+    /// `pg_control_system().system_identifier`: which cluster this is.
+    pub system_identifier: String,
+    /// The server's `data_directory` (where the tar unpacks to).
+    pub data_directory: String,
+    /// `fetch`: the WAL needed for consistency is inside the tar.
+    pub wal_method: String,
+    /// The image the target ran when it was backed up.
+    pub image: String,
 }
 
 impl Manifest {
@@ -145,6 +163,7 @@ mod tests {
             started_at: t,
             finished_at: t,
             tool: Tool::default(),
+            physical: None,
         };
         let back = Manifest::from_json(m.to_json().as_bytes()).unwrap();
         assert_eq!(back, m);

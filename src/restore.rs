@@ -168,6 +168,7 @@ impl fmt::Display for Plan {
             match m.format {
                 Format::Custom => "custom",
                 Format::Plain => "plain",
+                Format::Tar => "tar",
             },
             m.postgres.major,
             crate::table::human_bytes(m.size()),
@@ -244,9 +245,22 @@ fn user_of(c: &Container, defaults: &Defaults) -> String {
         .unwrap_or_else(|| "postgres".to_string())
 }
 
-/// Finds a running container by `project/service`, service (when unambiguous), container name
-/// or id.
-pub async fn find_container(docker: &DockerClient, name: &str) -> Result<Container, RestoreError> {
+/// The compose project of the container pgctl runs in (the sidecar), if any: Docker sets the
+/// hostname to the container's short id.
+async fn own_project(docker: &DockerClient) -> Option<String> {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())?;
+    let me = docker.inspect(&host).await.ok()?;
+    me.labels.get("com.docker.compose.project").cloned()
+}
+
+/// Finds a running container by `project/service`, service, container name or id. A service
+/// name found in several compose projects resolves to the one in `prefer`, else to the
+/// sidecar's own project; otherwise it is ambiguous.
+pub async fn find_container(
+    docker: &DockerClient,
+    name: &str,
+    prefer: Option<&str>,
+) -> Result<Container, RestoreError> {
     let all = docker.list_running(&[]).await?;
     let ids: Vec<(Option<TargetId>, &Container)> = all
         .iter()
@@ -262,25 +276,36 @@ pub async fn find_container(docker: &DockerClient, name: &str) -> Result<Contain
     if let [c] = exact.as_slice() {
         return Ok((*c).clone());
     }
-    let by_service: Vec<&Container> = ids
+    let by_service: Vec<(Option<&TargetId>, &Container)> = ids
         .iter()
         .filter(|(t, c)| {
             t.as_ref().is_some_and(|t| t.service == name)
                 || (name.len() >= 12 && c.id.starts_with(name))
         })
-        .map(|(_, c)| *c)
+        .map(|(t, c)| (t.as_ref(), *c))
         .collect();
+    if by_service.len() > 1 {
+        let own = own_project(docker).await;
+        for project in [prefer.map(String::from), own].into_iter().flatten() {
+            let mine: Vec<&Container> = by_service
+                .iter()
+                .filter(|(t, _)| t.is_some_and(|t| t.project.as_deref() == Some(project.as_str())))
+                .map(|(_, c)| *c)
+                .collect();
+            if let [c] = mine.as_slice() {
+                return Ok((*c).clone());
+            }
+        }
+    }
     match by_service.as_slice() {
-        [c] => Ok((*c).clone()),
+        [(_, c)] => Ok((*c).clone()),
         [] => Err(RestoreError::Usage(format!(
             "no running container is named {name:?} (as project/service, service or container name): start it, or check `docker compose ps`"
         ))),
         many => Err(RestoreError::Usage(format!(
             "{name:?} is ambiguous: {}; name it as project/service",
             many.iter()
-                .map(|c| TargetId::of(&c.labels, &c.name)
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| c.name.clone()))
+                .map(|(t, c)| t.map(|t| t.to_string()).unwrap_or_else(|| c.name.clone()))
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
@@ -295,7 +320,7 @@ async fn source_dir(
     defaults: &Defaults,
     name: &str,
 ) -> Result<String, RestoreError> {
-    if let Ok(c) = find_container(docker, name).await {
+    if let Ok(c) = find_container(docker, name, None).await {
         if let Some(spec) = Target::from_container(&c, defaults)
             .as_ref()
             .and_then(|t| t.settings())
@@ -414,8 +439,15 @@ pub async fn plan(
     object: Option<String>,
     req: &Request,
 ) -> Result<Plan, RestoreError> {
+    if manifest.kind == Kind::Physical || manifest.format == Format::Tar {
+        return Err(RestoreError::Usage(format!(
+            "{} is a physical base backup: restore it with --physical into a new volume (not available in this version), or unpack base.tar into an empty data directory by hand",
+            manifest.backup_id
+        )));
+    }
     let to = req.to.clone().unwrap_or_else(|| manifest.target.clone());
-    let container = find_container(docker, &to).await?;
+    let source_project = manifest.target.split_once('/').map(|(p, _)| p.to_string());
+    let container = find_container(docker, &to, source_project.as_deref()).await?;
     let user = user_of(&container, defaults);
     let access = exec_access(docker, &container, &user);
     let mut chosen: Vec<&Object> = manifest
@@ -662,7 +694,7 @@ impl Session {
                 "",
                 None,
             ),
-            Format::Plain => (format!("exec {psql}"), vec![], EPILOGUE, Some(begin)),
+            Format::Plain | Format::Tar => (format!("exec {psql}"), vec![], EPILOGUE, Some(begin)),
         };
         let cmd = vec![
             "sh".to_string(),

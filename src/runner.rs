@@ -170,15 +170,17 @@ impl Runner {
                 match tokio::time::timeout(timeout, backup::logical(&ctx, target, started_at)).await
                 {
                     Ok(r) => r,
-                    Err(_) => Err(BackupError::Refused(format!(
-                        "the backup took longer than its timeout of {} (pgbackup.timeout) and was aborted",
-                        humantime::format_duration(timeout)
-                    ))),
+                    Err(_) => Err(timed_out(timeout)),
                 }
             }
-            Kind::Physical => Err(BackupError::Refused(
-                "physical backups are not available in this version".into(),
-            )),
+            Kind::Physical => {
+                match tokio::time::timeout(timeout, backup::physical(&ctx, target, started_at))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(timed_out(timeout)),
+                }
+            }
         };
         let duration = clock.elapsed().as_secs_f64();
         self.metrics.running.dec();
@@ -266,6 +268,13 @@ impl Runner {
         }
         Ok(result)
     }
+}
+
+fn timed_out(timeout: Duration) -> BackupError {
+    BackupError::Refused(format!(
+        "the backup took longer than its timeout of {} (pgbackup.timeout) and was aborted",
+        humantime::format_duration(timeout)
+    ))
 }
 
 impl Runner {

@@ -563,6 +563,7 @@ fn fake_manifest(target: &str, dir: &str, t: DateTime<Utc>) -> pgbackup::manifes
         started_at: t,
         finished_at: t,
         tool: Tool::default(),
+        physical: None,
     }
 }
 
