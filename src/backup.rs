@@ -187,12 +187,11 @@ async fn dump_object(
     Ok((raw.load(Ordering::Relaxed), uploaded))
 }
 
-/// Runs one logical backup and commits it. Nothing is listed unless this returns Ok.
-pub async fn logical(
+/// A valid target's settings and its container, which must be running.
+async fn running<'t>(
     ctx: &Ctx<'_>,
-    target: &Target,
-    now: DateTime<Utc>,
-) -> Result<Manifest, BackupError> {
+    target: &'t Target,
+) -> Result<(&'t TargetSpec, Container), BackupError> {
     let spec = target
         .settings()
         .ok_or_else(|| BackupError::Invalid(target.target.to_string()))?;
@@ -204,6 +203,16 @@ pub async fn logical(
     if !c.running {
         return Err(BackupError::NotRunning(c.name));
     }
+    Ok((spec, c))
+}
+
+/// Runs one logical backup and commits it. Nothing is listed unless this returns Ok.
+pub async fn logical(
+    ctx: &Ctx<'_>,
+    target: &Target,
+    now: DateTime<Utc>,
+) -> Result<Manifest, BackupError> {
+    let (spec, c) = running(ctx, target).await?;
     let access = access_for(ctx, &c, spec).await?;
     let server = server_info(&access, "pg_dump").await?;
     let dbs = databases(&access, spec).await?;
@@ -352,17 +361,7 @@ pub async fn physical(
     target: &Target,
     now: DateTime<Utc>,
 ) -> Result<Manifest, BackupError> {
-    let spec = target
-        .settings()
-        .ok_or_else(|| BackupError::Invalid(target.target.to_string()))?;
-    let c = ctx
-        .docker
-        .inspect(&target.container_id)
-        .await
-        .map_err(PgError::from)?;
-    if !c.running {
-        return Err(BackupError::NotRunning(c.name));
-    }
+    let (spec, c) = running(ctx, target).await?;
     let access = Access::Exec {
         docker: ctx.docker.clone(),
         container: c.id.clone(),

@@ -37,6 +37,12 @@ async fn connect_docker(cfg: &Config) -> Result<DockerClient, i32> {
         })
 }
 
+async fn config_and_docker() -> Result<(Config, DockerClient), i32> {
+    let cfg = load_config()?;
+    let docker = connect_docker(&cfg).await?;
+    Ok((cfg, docker))
+}
+
 /// A progress bar on stderr when it is a terminal: bytes, rate and time left.
 struct Bar(ProgressBar);
 
@@ -96,12 +102,8 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
             return exit::USAGE;
         }
     };
-    let cfg = match load_config() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let docker = match connect_docker(&cfg).await {
-        Ok(d) => d,
+    let (cfg, docker) = match config_and_docker().await {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let client = pgbackup::s3::client(&cfg.s3).await;
@@ -237,12 +239,8 @@ async fn scopes(cfg: &Config, docker: &DockerClient, names: &[String]) -> Result
 }
 
 pub async fn prune(targets: Vec<String>, dry_run: bool, json: bool) -> i32 {
-    let cfg = match load_config() {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let docker = match connect_docker(&cfg).await {
-        Ok(d) => d,
+    let (cfg, docker) = match config_and_docker().await {
+        Ok(v) => v,
         Err(code) => return code,
     };
     let scopes = match scopes(&cfg, &docker, &targets).await {
