@@ -10,6 +10,9 @@ cargo test --release --locked --all-targets --no-run
 eval "$(PGCTL_PREBUILT=1 scripts/images.sh)"
 
 export PGBACKUP_E2E_PROJECT=${PGBACKUP_E2E_PROJECT:-pgbackup-e2e}
+# Compose projects the physical-restore tests create; mounted into the sidecar at this path.
+export PGBACKUP_E2E_SCRATCH=${PGBACKUP_E2E_SCRATCH:-/tmp/pgbackup-e2e-scratch}
+mkdir -p "$PGBACKUP_E2E_SCRATCH"
 compose=(docker compose -p "$PGBACKUP_E2E_PROJECT" -f compose.yaml -f compose.test.yaml)
 
 "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
@@ -18,6 +21,8 @@ cleanup() {
     "${compose[@]}" logs --no-color >target/e2e-stack.log 2>&1 || true
     "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
     docker ps -aq --filter "label=pgbackup-e2e.owner=$PGBACKUP_E2E_PROJECT" | xargs -r docker rm -f >/dev/null 2>&1 || true
+    # Volumes of the physical-restore tests' scratch projects (old, restored, leftovers).
+    docker volume ls -q | grep "^$PGBACKUP_E2E_PROJECT-swap-" | xargs -r docker volume rm -f >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 

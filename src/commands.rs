@@ -14,6 +14,7 @@ use pgbackup::exit;
 use pgbackup::fetch;
 use pgbackup::layout;
 use pgbackup::manifest::Manifest;
+use pgbackup::physical;
 use pgbackup::prune::{self, Scope};
 use pgbackup::restore::{self, BackupRef, Progress, Quiet, Request, RestoreError};
 use pgbackup::table::human_bytes;
@@ -86,13 +87,25 @@ pub struct RestoreArgs {
     pub to: Option<String>,
     pub db: Option<String>,
     pub clean: bool,
-    pub physical: bool,
+    /// `Some` with --physical.
+    pub physical: Option<physical::Options>,
+    /// Options given that only apply to --physical.
+    pub physical_only: Vec<&'static str>,
     pub dry_run: bool,
 }
 
 pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
-    if args.physical {
-        eprintln!("pgctl: physical restores are not available in this version");
+    if args.physical.is_none() && !args.physical_only.is_empty() {
+        eprintln!(
+            "pgctl: {} only apply to a physical restore: add --physical",
+            args.physical_only.join(", ")
+        );
+        return exit::USAGE;
+    }
+    if args.physical.is_some() && (args.db.is_some() || args.clean) {
+        eprintln!(
+            "pgctl: --db and --clean apply to logical restores; a physical restore replaces the whole cluster"
+        );
         return exit::USAGE;
     }
     let backup: BackupRef = match args.backup.parse() {
@@ -114,7 +127,15 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         to: args.to,
         db: args.db,
         clean: args.clean,
+        kind: if args.physical.is_some() {
+            layout::Kind::Physical
+        } else {
+            layout::Kind::Logical
+        },
     };
+    if let Some(options) = args.physical {
+        return restore_physical(&docker, &client, &cfg, &req, options, args.dry_run, json).await;
+    }
     let result = async {
         let (manifest, object) =
             restore::resolve_backup(&docker, &client, &cfg.s3, &defaults, &req).await?;
@@ -164,15 +185,76 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
             }
             exit::OK
         }
-        Err(e) => {
-            let label = match e {
-                RestoreError::Refused(_) => "refused",
-                RestoreError::Usage(_) => "error",
-                RestoreError::Failed(_) => "restore failed",
-            };
-            eprintln!("pgctl: {label}: {e}");
-            e.exit_code()
+        Err(e) => failed(e),
+    }
+}
+
+fn failed(e: RestoreError) -> i32 {
+    let label = match e {
+        RestoreError::Refused(_) => "refused",
+        RestoreError::Usage(_) => "error",
+        RestoreError::Failed(_) => "restore failed",
+    };
+    eprintln!("pgctl: {label}: {e}");
+    e.exit_code()
+}
+
+async fn restore_physical(
+    docker: &DockerClient,
+    client: &aws_sdk_s3::Client,
+    cfg: &Config,
+    req: &Request,
+    options: physical::Options,
+    dry_run: bool,
+    json: bool,
+) -> i32 {
+    let result = async {
+        let (manifest, _) =
+            restore::resolve_backup(docker, client, &cfg.s3, &cfg.defaults(), req).await?;
+        let plan = physical::prepare(docker, manifest, req.to.as_deref(), options).await?;
+        if !json {
+            eprint!("{plan}");
         }
+        if dry_run {
+            return Ok(None);
+        }
+        let progress: Box<dyn Progress> = if json {
+            Box::new(Quiet)
+        } else {
+            Box::new(Bar::new())
+        };
+        physical::execute(docker, client, &cfg.s3, &plan, progress.as_ref())
+            .await
+            .map(Some)
+    }
+    .await;
+    match result {
+        Ok(None) => {
+            if !json {
+                eprintln!("pgctl: dry run: nothing was changed");
+            }
+            exit::OK
+        }
+        Ok(Some(o)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&o).expect("serialises"));
+                return exit::OK;
+            }
+            println!(
+                "restored {} of {} into {} (container {}) on volume {} in {:.1}s",
+                o.backup_id, o.source, o.service, o.container, o.volume, o.duration_seconds
+            );
+            if let (Some(file), Some(bak)) = (&o.compose_file, &o.compose_backup) {
+                println!("compose file {file} now uses it (previous version: {bak})");
+            }
+            if let Some(old) = &o.previous_volume {
+                println!(
+                    "the previous volume {old} is kept: check the restored data, then remove it with `docker volume rm {old}`"
+                );
+            }
+            exit::OK
+        }
+        Err(e) => failed(e),
     }
 }
 
@@ -344,6 +426,7 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
             to: None,
             db: None,
             clean: false,
+            kind: pgbackup::layout::Kind::Logical,
         };
         match restore::resolve_backup(&docker, &client, &cfg.s3, &cfg.defaults(), &req).await {
             Ok((m, _)) => vec![m],

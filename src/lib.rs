@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod compose;
 pub mod config;
 pub mod controller;
 pub mod discovery;
@@ -16,6 +17,7 @@ pub mod layout;
 pub mod manifest;
 pub mod metrics;
 pub mod pg;
+pub mod physical;
 pub mod prune;
 pub mod restore;
 pub mod retention;

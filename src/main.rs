@@ -68,13 +68,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a logical backup into a running Postgres container, all or nothing.
+    /// Restore a backup: logical into a running Postgres container, all or nothing; or
+    /// physical (--physical) into a new volume the compose service is switched onto.
     ///
     /// BACKUP is `latest`, a backup id (see `pgctl list`) or a key (folder, manifest or one
     /// object). Every database is restored in one transaction committed only after the whole
     /// object arrived with the right SHA-256; on any failure the target is left as it was.
+    /// With --physical the service keeps its old volume until the new one is unpacked,
+    /// verified and started; any failure switches it back, and the old volume is kept.
     /// Exit codes: 0 restored, 1 failed and rolled back, 2 bad arguments, 4 refused (data would
-    /// be overwritten without --clean, or the target's Postgres cannot read the backup).
+    /// be overwritten without --clean, the target's Postgres cannot read the backup, not enough
+    /// space, compose file not reachable).
     Restore {
         /// `latest`, a backup id or a key.
         #[arg(value_name = "BACKUP")]
@@ -92,9 +96,26 @@ enum Command {
         /// Replace what the target databases hold (dropped and restored in one transaction).
         #[arg(long)]
         clean: bool,
-        /// Restore a physical base backup into a new volume (not available in this version).
+        /// Restore a physical base backup: new volume, service recreated on it, compose file
+        /// rewritten (the old volume is kept).
         #[arg(long)]
         physical: bool,
+        /// With --physical: overwrite the service's current volume instead (needs --yes).
+        #[arg(long)]
+        in_place: bool,
+        /// Confirms --in-place.
+        #[arg(long)]
+        yes: bool,
+        /// With --physical: start the restored server as a standby (standby.signal).
+        #[arg(long)]
+        standby: bool,
+        /// With --physical: replace postgresql.auto.conf with this file.
+        #[arg(long, value_name = "FILE")]
+        auto_conf: Option<std::path::PathBuf>,
+        /// With --physical: run the *.sql files of this directory, in name order, once the
+        /// restored server answers (any failure rolls the restore back).
+        #[arg(long, value_name = "DIR")]
+        post_sql: Option<std::path::PathBuf>,
         /// Print what would happen and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -172,6 +193,11 @@ fn main() -> ExitCode {
                 db,
                 clean,
                 physical,
+                in_place,
+                yes,
+                standby,
+                auto_conf,
+                post_sql,
                 dry_run,
                 json,
             } => {
@@ -182,7 +208,24 @@ fn main() -> ExitCode {
                         to,
                         db,
                         clean,
-                        physical,
+                        physical: physical.then_some(pgbackup::physical::Options {
+                            in_place,
+                            yes,
+                            standby,
+                            auto_conf: auto_conf.clone(),
+                            post_sql: post_sql.clone(),
+                        }),
+                        physical_only: [
+                            (in_place, "--in-place"),
+                            (yes, "--yes"),
+                            (standby, "--standby"),
+                            (auto_conf.is_some(), "--auto-conf"),
+                            (post_sql.is_some(), "--post-sql"),
+                        ]
+                        .iter()
+                        .filter(|(set, _)| *set)
+                        .map(|(_, name)| *name)
+                        .collect(),
                         dry_run,
                     },
                     json,

@@ -132,6 +132,8 @@ pub struct Request {
     pub to: Option<String>,
     pub db: Option<String>,
     pub clean: bool,
+    /// Which kind `latest` means.
+    pub kind: Kind,
 }
 
 /// One database to restore and what the target holds under that name now.
@@ -371,12 +373,13 @@ pub async fn resolve_backup(
                 )
             })?;
             let dir = source_dir(docker, s3cfg, defaults, source).await?;
-            let m = catalog::latest(client, s3cfg, &dir, Kind::Logical)
+            let m = catalog::latest(client, s3cfg, &dir, req.kind)
                 .await
                 .map_err(s3err)?
                 .ok_or_else(|| {
                     RestoreError::Usage(format!(
-                        "no committed logical backup of {source} under {dir}/: see `pgctl list`"
+                        "no committed {} backup of {source} under {dir}/: see `pgctl list`",
+                        req.kind
                     ))
                 })?;
             Ok((m, None))
@@ -810,24 +813,35 @@ impl Progress for Quiet {
     fn finish(&self) {}
 }
 
-/// Streams one database object into a session, verifying it. On success the session holds the
-/// tail, ready to commit.
-async fn load(
+/// Where a verified stream goes: a psql session, or tar in a helper container.
+pub trait ChunkSink: Send {
+    fn send(&mut self, chunk: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl ChunkSink for Session {
+    async fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        Session::send(self, chunk).await
+    }
+}
+
+/// Streams one object of `m` (S3 → size + SHA-256 → decompression) into `sink`, then checks the
+/// manifest's size and checksum. `what` names the destination in errors.
+pub async fn stream_object(
     client: &Client,
     s3cfg: &S3Config,
-    plan: &Plan,
-    d: &DbPlan,
-    session: &mut Session,
+    m: &Manifest,
+    object: &Object,
+    what: &str,
+    sink: &mut impl ChunkSink,
     progress: &dyn Progress,
 ) -> Result<(), RestoreError> {
-    let m = &plan.manifest;
     let compression = fetch::compression_of(m).map_err(RestoreError::Failed)?;
-    let body = fetch::open(client, s3cfg, m, &d.object)
+    let body = fetch::open(client, s3cfg, m, object)
         .await
         .map_err(|e| RestoreError::Failed(e.to_string()))?;
     let (checked, tallies) = Checked::new(body);
     let mut reader = fetch::decompress(checked, compression);
-    progress.start(&d.database, d.object.size);
+    progress.start(what, object.size);
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match reader.read(&mut buf).await {
@@ -836,13 +850,13 @@ async fn load(
                 // A truncated or corrupted stream usually shows here first.
                 progress.finish();
                 let damage = tallies
-                    .verdict(&d.object)
+                    .verdict(object)
                     .err()
                     .map(|d| d.to_string())
                     .unwrap_or_default();
                 return Err(RestoreError::Failed(format!(
                     "reading {} failed after {} bytes: {e} {damage}",
-                    d.object.name,
+                    object.name,
                     tallies.bytes()
                 )));
             }
@@ -851,18 +865,17 @@ async fn load(
             break;
         }
         progress.set(tallies.bytes());
-        if let Err(e) = session.send(Bytes::copy_from_slice(&buf[..n])).await {
+        if let Err(e) = sink.send(Bytes::copy_from_slice(&buf[..n])).await {
             progress.finish();
             return Err(RestoreError::Failed(format!(
-                "psql stopped reading the restore of {}: {e}",
-                d.database
+                "{what} stopped reading the restore: {e}"
             )));
         }
     }
     // The decoders read every frame up to the end of the object, so the tally is complete.
     progress.finish();
     tallies
-        .verdict(&d.object)
+        .verdict(object)
         .map_err(|e: Damage| RestoreError::Failed(format!("{e}: restore rolled back")))
 }
 
@@ -939,7 +952,10 @@ pub async fn execute(
                 &prelude,
             )
             .await?;
-            let loaded = load(client, s3cfg, plan, d, &mut s, progress).await;
+            let what = format!("psql ({})", d.database);
+            let loaded =
+                stream_object(client, s3cfg, &plan.manifest, &d.object, &what, &mut s, progress)
+                    .await;
             sessions.push(s);
             loaded?;
             tracing::info!(database = %d.database, bytes = d.object.size, "Database loaded; commit waits for the others.");

@@ -1,0 +1,412 @@
+use super::*;
+use crate::labels::{Format, Method};
+use crate::manifest::{Physical, Postgres, Tool};
+
+fn inspect() -> ContainerInspectResponse {
+    serde_json::from_value(serde_json::json!({
+        "Id": "0123456789abcdef0123456789abcdef",
+        "Name": "/shop-db-1",
+        "State": {"Running": true, "Status": "running"},
+        "Config": {
+            "Hostname": "0123456789ab",
+            "Image": "postgres:17",
+            "Env": ["POSTGRES_USER=app", "POSTGRES_DB=shop", "PGDATA=/var/lib/postgresql/data"],
+            "Labels": {
+                "com.docker.compose.project": "shop",
+                "com.docker.compose.service": "db",
+                "com.docker.compose.project.config_files": "/srv/shop/compose.yaml,/srv/shop/compose.prod.yaml"
+            },
+            "Healthcheck": {"Test": ["CMD-SHELL", "pg_isready"]}
+        },
+        "HostConfig": {
+            "NetworkMode": "shop_default",
+            "RestartPolicy": {"Name": "unless-stopped"},
+            "Mounts": [
+                {"Type": "volume", "Source": "shop_db-data", "Target": "/var/lib/postgresql/data"},
+                {"Type": "bind", "Source": "/srv/shop/init", "Target": "/docker-entrypoint-initdb.d", "ReadOnly": true}
+            ]
+        },
+        "Mounts": [
+            {"Type": "volume", "Name": "shop_db-data", "Source": "/var/lib/docker/volumes/shop_db-data/_data", "Destination": "/var/lib/postgresql/data", "RW": true},
+            {"Type": "bind", "Source": "/srv/shop/init", "Destination": "/docker-entrypoint-initdb.d", "RW": false}
+        ],
+        "NetworkSettings": {"Networks": {
+            "shop_default": {"Aliases": ["shop-db-1", "db", "0123456789ab"], "IPAddress": "172.18.0.2", "EndpointID": "e1"},
+            "shop_backend": {"Aliases": ["db"], "IPAddress": "172.19.0.2"}
+        }}
+    }))
+    .expect("inspect JSON")
+}
+
+fn manifest(major: u32, kind: Kind) -> Manifest {
+    Manifest {
+        format_version: 1,
+        backup_id: "20261121T101500Z-physical".parse().unwrap(),
+        kind,
+        target: "shop/db".into(),
+        prefix: "shop/db/20261121T101500Z-physical".into(),
+        container: "shop-db-1".into(),
+        method: Method::Exec,
+        format: Format::Tar,
+        compression: "zstd:3".into(),
+        postgres: Postgres {
+            server_version: format!("{major}.2"),
+            major,
+            dump_tool: "pg_basebackup".into(),
+        },
+        databases: vec![],
+        objects: vec![Object {
+            name: "base.tar.zst".into(),
+            kind: ObjectKind::Base,
+            database: None,
+            size: 100 << 20,
+            raw_size: 1 << 30,
+            sha256: "00".repeat(32),
+        }],
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+        tool: Tool::default(),
+        physical: Some(Physical {
+            system_identifier: "7312345678901234567".into(),
+            data_directory: "/var/lib/postgresql/data".into(),
+            wal_method: "fetch".into(),
+            image: "postgres:17".into(),
+        }),
+    }
+}
+
+fn probe(major: u32, free_gib: u64) -> Probe {
+    Probe {
+        major,
+        available: free_gib << 30,
+        used: 0,
+    }
+}
+
+fn edit() -> Edit {
+    let text = "services:\n  db:\n    volumes:\n      - db-data:/var/lib/postgresql/data\nvolumes:\n  db-data:\n";
+    let p = PathBuf::from("/srv/shop/compose.yaml");
+    compose::plan_edit(
+        &[(p.clone(), p, text.into())],
+        "db",
+        "/var/lib/postgresql/data",
+        |old, taken| compose::restored_key(old, "20261121t101500z", taken),
+    )
+    .unwrap()
+}
+
+fn plan_with(
+    m: Manifest,
+    p: Probe,
+    options: Options,
+    e: Result<Option<Edit>, String>,
+) -> Result<Plan, RestoreError> {
+    let s = service_of(&inspect(), "/var/lib/postgresql/data").unwrap();
+    let labels = HashMap::from([(
+        "com.docker.compose.version".to_string(),
+        "2.40.3".to_string(),
+    )]);
+    decide(m, s, p, e, &labels, options, Inputs::default())
+}
+
+#[test]
+fn service_facts_from_inspect() {
+    let s = service_of(&inspect(), "/ignored").unwrap();
+    assert_eq!(s.project, "shop");
+    assert_eq!(s.service, "db");
+    assert_eq!(s.container_name, "shop-db-1");
+    assert_eq!(s.volume, "shop_db-data");
+    assert_eq!(s.mount, "/var/lib/postgresql/data");
+    assert_eq!(s.user, "app");
+    assert_eq!(s.database, "shop");
+    assert_eq!(s.config_files.len(), 2);
+    assert!(s.running);
+}
+
+#[test]
+fn data_directory_on_a_bind_mount_or_outside_compose_is_refused() {
+    let mut i = inspect();
+    i.mounts.as_mut().unwrap()[0].typ = Some("bind".into());
+    let e = service_of(&i, "/x").unwrap_err();
+    assert!(
+        matches!(e, RestoreError::Refused(_)) && e.to_string().contains("bind mount"),
+        "{e}"
+    );
+    let mut i = inspect();
+    i.config.as_mut().unwrap().labels = Some(HashMap::new());
+    let e = service_of(&i, "/x").unwrap_err();
+    assert!(
+        e.to_string().contains("not part of a compose project"),
+        "{e}"
+    );
+    let mut i = inspect();
+    i.mounts = Some(vec![]);
+    assert!(
+        service_of(&i, "/x")
+            .unwrap_err()
+            .to_string()
+            .contains("not on a volume")
+    );
+}
+
+#[test]
+fn option_misuse_is_a_usage_error() {
+    let cases = [
+        (
+            Options {
+                in_place: true,
+                ..Default::default()
+            },
+            "--yes",
+        ),
+        (
+            Options {
+                yes: true,
+                ..Default::default()
+            },
+            "only confirms --in-place",
+        ),
+        (
+            Options {
+                in_place: true,
+                yes: true,
+                standby: true,
+                ..Default::default()
+            },
+            "--standby cannot",
+        ),
+        (
+            Options {
+                standby: true,
+                post_sql: Some("/x".into()),
+                ..Default::default()
+            },
+            "read-only",
+        ),
+    ];
+    for (o, says) in cases {
+        let e = check_options(&o).unwrap_err();
+        assert_eq!(e.exit_code(), crate::exit::USAGE);
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    assert!(
+        check_options(&Options {
+            in_place: true,
+            yes: true,
+            ..Default::default()
+        })
+        .is_ok()
+    );
+    assert!(
+        check_options(&Options {
+            standby: true,
+            ..Default::default()
+        })
+        .is_ok()
+    );
+}
+
+#[test]
+fn option_files_are_read_or_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Options {
+        auto_conf: Some(dir.path().join("missing.conf")),
+        ..Default::default()
+    };
+    let e = load_inputs(&o).unwrap_err();
+    assert!(
+        e.to_string().contains("missing.conf") && e.exit_code() == crate::exit::USAGE,
+        "{e}"
+    );
+    let o = Options {
+        post_sql: Some(dir.path().into()),
+        ..Default::default()
+    };
+    assert!(
+        load_inputs(&o)
+            .unwrap_err()
+            .to_string()
+            .contains("holds no *.sql")
+    );
+    std::fs::write(dir.path().join("20-b.sql"), "select 2;").unwrap();
+    std::fs::write(dir.path().join("10-a.sql"), "select 1;").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "no").unwrap();
+    std::fs::write(dir.path().join("auto.conf"), "work_mem = '8MB'\n").unwrap();
+    let o = Options {
+        post_sql: Some(dir.path().into()),
+        auto_conf: Some(dir.path().join("auto.conf")),
+        ..Default::default()
+    };
+    let i = load_inputs(&o).unwrap();
+    let names: Vec<&str> = i.scripts.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["10-a.sql", "20-b.sql"], "name order, .sql only");
+    assert_eq!(i.auto_conf.as_deref(), Some(&b"work_mem = '8MB'\n"[..]));
+}
+
+#[test]
+fn probe_output() {
+    let p =
+        parse_probe("version postgres (PostgreSQL) 17.6 (Debian 17.6-1)\navail 1048576\nused 0\n")
+            .unwrap();
+    assert_eq!(
+        p,
+        Probe {
+            major: 17,
+            available: 1 << 30,
+            used: 0
+        }
+    );
+    let p = parse_probe("version 15\navail 10\nused 20\n").unwrap();
+    assert_eq!((p.major, p.used), (15, 20 * 1024));
+    assert!(
+        parse_probe("version \navail 1\nused 0")
+            .unwrap_err()
+            .contains("Postgres version")
+    );
+    assert!(
+        parse_probe("version 17\n")
+            .unwrap_err()
+            .contains("free space")
+    );
+}
+
+#[test]
+fn plan_for_a_new_volume() {
+    let plan = plan_with(
+        manifest(17, Kind::Physical),
+        probe(17, 50),
+        Options::default(),
+        Ok(Some(edit())),
+    )
+    .unwrap();
+    assert_eq!(
+        plan.new_volume.as_deref(),
+        Some("shop_db-data-restored-20261121t101500z")
+    );
+    assert_eq!(plan.volume_labels["com.docker.compose.project"], "shop");
+    assert_eq!(
+        plan.volume_labels["com.docker.compose.volume"],
+        "db-data-restored-20261121t101500z"
+    );
+    assert_eq!(plan.volume_labels["com.docker.compose.version"], "2.40.3");
+    let text = plan.to_string();
+    for says in [
+        "shop/db 20261121T101500Z-physical",
+        "system 7312345678901234567",
+        "volume shop_db-data is kept",
+        "- - db-data:/var/lib/postgresql/data",
+        "+ - db-data-restored-20261121t101500z:/var/lib/postgresql/data",
+        "+ db-data-restored-20261121t101500z: null",
+        "the service keeps running",
+    ] {
+        assert!(text.contains(says), "{says:?} missing in\n{text}");
+    }
+}
+
+#[test]
+fn refusals() {
+    let e = plan_with(
+        manifest(15, Kind::Physical),
+        probe(17, 50),
+        Options::default(),
+        Ok(Some(edit())),
+    )
+    .unwrap_err();
+    assert_eq!(e.exit_code(), crate::exit::REFUSED);
+    assert!(
+        e.to_string().contains("Postgres 15 cluster") && e.to_string().contains("runs Postgres 17"),
+        "{e}"
+    );
+    let e = plan_with(
+        manifest(17, Kind::Physical),
+        probe(17, 1),
+        Options::default(),
+        Ok(Some(edit())),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not enough space"), "{e}");
+    // In place, the current data's space counts as free.
+    let mut p = probe(17, 1);
+    p.used = 2 << 30;
+    let o = Options {
+        in_place: true,
+        yes: true,
+        ..Default::default()
+    };
+    let plan = plan_with(manifest(17, Kind::Physical), p, o, Ok(None)).unwrap();
+    assert!(plan.new_volume.is_none());
+    assert!(plan.to_string().contains("IN PLACE"));
+    let e = plan_with(
+        manifest(17, Kind::Physical),
+        probe(17, 50),
+        Options::default(),
+        Err("the compose file /x is not reachable here".into()),
+    )
+    .unwrap_err();
+    assert_eq!(e.exit_code(), crate::exit::REFUSED);
+    assert!(e.to_string().contains("not reachable"));
+    let e = plan_with(
+        manifest(17, Kind::Logical),
+        probe(17, 50),
+        Options::default(),
+        Ok(Some(edit())),
+    )
+    .unwrap_err();
+    assert_eq!(e.exit_code(), crate::exit::USAGE);
+}
+
+#[test]
+fn recreated_container_differs_only_in_the_data_volume() {
+    let i = inspect();
+    let (body, others) = recreate_body(&i, "/var/lib/postgresql/data/", "shop_db-data-restored-x");
+    let host = body.host_config.as_ref().unwrap();
+    let mounts = host.mounts.as_ref().unwrap();
+    assert_eq!(mounts[0].source.as_deref(), Some("shop_db-data-restored-x"));
+    assert_eq!(
+        mounts[1].source.as_deref(),
+        Some("/srv/shop/init"),
+        "other mounts untouched"
+    );
+    assert_eq!(
+        host.restart_policy,
+        i.host_config.as_ref().unwrap().restart_policy
+    );
+    assert_eq!(body.image.as_deref(), Some("postgres:17"));
+    assert_eq!(
+        body.labels,
+        i.config.as_ref().unwrap().labels,
+        "compose labels kept"
+    );
+    assert_eq!(body.healthcheck, i.config.as_ref().unwrap().healthcheck);
+    assert_eq!(body.hostname, None, "the old id as hostname is not copied");
+    let eps = body.networking_config.unwrap().endpoints_config.unwrap();
+    let primary = &eps["shop_default"];
+    assert_eq!(
+        primary.aliases.as_deref(),
+        Some(&["shop-db-1".to_string(), "db".to_string()][..])
+    );
+    assert_eq!(
+        primary.ip_address, None,
+        "addresses are the engine's to give"
+    );
+    assert_eq!(others.len(), 1);
+    assert_eq!(others[0].0, "shop_backend");
+    // Binds (older compose) are rewritten too; an anonymous data volume gets an explicit mount.
+    let mut i = inspect();
+    let h = i.host_config.as_mut().unwrap();
+    h.mounts = None;
+    h.binds = Some(vec!["shop_db-data:/var/lib/postgresql/data:rw".into()]);
+    let (body, _) = recreate_body(&i, "/var/lib/postgresql/data", "new");
+    assert_eq!(
+        body.host_config.unwrap().binds.unwrap(),
+        ["new:/var/lib/postgresql/data:rw"]
+    );
+    let mut i = inspect();
+    i.host_config.as_mut().unwrap().mounts = None;
+    let (body, _) = recreate_body(&i, "/var/lib/postgresql/data", "new");
+    let m = body.host_config.unwrap().mounts.unwrap();
+    assert_eq!(
+        (m[0].source.as_deref(), m[0].target.as_deref()),
+        (Some("new"), Some("/var/lib/postgresql/data"))
+    );
+}

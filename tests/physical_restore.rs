@@ -1,0 +1,371 @@
+//! End-to-end: physical restore into a new volume with the compose file rewritten. A scratch
+//! compose project (one labelled Postgres 17 with a named volume) is brought up with the compose
+//! CLI in a directory the sidecar sees at the same path; backups and restores run inside the
+//! stack's sidecar (`docker exec … pgctl`), exactly as users run them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Stack, docker, psql, run, stderr, stdout, wait_until};
+
+const COMPOSE: &str = "# Scratch stack of the physical-restore test.
+name: PROJECT
+services:
+  # The database under test.
+  pg:
+    image: IMAGE   # same image as the stack
+    environment:
+      POSTGRES_USER: app
+      POSTGRES_PASSWORD: scratch-password
+      POSTGRES_DB: app
+    volumes:
+      - pgdata:/var/lib/postgresql/data   # the data
+    healthcheck:
+      test: [\"CMD-SHELL\", \"pg_isready -q -U app -d app -h 127.0.0.1\"]
+      interval: 1s
+      timeout: 5s
+      retries: 60
+    labels:
+      pgbackup.enable: \"true\"
+      pgbackup.schedule: \"off\"
+      pgbackup-e2e.owner: OWNER
+
+volumes:
+  # Named volume: the restore switches it.
+  pgdata:
+";
+
+/// A compose project in the scratch directory; `down -v` and its volumes removed when dropped.
+struct Scratch {
+    project: String,
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Scratch {
+    fn new(stack: &Stack) -> Scratch {
+        let root = std::env::var("PGBACKUP_E2E_SCRATCH")
+            .unwrap_or_else(|_| "/tmp/pgbackup-e2e-scratch".into());
+        let project = common::unique(&format!("{}-swap", stack.project));
+        let dir = PathBuf::from(root).join(&project);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("compose.yaml");
+        let text = COMPOSE
+            .replace("PROJECT", &project)
+            .replace("IMAGE", &common::postgres_image())
+            .replace("OWNER", &stack.project);
+        std::fs::write(&file, text).unwrap();
+        let s = Scratch { project, dir, file };
+        let o = s.compose(&["up", "-d", "--wait"]);
+        assert!(o.status.success(), "compose up: {}", stderr(&o));
+        s
+    }
+
+    fn compose(&self, args: &[&str]) -> Output {
+        let file = self.file.display().to_string();
+        let mut full = vec!["compose", "-p", &self.project, "-f", &file];
+        full.extend_from_slice(args);
+        run(Command::new("docker").args(&full))
+    }
+
+    fn container(&self) -> String {
+        format!("{}-pg-1", self.project)
+    }
+
+    fn target(&self) -> String {
+        format!("{}/pg", self.project)
+    }
+
+    fn sql(&self, q: &str) -> String {
+        psql(&self.container(), "app", "app", q)
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.file).unwrap()
+    }
+
+    fn volumes(&self) -> Vec<String> {
+        docker(&["volume", "ls", "-q"])
+            .lines()
+            .filter(|v| v.starts_with(&format!("{}_", self.project)))
+            .map(String::from)
+            .collect()
+    }
+
+    fn container_id(&self) -> String {
+        docker(&["inspect", "-f", "{{.Id}}", &self.container()])
+    }
+
+    fn data_volume(&self) -> String {
+        docker(&[
+            "inspect",
+            "-f",
+            "{{range .Mounts}}{{if eq .Destination \"/var/lib/postgresql/data\"}}{{.Name}}{{end}}{{end}}",
+            &self.container(),
+        ])
+    }
+
+    fn healthy(&self) -> bool {
+        docker(&[
+            "inspect",
+            "-f",
+            "{{.State.Health.Status}}",
+            &self.container(),
+        ]) == "healthy"
+    }
+
+    fn wait_healthy(&self) {
+        wait_until(Duration::from_secs(60), || self.healthy().then_some(()))
+            .unwrap_or_else(|| panic!("{} did not become healthy", self.container()));
+    }
+
+    fn leftovers(&self) -> String {
+        docker(&[
+            "ps",
+            "-a",
+            "--format",
+            "{{.Names}}",
+            "--filter",
+            &format!("name={}", self.project),
+        ])
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "--remove-orphans"]);
+        for c in self.leftovers().lines() {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+        for v in self.volumes() {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f", &v])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\n{}{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+    format!("{}{}", stdout(o), stderr(o))
+}
+
+fn backup(stack: &Stack, target: &str) -> String {
+    wait_until(Duration::from_secs(20), || stack.target(target)).expect("target discovered");
+    ok(&stack.pgctl(&["backup", "--physical", "--wait", target]));
+    stack
+        .list(target)
+        .into_iter()
+        .filter(|m| m["kind"] == "physical")
+        .map(|m| m["prefix"].as_str().unwrap().to_string())
+        .next_back()
+        .expect("a physical backup is listed")
+}
+
+const ROWS: &str = "SELECT string_agg(v, ',' ORDER BY v) FROM t";
+
+#[test]
+fn physical_restore_switches_the_service_onto_a_new_volume() {
+    let stack = stack!();
+    let s = Scratch::new(&stack);
+    let original = s.text();
+    let old_volume = format!("{}_pgdata", s.project);
+    assert_eq!(s.data_volume(), old_volume);
+
+    s.sql("CREATE TABLE t (v text); INSERT INTO t VALUES ('at-backup'); CREATE TABLE gone (x int); INSERT INTO gone VALUES (1)");
+    let first = backup(&stack, &s.target());
+    // Changed and dropped after the backup.
+    s.sql("INSERT INTO t VALUES ('after-backup'); DROP TABLE gone");
+
+    // Misuse and dry run change nothing.
+    let o = stack.pgctl(&[
+        "restore",
+        "latest",
+        "--physical",
+        "--to",
+        &s.target(),
+        "--in-place",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
+    let o = stack.pgctl(&["restore", "latest", "--standby", "--to", &s.target()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("add --physical"), "{}", stderr(&o));
+    let id_before = s.container_id();
+    let dry = ok(&stack.pgctl(&[
+        "restore",
+        "latest",
+        "--physical",
+        "--to",
+        &s.target(),
+        "--dry-run",
+    ]));
+    for says in [
+        "Physical restore",
+        "new volume",
+        "+ pgdata-restored-",
+        "dry run: nothing was changed",
+    ] {
+        assert!(dry.contains(says), "{says:?} in\n{dry}");
+    }
+    assert_eq!(s.container_id(), id_before);
+    assert_eq!(s.text(), original);
+    assert_eq!(s.volumes(), vec![old_volume.clone()]);
+
+    // The restore, with a post-restore script.
+    let scripts = s.dir.join("post-sql");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::write(
+        scripts.join("10-mark.sql"),
+        "INSERT INTO t VALUES ('post-sql');\n",
+    )
+    .unwrap();
+    let out = ok(&stack.pgctl(&[
+        "restore",
+        "latest",
+        "--physical",
+        "--to",
+        &s.target(),
+        "--post-sql",
+        &scripts.display().to_string(),
+    ]));
+    assert!(
+        out.contains(&format!("previous volume {old_volume} is kept")),
+        "{out}"
+    );
+    assert!(s.healthy(), "healthy right after the restore");
+    assert_eq!(s.sql(ROWS), "at-backup,post-sql");
+    assert_eq!(
+        s.sql("SELECT count(*) FROM gone"),
+        "1",
+        "dropped table is back"
+    );
+    let new_volume = s.data_volume();
+    assert!(
+        new_volume.starts_with(&format!("{}_pgdata-restored-", s.project)),
+        "{new_volume}"
+    );
+    assert_ne!(s.container_id(), id_before, "container recreated");
+    assert!(
+        !s.leftovers().contains("pgbackup-replaced"),
+        "old container removed"
+    );
+
+    // The compose file: only the volume reference changed, comments intact, .bak kept.
+    let edited = s.text();
+    let key = new_volume.trim_start_matches(&format!("{}_", s.project));
+    let removed: Vec<&str> = original
+        .lines()
+        .filter(|l| !edited.lines().any(|e| e == *l))
+        .collect();
+    let added: Vec<&str> = edited
+        .lines()
+        .filter(|l| !original.lines().any(|e| e == *l))
+        .collect();
+    assert_eq!(
+        removed,
+        ["      - pgdata:/var/lib/postgresql/data   # the data"]
+    );
+    assert_eq!(
+        added,
+        [
+            format!("      - {key}:/var/lib/postgresql/data   # the data"),
+            format!("  {key}: null"),
+        ]
+    );
+    let bak = std::fs::read_to_string(s.dir.join("compose.yaml.bak")).unwrap();
+    assert_eq!(bak, original);
+
+    // `docker compose up -d` keeps the restored data.
+    ok(&s.compose(&["up", "-d", "--wait"]));
+    assert_eq!(s.data_volume(), new_volume);
+    assert_eq!(s.sql(ROWS), "at-backup,post-sql");
+
+    // The old volume still holds the newer data.
+    let probe = format!("{}-old", s.project);
+    let _c = common::Cleanup(probe.clone());
+    stack.start_image(
+        &probe,
+        &common::postgres_image(),
+        &[],
+        &["-v", &format!("{old_volume}:/var/lib/postgresql/data")],
+    );
+    common::wait_ready(&probe);
+    assert_eq!(psql(&probe, "app", "app", ROWS), "after-backup,at-backup");
+    drop(_c);
+
+    // A corrupt backup: the service never stops, nothing changes.
+    let second = backup(&stack, &s.target());
+    assert_ne!(second, first);
+    s.sql("INSERT INTO t VALUES ('after-second')");
+    let cfg = common::s3_config(&stack);
+    let key_obj = format!("{second}/base.tar.zst");
+    let mut bytes = common::get(&cfg, &key_obj);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    common::put(&cfg, &key_obj, bytes);
+    let id = s.container_id();
+    let volumes = s.volumes();
+    let o = stack.pgctl(&["restore", &second, "--physical"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains("Rolled back"), "{}", stderr(&o));
+    assert_eq!(s.container_id(), id, "same container");
+    assert_eq!(s.sql(ROWS), "after-second,at-backup,post-sql");
+    assert_eq!(s.text(), edited, "compose file unchanged");
+    assert_eq!(s.volumes(), volumes, "no new volume left");
+
+    // A start-up failure (a setting Postgres refuses): back on the old volume.
+    let conf = s.dir.join("bad.auto.conf");
+    std::fs::write(&conf, "shared_buffers = 'plenty'\n").unwrap();
+    let o = stack.pgctl(&[
+        "restore",
+        &first,
+        "--physical",
+        "--auto-conf",
+        &conf.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("stopped") && err.contains("Rolled back"),
+        "{err}"
+    );
+    s.wait_healthy();
+    assert_eq!(s.container_id(), id, "the old container is back");
+    assert_eq!(s.data_volume(), new_volume);
+    assert_eq!(s.sql(ROWS), "after-second,at-backup,post-sql");
+    assert_eq!(s.text(), edited, "compose file unchanged");
+    assert_eq!(s.volumes(), volumes, "no new volume left");
+    assert!(
+        !s.leftovers().contains("pgbackup-replaced"),
+        "{}",
+        s.leftovers()
+    );
+}
+
+#[test]
+fn physical_backup_of_postgres_15_is_refused_for_postgres_17() {
+    let stack = stack!();
+    let s = Scratch::new(&stack);
+    let db15 = format!("{}/db15", stack.project);
+    let prefix = backup(&stack, &db15);
+    let before = (s.container_id(), s.text(), s.volumes());
+    let o = stack.pgctl(&["restore", &prefix, "--physical", "--to", &s.target()]);
+    assert_eq!(o.status.code(), Some(4), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("Postgres 15 cluster") && err.contains("runs Postgres 17"),
+        "{err}"
+    );
+    assert_eq!((s.container_id(), s.text(), s.volumes()), before);
+}
