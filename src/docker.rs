@@ -35,6 +35,24 @@ pub enum DockerError {
 }
 
 impl DockerError {
+    /// Worth another try: the daemon was slow, busy or the connection broke. A missing or
+    /// stopped container (404, 409) or a bad request is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DockerError::Timeout { .. } | DockerError::Stream(_) => true,
+            DockerError::Connect { .. } => true,
+            DockerError::Api { source, .. } => match source {
+                bollard::errors::Error::DockerResponseServerError { status_code, .. } => {
+                    *status_code >= 500
+                }
+                bollard::errors::Error::HyperResponseError { .. }
+                | bollard::errors::Error::IOError { .. }
+                | bollard::errors::Error::RequestTimeoutError => true,
+                _ => false,
+            },
+        }
+    }
+
     /// A container that vanished between an event and our inspect is not an error worth
     /// retrying: it is simply gone.
     pub fn is_not_found(&self) -> bool {
@@ -359,7 +377,31 @@ impl DockerClient {
         Ok((out, input.expect("stdin attached")))
     }
 
+    /// Starts an exec, retried with backoff (0.5 s, 1 s, 2 s) when the daemon fails in a
+    /// transient way before the command ran.
     async fn start(
+        &self,
+        container: &str,
+        cmd: &[String],
+        env: &[String],
+        user: Option<&str>,
+        stdin: bool,
+    ) -> Result<(ExecStream, Option<ExecInput>), DockerError> {
+        let mut delay = Duration::from_millis(500);
+        for _ in 0..EXEC_RETRIES {
+            match self.start_once(container, cmd, env, user, stdin).await {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(container, error = %e, retry_in = ?delay, "Starting a command in the container failed; retrying.");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.start_once(container, cmd, env, user, stdin).await
+    }
+
+    async fn start_once(
         &self,
         container: &str,
         cmd: &[String],
@@ -426,6 +468,9 @@ impl DockerClient {
         Ok((exit, out))
     }
 }
+
+/// Retries of an exec that failed to start for a transient reason.
+const EXEC_RETRIES: usize = 3;
 
 /// Stopping Postgres may wait for a checkpoint: longer than a short call.
 const STOP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -645,5 +690,40 @@ impl DockerClient {
             return Err(e);
         }
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status_code: u16) -> DockerError {
+        DockerError::Api {
+            call: "start_exec",
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code,
+                message: "x".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn transient_docker_errors() {
+        assert!(api(500).is_transient(), "daemon error");
+        assert!(api(503).is_transient());
+        assert!(!api(404).is_transient(), "container gone");
+        assert!(!api(409).is_transient(), "container not running");
+        assert!(!api(400).is_transient());
+        assert!(
+            DockerError::Timeout {
+                call: "create_exec"
+            }
+            .is_transient()
+        );
+        let io = DockerError::Api {
+            call: "create_exec",
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset").into(),
+        };
+        assert!(io.is_transient(), "connection reset");
     }
 }
