@@ -167,7 +167,25 @@ enum Command {
     },
 }
 
+/// zstd's worker threads allocate their job buffers with the C allocator. glibc would serve
+/// them from per-thread arenas and, after the first large free, stop returning such buffers to
+/// the system (its mmap threshold adapts upwards), so the sidecar's memory would creep up
+/// between backups. A fixed threshold keeps buffers ≥ 128 KiB in their own mappings, returned
+/// on free; two arenas are plenty for a few threads. Measured with `make bench` (BENCHMARKS.md).
+#[cfg(target_env = "gnu")]
+fn tune_c_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread runs.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn tune_c_allocator() {}
+
 fn main() -> ExitCode {
+    tune_c_allocator();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

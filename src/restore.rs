@@ -1,10 +1,11 @@
 //! Logical restore, all or nothing (SPEC §5, §7): S3 → SHA-256 + size → decompression →
-//! `psql` (or `pg_restore` into `psql`) reading stdin inside the target through the exec API.
+//! `psql`, `pg_restore --single-transaction` (or, after `--clean`'s SQL, `pg_restore` into
+//! `psql`) reading stdin inside the target through the exec API.
 //!
-//! Every database is restored inside one transaction that `psql` owns: `BEGIN` comes first and
-//! `COMMIT` is sent only after the whole object arrived with the manifest's size and checksum.
-//! Until then the last chunk of the stream is held back, so `pg_restore` cannot finish an
-//! archive that might still turn out damaged. If anything goes wrong — a checksum, a statement,
+//! Every database is restored inside one transaction: psql's `BEGIN` … `COMMIT` (sent only
+//! after the whole object arrived with the manifest's size and checksum), or pg_restore's own
+//! single transaction. Until the object is verified the last chunk of the stream is held back,
+//! so `pg_restore` cannot finish an archive that might still turn out damaged. If anything goes wrong — a checksum, a statement,
 //! the connection, `pgctl` itself being killed — the input ends without `COMMIT` and the server
 //! rolls the transaction back. Databases created and roles added by the restore are dropped
 //! again; with several databases, every transaction stays open until all of them are loaded.
@@ -671,8 +672,8 @@ struct Session {
 const EPILOGUE: &str = "\nCOMMIT;\n\\echo pgbackup:committed\n";
 
 impl Session {
-    /// Starts psql (plain SQL) or `pg_restore -f - | psql` (custom archives) in `c`, with `BEGIN`
-    /// and `prelude` sent first.
+    /// Starts psql (plain SQL), `pg_restore --single-transaction` (custom archives) or, when
+    /// a `prelude` must run in the same transaction, `pg_restore -f - | psql` in `c`.
     async fn start(
         docker: &DockerClient,
         c: &Container,
@@ -684,8 +685,19 @@ impl Session {
         let psql = r#"psql -X -q -o /dev/null -v ON_ERROR_STOP=1 -U "$1" -d "$2""#;
         let begin = format!("BEGIN;\n{prelude}");
         let (script, env, epilogue, first) = match format {
-            // pg_restore turns the archive into SQL; COMMIT follows only when it read the whole
-            // archive without error.
+            // Nothing to run first: pg_restore loads the archive itself in one transaction
+            // (no SQL round trip through psql), and commits only after reading it to the end,
+            // which the held-back tail delays until the stream is verified.
+            Format::Custom if prelude.is_empty() => (
+                format!(
+                    r#"pg_restore -U "$1" -d "$2" --single-transaction --exit-on-error && echo {COMMITTED}"#
+                ),
+                vec![],
+                "",
+                None,
+            ),
+            // pg_restore turns the archive into SQL behind the prelude; COMMIT follows only
+            // when it read the whole archive without error.
             Format::Custom => (
                 format!(
                     r#"{{ printf '%s\n' "$PGBACKUP_PRELUDE" && pg_restore -f - && printf '%s\n' "$PGBACKUP_EPILOGUE"; }} | {psql}"#

@@ -27,12 +27,12 @@ const MIB: usize = 1024 * 1024;
 pub const MAX_PARTS: u32 = 10_000;
 const FIRST_PART: usize = 8 * MIB;
 /// Buffers in flight (filling + uploading) stay within this while parts are small enough:
-/// two 8 MiB parts uploading while the third fills. Measured (BENCHMARKS.md): more parts in
+/// one 8 MiB part uploading while the next fills. Measured (BENCHMARKS.md): more parts in
 /// flight do not speed up a dump-bound backup but cost 8 MiB each.
-const BUFFER_BUDGET: usize = 24 * MIB;
+const BUFFER_BUDGET: usize = 16 * MIB;
 /// zstd job size per worker thread: small jobs keep the compressor's own buffers at a few MiB
 /// per worker (its default for level 3 is 8 MiB of input plus output per job).
-const ZSTD_JOB: u32 = 2 * 1024 * 1024;
+const ZSTD_JOB: u32 = 1024 * 1024;
 
 /// Part size for part `n` (1-based): 8 MiB for the first 1,000 parts, doubling every 1,000
 /// after, so 10,000 parts hold about 8 TiB while dumps under ~8 GiB (compressed) never use
@@ -436,7 +436,7 @@ mod tests {
             let buffers = (parts_in_flight(size) + 1) * size;
             assert!(buffers <= BUFFER_BUDGET + size, "part {n}: {buffers}");
         }
-        assert_eq!(parts_in_flight(8 * MIB), 2);
+        assert_eq!(parts_in_flight(8 * MIB), 1);
         assert_eq!(parts_in_flight(512 * MIB), 1);
     }
 

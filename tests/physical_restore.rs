@@ -369,3 +369,53 @@ fn physical_backup_of_postgres_15_is_refused_for_postgres_17() {
     );
     assert_eq!((s.container_id(), s.text(), s.volumes()), before);
 }
+
+#[test]
+fn in_place_restore_and_standby_with_auto_conf() {
+    let stack = stack!();
+    let s = Scratch::new(&stack);
+    s.sql("CREATE TABLE t (v text); INSERT INTO t VALUES ('at-backup')");
+    let b = backup(&stack, &s.target());
+    s.sql("INSERT INTO t VALUES ('after-backup')");
+    let original = s.text();
+    let volume = s.data_volume();
+
+    // In place: the same volume refilled, the compose file untouched.
+    let out = ok(&stack.pgctl(&["restore", &b, "--physical", "--in-place", "--yes"]));
+    assert!(out.contains("IN PLACE"), "{out}");
+    assert!(s.healthy());
+    assert_eq!(s.sql(ROWS), "at-backup");
+    assert_eq!(s.data_volume(), volume);
+    assert_eq!(s.volumes(), vec![volume.clone()]);
+    assert_eq!(s.text(), original);
+    assert!(!s.dir.join("compose.yaml.bak").exists());
+
+    // A standby on a new volume, with its own postgresql.auto.conf.
+    let conf = s.dir.join("standby.auto.conf");
+    std::fs::write(&conf, "work_mem = '7MB'\n").unwrap();
+    ok(&stack.pgctl(&[
+        "restore",
+        &b,
+        "--physical",
+        "--standby",
+        "--auto-conf",
+        &conf.display().to_string(),
+    ]));
+    assert_ne!(s.data_volume(), volume);
+    assert_eq!(s.sql("SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(s.sql("SHOW work_mem"), "7MB");
+    assert_eq!(s.sql(ROWS), "at-backup");
+    let o = run(Command::new("docker").args([
+        "exec",
+        &s.container(),
+        "psql",
+        "-U",
+        "app",
+        "-d",
+        "app",
+        "-c",
+        "INSERT INTO t VALUES ('x')",
+    ]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
+}
