@@ -157,6 +157,8 @@ if [ "${BENCH_SKIP_4X:-0}" != 1 ]; then
 fi
 
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+# Everything from "## History" on is written by people: kept as it is.
+notes=$(sed -n '/^## History/,$p' BENCHMARKS.md 2>/dev/null || true)
 cat >BENCHMARKS.md <<MD
 # Benchmarks
 
@@ -195,5 +197,6 @@ aws --endpoint-url http://\$GARAGE s3 cp s3://pgbackup/naive/app.sql.gz - | gunz
 Data: \`pgbench -i -s $SCALE\` plus a \`documents\` table of 1.5 M text rows (4× both for the
 larger size).
 MD
+if [ -n "$notes" ]; then printf '\n%s\n' "$notes" >>BENCHMARKS.md; fi
 log "wrote BENCHMARKS.md"
 cat BENCHMARKS.md
