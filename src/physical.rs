@@ -741,7 +741,7 @@ fn helper_labels(s: &Service) -> HashMap<String, String> {
     ])
 }
 
-/// Runs `script` (with `$1` = `arg`) in a helper; stdin from `input` when given.
+/// Runs `script` (with `$1` = `arg`) as root in a helper and returns its stdout.
 async fn helper_sh(
     docker: &DockerClient,
     helper: &str,
