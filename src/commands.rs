@@ -147,16 +147,44 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         if args.dry_run {
             return Ok(None);
         }
-        let progress: Box<dyn Progress> = if json {
-            Box::new(Quiet)
-        } else {
-            Box::new(Bar::new())
-        };
-        restore::execute(&docker, &client, &cfg.s3, &plan, progress.as_ref())
+        restore::execute(&docker, &client, &cfg.s3, &plan, progress(json).as_ref())
             .await
             .map(Some)
     }
     .await;
+    report(result, json, |o| {
+        println!(
+            "restored {} of {} into {}: {} ({}) in {:.1}s{}",
+            o.backup_id,
+            o.source,
+            o.target,
+            o.databases.join(", "),
+            human_bytes(o.bytes),
+            o.duration_seconds,
+            if o.roles_created.is_empty() {
+                String::new()
+            } else {
+                format!("; roles created: {}", o.roles_created.join(", "))
+            }
+        );
+    })
+}
+
+/// A progress bar on a terminal, nothing for scripts.
+fn progress(json: bool) -> Box<dyn Progress> {
+    if json {
+        Box::new(Quiet)
+    } else {
+        Box::new(Bar::new())
+    }
+}
+
+/// Prints how a restore ended (`None`: a dry run) as JSON or through `human`; the exit code.
+fn report<O: serde::Serialize>(
+    result: Result<Option<O>, RestoreError>,
+    json: bool,
+    human: impl FnOnce(&O),
+) -> i32 {
     match result {
         Ok(None) => {
             if !json {
@@ -164,25 +192,12 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
             }
             exit::OK
         }
+        Ok(Some(o)) if json => {
+            println!("{}", serde_json::to_string_pretty(&o).expect("serialises"));
+            exit::OK
+        }
         Ok(Some(o)) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&o).expect("serialises"));
-            } else {
-                println!(
-                    "restored {} of {} into {}: {} ({}) in {:.1}s{}",
-                    o.backup_id,
-                    o.source,
-                    o.target,
-                    o.databases.join(", "),
-                    human_bytes(o.bytes),
-                    o.duration_seconds,
-                    if o.roles_created.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; roles created: {}", o.roles_created.join(", "))
-                    }
-                );
-            }
+            human(&o);
             exit::OK
         }
         Err(e) => failed(e),
@@ -218,44 +233,25 @@ async fn restore_physical(
         if dry_run {
             return Ok(None);
         }
-        let progress: Box<dyn Progress> = if json {
-            Box::new(Quiet)
-        } else {
-            Box::new(Bar::new())
-        };
-        physical::execute(docker, client, &cfg.s3, &plan, progress.as_ref())
+        physical::execute(docker, client, &cfg.s3, &plan, progress(json).as_ref())
             .await
             .map(Some)
     }
     .await;
-    match result {
-        Ok(None) => {
-            if !json {
-                eprintln!("pgctl: dry run: nothing was changed");
-            }
-            exit::OK
+    report(result, json, |o| {
+        println!(
+            "restored {} of {} into {} (container {}) on volume {} in {:.1}s",
+            o.backup_id, o.source, o.service, o.container, o.volume, o.duration_seconds
+        );
+        if let (Some(file), Some(bak)) = (&o.compose_file, &o.compose_backup) {
+            println!("compose file {file} now uses it (previous version: {bak})");
         }
-        Ok(Some(o)) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&o).expect("serialises"));
-                return exit::OK;
-            }
+        if let Some(old) = &o.previous_volume {
             println!(
-                "restored {} of {} into {} (container {}) on volume {} in {:.1}s",
-                o.backup_id, o.source, o.service, o.container, o.volume, o.duration_seconds
+                "the previous volume {old} is kept: check the restored data, then remove it with `docker volume rm {old}`"
             );
-            if let (Some(file), Some(bak)) = (&o.compose_file, &o.compose_backup) {
-                println!("compose file {file} now uses it (previous version: {bak})");
-            }
-            if let Some(old) = &o.previous_volume {
-                println!(
-                    "the previous volume {old} is kept: check the restored data, then remove it with `docker volume rm {old}`"
-                );
-            }
-            exit::OK
         }
-        Err(e) => failed(e),
-    }
+    })
 }
 
 /// Scopes for `prune`: the named targets, or every valid target running now.

@@ -28,7 +28,7 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("Docker API call {call} did not answer within {CALL_TIMEOUT:?}")]
+    #[error("Docker API call {call} did not answer in time")]
     Timeout { call: &'static str },
     #[error("reading a command's output from the container failed: {0}")]
     Stream(String),
@@ -99,7 +99,15 @@ async fn timed<T>(
     call: &'static str,
     fut: impl Future<Output = Result<T, bollard::errors::Error>>,
 ) -> Result<T, DockerError> {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+    timed_for(CALL_TIMEOUT, call, fut).await
+}
+
+async fn timed_for<T>(
+    limit: Duration,
+    call: &'static str,
+    fut: impl Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, DockerError> {
+    match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(source)) => Err(DockerError::Api { call, source }),
         Err(_) => Err(DockerError::Timeout { call }),
@@ -450,6 +458,31 @@ impl DockerClient {
         }
     }
 
+    /// Runs `cmd` with `input` as its whole stdin (written while the output is read) and
+    /// returns how it ended.
+    pub async fn exec_feed(
+        &self,
+        container: &str,
+        cmd: &[String],
+        input: Vec<u8>,
+        user: Option<&str>,
+    ) -> Result<ExecExit, DockerError> {
+        use tokio::io::AsyncWriteExt;
+        let (out, mut stdin) = self.exec_with_stdin(container, cmd, &[], user).await?;
+        let writer = tokio::spawn(async move {
+            let written = stdin.write_all(&input).await;
+            let _ = stdin.shutdown().await;
+            written
+        });
+        let exit = out.finish().await?;
+        match writer.await {
+            Ok(Err(e)) if exit.code == 0 => Err(DockerError::Stream(format!(
+                "writing the command's input failed: {e}"
+            ))),
+            _ => Ok(exit),
+        }
+    }
+
     /// Runs a short command and collects its whole output.
     pub async fn exec_capture(
         &self,
@@ -488,6 +521,12 @@ impl DockerClient {
                 .inspect_container(id, None::<InspectContainerOptions>),
         )
         .await
+    }
+
+    /// The container this process runs in (found by `HOSTNAME`), if it runs in one.
+    pub async fn own_container(&self) -> Option<bollard::models::ContainerInspectResponse> {
+        let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())?;
+        self.inspect_full(&host).await.ok()
     }
 
     /// The labels of a volume, or `None` when there is no such volume.
@@ -583,21 +622,19 @@ impl DockerClient {
 
     /// Stops a container with its own stop signal and grace period.
     pub async fn stop_container(&self, id: &str) -> Result<(), DockerError> {
-        let call = "stop_container";
-        match tokio::time::timeout(
-            STOP_TIMEOUT,
-            self.docker
-                .stop_container(id, None::<bollard::query_parameters::StopContainerOptions>),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
+        let stop = self
+            .docker
+            .stop_container(id, None::<bollard::query_parameters::StopContainerOptions>);
+        match timed_for(STOP_TIMEOUT, "stop_container", stop).await {
             // 304: already stopped.
-            Ok(Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304, ..
-            })) => Ok(()),
-            Ok(Err(source)) => Err(DockerError::Api { call, source }),
-            Err(_) => Err(DockerError::Timeout { call }),
+            Err(DockerError::Api {
+                source:
+                    bollard::errors::Error::DockerResponseServerError {
+                        status_code: 304, ..
+                    },
+                ..
+            }) => Ok(()),
+            other => other,
         }
     }
 

@@ -333,6 +333,16 @@ pub struct Plan {
     pub inputs: Inputs,
 }
 
+fn require_physical(m: &Manifest) -> Result<(), RestoreError> {
+    if m.kind == Kind::Physical {
+        return Ok(());
+    }
+    Err(RestoreError::Usage(format!(
+        "{}/{} is a logical backup: restore it without --physical",
+        m.target, m.backup_id
+    )))
+}
+
 /// Decides the restore from what was found. Pure: every refusal is here.
 #[allow(clippy::too_many_arguments)]
 pub fn decide(
@@ -344,12 +354,8 @@ pub fn decide(
     options: Options,
     inputs: Inputs,
 ) -> Result<Plan, RestoreError> {
+    require_physical(&manifest)?;
     let id = format!("{}/{}", manifest.target, manifest.backup_id);
-    if manifest.kind != Kind::Physical {
-        return Err(RestoreError::Usage(format!(
-            "{id} is a logical backup: restore it without --physical"
-        )));
-    }
     let object = manifest
         .objects
         .iter()
@@ -664,10 +670,7 @@ pub struct Outcome {
 
 /// The sidecar's own bind mounts (host source → path here), to reach compose files.
 async fn own_mounts(docker: &DockerClient) -> Vec<(PathBuf, PathBuf)> {
-    let Some(host) = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()) else {
-        return Vec::new();
-    };
-    let Ok(me) = docker.inspect_full(&host).await else {
+    let Some(me) = docker.own_container().await else {
         return Vec::new();
     };
     me.mounts
@@ -741,6 +744,14 @@ fn helper_labels(s: &Service) -> HashMap<String, String> {
     ])
 }
 
+/// `sh -c script` with `$1` = `arg` (never interpolated into the script).
+fn sh(script: &str, arg: &str) -> Vec<String> {
+    ["sh", "-c", script, "sh", arg]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// Runs `script` (with `$1` = `arg`) as root in a helper and returns its stdout.
 async fn helper_sh(
     docker: &DockerClient,
@@ -748,14 +759,9 @@ async fn helper_sh(
     script: &str,
     arg: &str,
 ) -> Result<String, RestoreError> {
-    let cmd = vec![
-        "sh".to_string(),
-        "-c".to_string(),
-        script.to_string(),
-        "sh".to_string(),
-        arg.to_string(),
-    ];
-    let (exit, out) = docker.exec_capture(helper, &cmd, &[], Some("0")).await?;
+    let (exit, out) = docker
+        .exec_capture(helper, &sh(script, arg), &[], Some("0"))
+        .await?;
     if exit.code != 0 {
         return Err(RestoreError::Failed(format!(
             "the helper failed (exit {}): {}",
@@ -775,12 +781,8 @@ pub async fn prepare(
 ) -> Result<Plan, RestoreError> {
     check_options(&options)?;
     let inputs = load_inputs(&options)?;
-    if manifest.kind != Kind::Physical {
-        return Err(RestoreError::Usage(format!(
-            "{}/{} is a logical backup: restore it without --physical",
-            manifest.target, manifest.backup_id
-        )));
-    }
+    // Before the probe helper: a logical backup needs none of it.
+    require_physical(&manifest)?;
     let name = to.unwrap_or(&manifest.target).to_string();
     let prefer = manifest.target.split_once('/').map(|(p, _)| p.to_string());
     let c = crate::restore::find_container(docker, &name, prefer.as_deref()).await?;
@@ -848,13 +850,7 @@ async fn unpack(
     progress: &dyn Progress,
 ) -> Result<(), RestoreError> {
     let dir = &plan.service.data_dir;
-    let tar = vec![
-        "sh".to_string(),
-        "-c".to_string(),
-        "set -e; mkdir -p \"$1\"; cd \"$1\"; tar -x -f -".to_string(),
-        "sh".to_string(),
-        dir.clone(),
-    ];
+    let tar = sh("set -e; mkdir -p \"$1\"; cd \"$1\"; tar -x -f -", dir);
     let (out, input) = docker.exec_with_stdin(helper, &tar, &[], Some("0")).await?;
     let mut sink = ExecSink(input);
     let streamed = crate::restore::stream_object(
@@ -878,21 +874,10 @@ async fn unpack(
         )));
     }
     if let Some(conf) = &plan.inputs.auto_conf {
-        let cmd = vec![
-            "sh".to_string(),
-            "-c".to_string(),
-            "cat > \"$1/postgresql.auto.conf\"".to_string(),
-            "sh".to_string(),
-            dir.clone(),
-        ];
-        let (out, mut input) = docker.exec_with_stdin(helper, &cmd, &[], Some("0")).await?;
-        input
-            .write_all(conf)
-            .await
-            .map_err(|e| RestoreError::Failed(format!("writing postgresql.auto.conf: {e}")))?;
-        let _ = input.shutdown().await;
-        drop(input);
-        let exit = out.finish().await?;
+        let cmd = sh("cat > \"$1/postgresql.auto.conf\"", dir);
+        let exit = docker
+            .exec_feed(helper, &cmd, conf.clone(), Some("0"))
+            .await?;
         if exit.code != 0 {
             return Err(RestoreError::Failed(format!(
                 "writing postgresql.auto.conf failed: {}",
@@ -1018,15 +1003,7 @@ async fn post_sql(docker: &DockerClient, id: &str, plan: &Plan) -> Result<(), Re
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let (out, mut input) = docker.exec_with_stdin(id, &cmd, &[], None).await?;
-        let sql = sql.clone();
-        let writer = tokio::spawn(async move {
-            let r = input.write_all(&sql).await;
-            let _ = input.shutdown().await;
-            r
-        });
-        let exit = out.finish().await?;
-        let _ = writer.await;
+        let exit = docker.exec_feed(id, &cmd, sql.clone(), None).await?;
         if exit.code != 0 {
             return Err(RestoreError::Failed(format!(
                 "post-restore script {name} failed (psql exit {}): {}",

@@ -251,9 +251,8 @@ fn user_of(c: &Container, defaults: &Defaults) -> String {
 /// The compose project of the container pgctl runs in (the sidecar), if any: Docker sets the
 /// hostname to the container's short id.
 async fn own_project(docker: &DockerClient) -> Option<String> {
-    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())?;
-    let me = docker.inspect(&host).await.ok()?;
-    me.labels.get("com.docker.compose.project").cloned()
+    let me = docker.own_container().await?;
+    me.config?.labels?.remove("com.docker.compose.project")
 }
 
 /// Finds a running container by `project/service`, service, container name or id. A service
