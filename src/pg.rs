@@ -86,44 +86,12 @@ impl Access {
                     .env("PGHOST", host)
                     .env("PGPORT", port.to_string())
                     .env("PGCONNECT_TIMEOUT", "10")
-                    .env_remove("PGPASSWORD")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .kill_on_drop(true);
+                    .env_remove("PGPASSWORD");
                 if let Some(p) = password {
                     // Environment, never argv: `ps` shows arguments to everyone.
                     cmd.env("PGPASSWORD", p.expose());
                 }
-                let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
-                    program: program.to_string(),
-                    source,
-                })?;
-                let stdout = child.stdout.take().expect("piped stdout");
-                let stderr_buf = Arc::new(Mutex::new(Vec::new()));
-                let mut stderr = child.stderr.take().expect("piped stderr");
-                let sink = stderr_buf.clone();
-                // Drained concurrently so a chatty stderr never blocks the dump.
-                let stderr_task = tokio::spawn(async move {
-                    let mut chunk = [0u8; 8192];
-                    while let Ok(n) = stderr.read(&mut chunk).await {
-                        if n == 0 {
-                            break;
-                        }
-                        let mut b = sink.lock().expect("stderr lock");
-                        b.extend_from_slice(&chunk[..n]);
-                        let len = b.len();
-                        if len > 64 * 1024 {
-                            b.drain(..len - 64 * 1024);
-                        }
-                    }
-                });
-                Ok(PgStream::Local {
-                    child,
-                    stdout,
-                    stderr: stderr_buf,
-                    stderr_task,
-                })
+                Ok(local(program, cmd, false)?.0)
             }
         }
     }
@@ -158,6 +126,72 @@ impl Access {
             .filter(|l| !l.is_empty())
             .collect())
     }
+}
+
+/// The version line of a client program in the sidecar itself.
+pub async fn local_version(program: &str) -> Result<String, PgError> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg("--version");
+    Ok(collect(program, local(program, cmd, false)?.0)
+        .await?
+        .trim()
+        .to_string())
+}
+
+/// Starts `program args…` in the sidecar with stdin piped: the caller writes its input.
+pub fn local_with_stdin(
+    program: &str,
+    args: &[String],
+) -> Result<(PgStream, tokio::process::ChildStdin), PgError> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args);
+    let (stream, stdin) = local(program, cmd, true)?;
+    Ok((stream, stdin.expect("piped stdin")))
+}
+
+/// Spawns a client program in the sidecar, its stderr drained concurrently (its last 64 KiB
+/// kept) so a chatty stderr never blocks it.
+fn local(
+    program: &str,
+    mut cmd: tokio::process::Command,
+    stdin: bool,
+) -> Result<(PgStream, Option<tokio::process::ChildStdin>), PgError> {
+    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| PgError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    let input = child.stdin.take();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr_buf = Arc::new(Mutex::new(Vec::new()));
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let sink = stderr_buf.clone();
+    let stderr_task = tokio::spawn(async move {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            let mut b = sink.lock().expect("stderr lock");
+            b.extend_from_slice(&chunk[..n]);
+            let len = b.len();
+            if len > 64 * 1024 {
+                b.drain(..len - 64 * 1024);
+            }
+        }
+    });
+    Ok((
+        PgStream::Local {
+            child,
+            stdout,
+            stderr: stderr_buf,
+            stderr_task,
+        },
+        input,
+    ))
 }
 
 /// stdout of a running client program, exec'd or local.

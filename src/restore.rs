@@ -1,14 +1,15 @@
 //! Logical restore, all or nothing (SPEC §5, §7): S3 → SHA-256 + size → decompression →
-//! `psql`, `pg_restore --single-transaction` (or, after `--clean`'s SQL, `pg_restore` into
-//! `psql`) reading stdin inside the target through the exec API.
+//! (`pg_restore --create -f -` for custom archives) → [`sql::Rewriter`] → `psql` in the target.
 //!
-//! Every database is restored inside one transaction: psql's `BEGIN` … `COMMIT` (sent only
-//! after the whole object arrived with the manifest's size and checksum), or pg_restore's own
-//! single transaction. Until the object is verified the last chunk of the stream is held back,
-//! so `pg_restore` cannot finish an archive that might still turn out damaged. If anything goes wrong — a checksum, a statement,
-//! the connection, `pgctl` itself being killed — the input ends without `COMMIT` and the server
-//! rolls the transaction back. Databases created and roles added by the restore are dropped
-//! again; with several databases, every transaction stays open until all of them are loaded.
+//! Roles are restored first, in one transaction. Then every database of the backup is loaded
+//! into a new, temporary database, with its owner, ACL, comment and settings; nothing the target
+//! holds is touched while that runs. Only when every database has loaded and every object's
+//! size and checksum matched the manifest does one transaction rename each database being
+//! replaced out of the way and give each loaded database its name. Either every database is
+//! replaced or none is: any failure before that commit — a checksum, a statement, the
+//! connection, `pgctl` itself being killed — leaves the target's databases as they were, and
+//! the temporary databases and created roles are dropped. The replaced databases are dropped
+//! after the commit.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -28,10 +29,10 @@ use crate::fetch::{self, Checked, Damage};
 use crate::labels::{Format, TargetId};
 use crate::layout::{self, BackupId, Kind};
 use crate::manifest::{Manifest, Object, ObjectKind};
-use crate::pg::{self, Access, PgError};
+use crate::pg::{self, Access, PgError, PgStream};
 
-/// Printed by psql after `COMMIT` succeeded: the only proof a restore was committed.
-const COMMITTED: &str = "pgbackup:committed";
+pub mod sql;
+
 /// Globals (roles) are read whole before anything runs; they are small.
 const GLOBALS_LIMIT: u64 = 64 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
@@ -155,9 +156,15 @@ pub struct Plan {
     pub user: String,
     pub server_major: u32,
     pub restore_tool: String,
+    /// The sidecar's own pg_restore, asked only when the target's cannot read the archive.
+    pub sidecar_tool: Option<String>,
+    /// Custom archives are turned into SQL by the sidecar's pg_restore (see `check`).
+    pub convert_in_sidecar: bool,
     pub globals: Option<Object>,
     pub databases: Vec<DbPlan>,
     pub clean: bool,
+    /// Temporary databases of earlier restores that were interrupted.
+    pub leftovers: Vec<String>,
 }
 
 impl fmt::Display for Plan {
@@ -187,17 +194,36 @@ impl fmt::Display for Plan {
                 g.name
             )?;
         }
+        if self.convert_in_sidecar {
+            writeln!(
+                f,
+                "  archives   read by the sidecar's {} (the target has {})",
+                self.sidecar_tool.as_deref().unwrap_or("pg_restore"),
+                self.restore_tool
+            )?;
+        }
         for d in &self.databases {
             let what = match (d.exists, d.objects) {
                 (false, _) => "created".to_string(),
-                (true, 0) => "exists, empty".to_string(),
-                (true, n) if self.clean => format!("exists, {n} objects replaced (--clean)"),
+                (true, 0) => "exists, empty: replaced".to_string(),
+                (true, n) if self.clean => format!("exists, {n} objects: replaced (--clean)"),
                 (true, n) => format!("exists, {n} objects"),
             };
             writeln!(
                 f,
                 "  database   {:<20} from {} ({what})",
                 d.database, d.object.name
+            )?;
+        }
+        writeln!(
+            f,
+            "  method     each database is loaded into a new database; all take their names in one transaction at the end"
+        )?;
+        for l in &self.leftovers {
+            writeln!(
+                f,
+                "  warning    {l} is left from an interrupted restore: drop it when no restore is running (DROP DATABASE {})",
+                quote_ident(l)
             )?;
         }
         Ok(())
@@ -209,13 +235,28 @@ impl fmt::Display for Plan {
 pub fn check(plan: &Plan) -> Result<(), RestoreError> {
     let dump_major = pg::major_of(&plan.manifest.postgres.dump_tool).unwrap_or(0);
     let tool_major = pg::major_of(&plan.restore_tool).unwrap_or(0);
-    if plan.manifest.format == Format::Custom && tool_major < dump_major {
+    let sidecar_major = plan
+        .sidecar_tool
+        .as_deref()
+        .and_then(pg::major_of)
+        .unwrap_or(0);
+    if plan.manifest.format == Format::Custom
+        && tool_major < dump_major
+        && sidecar_major < dump_major
+    {
         return Err(RestoreError::Refused(format!(
-            "backup {} was written by {} but {} has {}, which cannot read it: restore into a server with Postgres {dump_major} or newer (the custom format is only readable by the same or a newer pg_restore)",
+            "backup {} was written by {} but {} has {} and the sidecar {}, neither of which can read it: nothing was changed. Use a pgbackup image with Postgres {dump_major} client tools, or restore into a server with Postgres {dump_major} or newer",
             plan.manifest.backup_id,
             plan.manifest.postgres.dump_tool,
             plan.target,
-            plan.restore_tool
+            plan.restore_tool,
+            plan.sidecar_tool.as_deref().unwrap_or("has no pg_restore")
+        )));
+    }
+    if plan.server_major < plan.manifest.postgres.major {
+        return Err(RestoreError::Refused(format!(
+            "backup {} is of a Postgres {} server but {} runs Postgres {}: nothing was changed. A logical backup restores into the same major or a newer one",
+            plan.manifest.backup_id, plan.manifest.postgres.major, plan.target, plan.server_major
         )));
     }
     let busy: Vec<String> = plan
@@ -226,7 +267,7 @@ pub fn check(plan: &Plan) -> Result<(), RestoreError> {
         .collect();
     if !busy.is_empty() && !plan.clean {
         return Err(RestoreError::Refused(format!(
-            "{} already holds data in {}: nothing was changed. Pass --clean to replace it (everything in those databases is dropped and restored in one transaction; on any failure the old data stays), or restore into another target with --to",
+            "{} already holds data in {}: nothing was changed. Pass --clean to replace it (each database is replaced as a whole by the backup's, after every database of the backup has loaded; on any failure the old data stays), or restore into another target with --to",
             plan.target,
             busy.join(", ")
         )));
@@ -418,9 +459,7 @@ pub async fn resolve_backup(
     }
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+use sql::quote_ident;
 
 /// SQL counting what a database holds of its own (schemas other than the system ones).
 const OWN_OBJECTS: &str = "SELECT
@@ -499,6 +538,27 @@ pub async fn plan(
         .and_then(|v| pg::major_of(v))
         .ok_or_else(|| RestoreError::Failed(format!("cannot read the server version of {to}")))?;
     let restore_tool = access.version("pg_restore").await?;
+    let dump_major = pg::major_of(&manifest.postgres.dump_tool).unwrap_or(0);
+    let target_reads = pg::major_of(&restore_tool).unwrap_or(0) >= dump_major;
+    let sidecar_tool = if manifest.format == Format::Custom && !target_reads {
+        pg::local_version("pg_restore").await.ok()
+    } else {
+        None
+    };
+    let convert_in_sidecar = manifest.format == Format::Custom
+        && !target_reads
+        && sidecar_tool
+            .as_deref()
+            .and_then(pg::major_of)
+            .is_some_and(|m| m >= dump_major);
+    let leftovers = access
+        .query(
+            "postgres",
+            &format!(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, '{LOAD_PREFIX}') OR starts_with(datname, '{REPLACED_PREFIX}') ORDER BY 1"
+            ),
+        )
+        .await?;
     let existing: BTreeSet<String> = access
         .query("postgres", "SELECT datname FROM pg_database")
         .await?
@@ -535,9 +595,12 @@ pub async fn plan(
         user,
         server_major,
         restore_tool,
+        sidecar_tool,
+        convert_in_sidecar,
         globals,
         databases,
         clean: req.clean,
+        leftovers,
     })
 }
 
@@ -555,30 +618,6 @@ fn exec_access(docker: &DockerClient, c: &Container, user: &str) -> Access {
         container: c.id.clone(),
         user: user.to_string(),
     }
-}
-
-/// SQL run first, inside the transaction, by `--clean`: every schema of the database's own is
-/// dropped and `public` recreated as `initdb` makes it.
-pub fn clean_sql(server_major: u32) -> String {
-    let public = if server_major >= 15 {
-        "CREATE SCHEMA public AUTHORIZATION pg_database_owner;\nGRANT USAGE ON SCHEMA public TO PUBLIC;\n"
-    } else {
-        "CREATE SCHEMA public;\nGRANT ALL ON SCHEMA public TO PUBLIC;\n"
-    };
-    format!(
-        "DO $pgbackup$
-DECLARE s name;
-BEGIN
-  FOR s IN SELECT nspname FROM pg_namespace
-           WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname !~ '^pg_'
-  LOOP
-    EXECUTE format('DROP SCHEMA %I CASCADE', s);
-  END LOOP;
-END
-$pgbackup$;
-{public}COMMENT ON SCHEMA public IS 'standard public schema';
-"
-    )
 }
 
 /// A role name as written by pg_dumpall: bare (lower case) or double-quoted.
@@ -658,67 +697,41 @@ pub fn filter_globals(
     (out, created, skipped)
 }
 
-/// One `psql` session inside the target, reading the restore from stdin.
-struct Session {
+/// Printed by psql after the last statement of a load ran: every statement before it succeeded.
+const LOADED: &str = "pgbackup:loaded";
+
+/// One `psql` session inside the target, reading SQL from stdin (`ON_ERROR_STOP`).
+struct Psql {
     input: ExecInput,
     output: JoinHandle<Result<(ExecExit, String), DockerError>>,
-    /// The last chunk, held back until the object is verified.
-    tail: Option<Bytes>,
-    epilogue: &'static str,
-    database: String,
+    what: String,
 }
 
-const EPILOGUE: &str = "\nCOMMIT;\n\\echo pgbackup:committed\n";
-
-impl Session {
-    /// Starts psql (plain SQL), `pg_restore --single-transaction` (custom archives) or, when
-    /// a `prelude` must run in the same transaction, `pg_restore -f - | psql` in `c`.
+impl Psql {
+    /// Starts psql as `user` on `database` in `c`. `what` names it in errors.
     async fn start(
         docker: &DockerClient,
         c: &Container,
         user: &str,
         database: &str,
-        format: Format,
-        prelude: &str,
-    ) -> Result<Session, RestoreError> {
-        let psql = r#"psql -X -q -o /dev/null -v ON_ERROR_STOP=1 -U "$1" -d "$2""#;
-        let begin = format!("BEGIN;\n{prelude}");
-        let (script, env, epilogue, first) = match format {
-            // Nothing to run first: pg_restore loads the archive itself in one transaction
-            // (no SQL round trip through psql), and commits only after reading it to the end,
-            // which the held-back tail delays until the stream is verified.
-            Format::Custom if prelude.is_empty() => (
-                format!(
-                    r#"pg_restore -U "$1" -d "$2" --single-transaction --exit-on-error && echo {COMMITTED}"#
-                ),
-                vec![],
-                "",
-                None,
-            ),
-            // pg_restore turns the archive into SQL behind the prelude; COMMIT follows only
-            // when it read the whole archive without error.
-            Format::Custom => (
-                format!(
-                    r#"{{ printf '%s\n' "$PGBACKUP_PRELUDE" && pg_restore -f - && printf '%s\n' "$PGBACKUP_EPILOGUE"; }} | {psql}"#
-                ),
-                vec![
-                    format!("PGBACKUP_PRELUDE={begin}"),
-                    format!("PGBACKUP_EPILOGUE={EPILOGUE}"),
-                ],
-                "",
-                None,
-            ),
-            Format::Plain | Format::Tar => (format!("exec {psql}"), vec![], EPILOGUE, Some(begin)),
-        };
-        let cmd = vec![
-            "sh".to_string(),
-            "-c".to_string(),
-            script,
-            "pgbackup-restore".to_string(),
-            user.to_string(),
-            database.to_string(),
-        ];
-        let (mut stream, mut input) = docker.exec_with_stdin(&c.id, &cmd, &env, None).await?;
+        what: &str,
+    ) -> Result<Psql, RestoreError> {
+        let cmd = [
+            "psql",
+            "-X",
+            "-q",
+            "-o",
+            "/dev/null",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            user,
+            "-d",
+            database,
+        ]
+        .map(String::from)
+        .to_vec();
+        let (mut stream, input) = docker.exec_with_stdin(&c.id, &cmd, &[], None).await?;
         // Drained concurrently: psql blocks when nobody reads what it prints.
         let output = tokio::spawn(async move {
             let mut tail = Vec::new();
@@ -737,64 +750,35 @@ impl Session {
             let exit = stream.finish().await?;
             Ok((exit, String::from_utf8_lossy(&tail).into_owned()))
         });
-        if let Some(first) = first {
-            input
-                .write_all(first.as_bytes())
-                .await
-                .map_err(|e| RestoreError::Failed(format!("sending to psql failed: {e}")))?;
-        }
-        Ok(Session {
+        Ok(Psql {
             input,
             output,
-            tail: None,
-            epilogue,
-            database: database.to_string(),
+            what: what.to_string(),
         })
     }
 
-    /// Sends a chunk, holding back the newest one.
-    async fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        if let Some(prev) = self.tail.replace(chunk) {
-            self.input.write_all(&prev).await?;
-        }
-        Ok(())
-    }
-
-    /// Ends the input without `COMMIT` and without the held-back tail: the server rolls back.
-    /// Returns what the session printed (its error, when it failed by itself).
-    async fn abort(mut self) -> String {
-        let _ = self.input.shutdown().await;
-        drop(self.input);
-        match tokio::time::timeout(Duration::from_secs(60), self.output).await {
-            Ok(Ok(Ok((exit, _)))) => exit.stderr,
-            Ok(Ok(Err(e))) => e.to_string(),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "psql did not end within 60 s of its input ending".into(),
-        }
-    }
-
-    /// Sends the tail and `COMMIT`, ends the input and checks that the commit happened.
-    async fn commit(mut self) -> Result<(), RestoreError> {
+    /// Sends `last`, then a marker; ends the input and checks that psql ran everything.
+    async fn finish(mut self, last: &str) -> Result<(), RestoreError> {
         let sent = async {
-            if let Some(tail) = self.tail.take() {
-                self.input.write_all(&tail).await?;
-            }
-            self.input.write_all(self.epilogue.as_bytes()).await?;
+            self.input.write_all(last.as_bytes()).await?;
+            self.input
+                .write_all(format!("\n\\echo {LOADED}\n").as_bytes())
+                .await?;
             self.input.flush().await?;
             self.input.shutdown().await
         }
         .await;
-        let db = self.database.clone();
         drop(self.input);
         let (exit, out) = self
             .output
             .await
             .map_err(|e| RestoreError::Failed(e.to_string()))??;
-        if exit.code == 0 && out.contains(COMMITTED) {
+        if exit.code == 0 && out.contains(LOADED) {
             return Ok(());
         }
         Err(RestoreError::Failed(format!(
-            "restoring database {db:?} failed and was rolled back (exit code {}): {}{}",
+            "{} failed (psql exit code {}): {}{}",
+            self.what,
             exit.code,
             if exit.stderr.is_empty() {
                 "no error output"
@@ -805,6 +789,92 @@ impl Session {
                 .map(|e| format!(" (sending the input failed: {e})"))
                 .unwrap_or_default()
         )))
+    }
+
+    /// Ends the input early; returns psql's error output, if it failed by itself.
+    async fn abort(mut self) -> String {
+        let _ = self.input.shutdown().await;
+        drop(self.input);
+        match tokio::time::timeout(Duration::from_secs(60), self.output).await {
+            Ok(Ok(Ok((exit, _)))) => exit.stderr,
+            Ok(Ok(Err(e))) => e.to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "psql did not end within 60 s of its input ending".into(),
+        }
+    }
+}
+
+/// Writes SQL through the [`sql::Rewriter`] into psql.
+struct Rewriting<'a> {
+    rewriter: sql::Rewriter,
+    input: &'a mut ExecInput,
+    buf: Vec<u8>,
+}
+
+impl Rewriting<'_> {
+    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.buf.clear();
+        self.rewriter
+            .feed(chunk, &mut self.buf)
+            .map_err(std::io::Error::other)?;
+        self.input.write_all(&self.buf).await
+    }
+
+    /// The rest of the rewritten SQL (see [`sql::Rewriter::finish`]).
+    fn finish(&mut self) -> Result<String, RestoreError> {
+        let mut out = Vec::new();
+        self.rewriter
+            .finish(&mut out)
+            .map_err(RestoreError::Failed)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+impl ChunkSink for Rewriting<'_> {
+    async fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.write(&chunk).await
+    }
+}
+
+/// The stdin of a converter (`pg_restore -f -`): in the target, or in the sidecar.
+struct Raw(std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>);
+
+impl ChunkSink for Raw {
+    async fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&chunk).await
+    }
+}
+
+/// `pg_restore --create -f -`: turns a custom archive into the SQL psql loads.
+struct Converter {
+    input: Raw,
+    output: PgStream,
+    what: String,
+}
+
+const CONVERT: [&str; 3] = ["--create", "--file=-", "--exit-on-error"];
+
+impl Converter {
+    /// In the target, with its own pg_restore.
+    async fn in_target(docker: &DockerClient, c: &Container) -> Result<Converter, RestoreError> {
+        let mut cmd = vec!["pg_restore".to_string()];
+        cmd.extend(CONVERT.map(String::from));
+        let (stream, input) = docker.exec_with_stdin(&c.id, &cmd, &[], None).await?;
+        Ok(Converter {
+            input: Raw(input),
+            output: PgStream::Exec(stream),
+            what: format!("pg_restore in {}", c.name),
+        })
+    }
+
+    /// In the sidecar, whose pg_restore reads archives the target's is too old for.
+    fn in_sidecar() -> Result<Converter, RestoreError> {
+        let (output, input) = pg::local_with_stdin("pg_restore", &CONVERT.map(String::from))?;
+        Ok(Converter {
+            input: Raw(Box::pin(input)),
+            output,
+            what: "pg_restore in the sidecar".into(),
+        })
     }
 }
 
@@ -827,12 +897,6 @@ impl Progress for Quiet {
 /// Where a verified stream goes: a psql session, or tar in a helper container.
 pub trait ChunkSink: Send {
     fn send(&mut self, chunk: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
-}
-
-impl ChunkSink for Session {
-    async fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        Session::send(self, chunk).await
-    }
 }
 
 /// Streams one object of `m` (S3 → size + SHA-256 → decompression) into `sink`, then checks the
@@ -899,11 +963,100 @@ pub struct Outcome {
     pub databases: Vec<String>,
     pub roles_created: Vec<String>,
     pub skipped: Vec<String>,
+    /// Databases whose previous version could not be dropped after the swap (left, renamed).
+    pub left_over: Vec<String>,
     pub bytes: u64,
     pub duration_seconds: f64,
 }
 
-/// Runs the plan. On any error the target is left as it was before.
+/// Names of one restore run's temporary databases: where each database is loaded
+/// (`pgbackup_restore_<run>_<n>`) and where the database it replaces goes during the swap
+/// (`pgbackup_replaced_<run>_<n>`). Plain lower-case ASCII: never needs quoting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Temporary {
+    pub load: String,
+    pub replaced: String,
+}
+
+pub const LOAD_PREFIX: &str = "pgbackup_restore_";
+pub const REPLACED_PREFIX: &str = "pgbackup_replaced_";
+
+pub fn temporary(run: &str, n: usize) -> Temporary {
+    Temporary {
+        load: format!("{LOAD_PREFIX}{run}_{n}"),
+        replaced: format!("{REPLACED_PREFIX}{run}_{n}"),
+    }
+}
+
+/// A short id for one restore run: unique enough among runs on one server.
+fn run_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{:08x}",
+        (t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)) as u32
+    )
+}
+
+/// The database psql stays on while others are created, renamed and dropped: `postgres`,
+/// unless the restore replaces it.
+fn maintenance_db(plan: &Plan) -> &'static str {
+    if plan.databases.iter().any(|d| d.database == "postgres") {
+        "template1"
+    } else {
+        "postgres"
+    }
+}
+
+/// The swap, one transaction: every database being replaced is renamed out of the way (its
+/// sessions ended first), every loaded database takes its name. Either all of it commits or
+/// none of it does.
+pub fn swap_sql(pairs: &[(&DbPlan, &Temporary)]) -> String {
+    let mut s = String::from("BEGIN;\n");
+    for (d, t) in pairs {
+        if d.exists {
+            let name = sql::quote_literal(&d.database);
+            let rename = sql::quote_literal(&format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                sql::quote_ident(&d.database),
+                t.replaced
+            ));
+            // Sessions on the database are ended first; one that reconnects before the rename
+            // makes it fail with object_in_use (after the server's own 5 s wait): end it, try again.
+            s.push_str(&format!(
+                "DO $pgbackup$
+DECLARE tries int := 0;
+BEGIN
+  LOOP
+    PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
+      WHERE datname = {name} AND pid <> pg_backend_pid();
+    BEGIN
+      EXECUTE {rename};
+      EXIT;
+    EXCEPTION WHEN object_in_use THEN
+      tries := tries + 1;
+      IF tries >= 5 THEN RAISE; END IF;
+      PERFORM pg_sleep(0.2);
+    END;
+  END LOOP;
+END
+$pgbackup$;
+"
+            ));
+        }
+        s.push_str(&format!(
+            "ALTER DATABASE {} RENAME TO {};\n",
+            t.load,
+            sql::quote_ident(&d.database)
+        ));
+    }
+    s.push_str("COMMIT;\n");
+    s
+}
+
+/// Runs the plan. On any error the target is left as it was before (and the error says so only
+/// when that was checked).
 pub async fn execute(
     docker: &DockerClient,
     client: &Client,
@@ -914,102 +1067,64 @@ pub async fn execute(
     check(plan)?;
     let started = std::time::Instant::now();
     let access = exec_access(docker, &plan.container, &plan.user);
+    let maint = maintenance_db(plan);
+    let run = run_id();
+    let temps: Vec<Temporary> = (1..=plan.databases.len())
+        .map(|n| temporary(&run, n))
+        .collect();
     let mut created_roles = Vec::new();
     let mut skipped = Vec::new();
-    let mut created_dbs: Vec<String> = Vec::new();
-    let mut sessions: Vec<Session> = Vec::new();
 
-    let result = async {
+    let loaded = async {
         if let Some(g) = &plan.globals {
             let (script, created, skip) = globals_script(client, s3cfg, plan, g, &access).await?;
             skipped = skip;
-            let mut s = Session::start(
-                docker,
-                &plan.container,
-                &plan.user,
-                "postgres",
-                Format::Plain,
-                "",
-            )
-            .await?;
-            s.send(Bytes::from(script))
-                .await
-                .map_err(|e| RestoreError::Failed(format!("sending roles failed: {e}")))?;
-            // Roles commit first: the databases' transactions must see them.
-            s.commit().await?;
+            let what = format!("restoring roles from {}", g.name);
+            let mut s = Psql::start(docker, &plan.container, &plan.user, maint, &what).await?;
+            // One transaction: every role is created, or none is. Roles commit first: the
+            // databases' owners and grants need them.
+            let body = format!("BEGIN;\n{script}\nCOMMIT;\n");
+            if let Err(e) = s.input.write_all(body.as_bytes()).await {
+                let said = s.abort().await;
+                return Err(RestoreError::Failed(format!("{what} failed: {e} {said}")));
+            }
+            s.finish("").await?;
             created_roles = created;
         }
-        for d in &plan.databases {
-            if !d.exists {
-                access
-                    .query(
-                        "postgres",
-                        &format!("CREATE DATABASE {}", quote_ident(&d.database)),
-                    )
-                    .await?;
-                created_dbs.push(d.database.clone());
-            }
-            let prelude = if plan.clean && d.exists {
-                clean_sql(plan.server_major)
-            } else {
-                String::new()
-            };
-            let mut s = Session::start(
-                docker,
-                &plan.container,
-                &plan.user,
-                &d.database,
-                plan.manifest.format,
-                &prelude,
-            )
-            .await?;
-            let what = format!("psql ({})", d.database);
-            let loaded =
-                stream_object(client, s3cfg, &plan.manifest, &d.object, &what, &mut s, progress)
-                    .await;
-            sessions.push(s);
-            loaded?;
-            tracing::info!(database = %d.database, bytes = d.object.size, "Database loaded; commit waits for the others.");
+        for (d, t) in plan.databases.iter().zip(&temps) {
+            load(docker, client, s3cfg, plan, d, t, maint, progress).await?;
+            tracing::info!(database = %d.database, temporary = %t.load, bytes = d.object.size,
+                "Database loaded; it takes its name when every database of the backup is loaded.");
         }
-        // Every database loaded and verified: commit them all.
-        let mut first_err = None;
-        for s in sessions.drain(..) {
-            if first_err.is_some() {
-                s.abort().await;
-                continue;
-            }
-            if let Err(e) = s.commit().await {
-                first_err = Some(e);
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
     .await;
 
-    if let Err(e) = result {
-        let mut why = Vec::new();
-        for s in sessions.drain(..) {
-            let out = s.abort().await;
-            if !out.is_empty() {
-                why.push(out);
-            }
+    let swapped = match loaded {
+        Ok(()) => {
+            let pairs: Vec<(&DbPlan, &Temporary)> = plan.databases.iter().zip(&temps).collect();
+            access.query(maint, &swap_sql(&pairs)).await.map_err(|e| {
+                RestoreError::Failed(format!("swapping the restored databases in failed: {e}"))
+            })
         }
-        undo(&access, &created_dbs, &created_roles).await;
-        let detail = if why.is_empty() {
-            String::new()
-        } else {
-            format!("; psql said: {}", why.join("; "))
-        };
+        Err(e) => Err(e),
+    };
+    if let Err(e) = swapped {
+        let state = undo(&access, plan, maint, &run, &temps, &created_roles).await;
         return Err(match e {
-            RestoreError::Failed(m) => RestoreError::Failed(format!(
-                "{m}{detail}. Nothing was changed in {}",
-                plan.target
-            )),
+            RestoreError::Failed(m) => RestoreError::Failed(format!("{m}. {state}")),
             other => other,
         });
+    }
+    // Committed. What was replaced is dropped now; a failure here loses nothing.
+    let mut left_over = Vec::new();
+    for (d, t) in plan.databases.iter().zip(&temps) {
+        if d.exists
+            && let Err(e) = drop_database(&access, maint, &t.replaced, plan.server_major).await
+        {
+            tracing::warn!(database = %t.replaced, "The replaced database could not be dropped: {e}");
+            left_over.push(t.replaced.clone());
+        }
     }
     Ok(Outcome {
         backup_id: plan.manifest.backup_id.to_string(),
@@ -1018,36 +1133,204 @@ pub async fn execute(
         databases: plan.databases.iter().map(|d| d.database.clone()).collect(),
         roles_created: created_roles,
         skipped,
+        left_over,
         bytes: plan.databases.iter().map(|d| d.object.size).sum::<u64>()
             + plan.globals.as_ref().map(|g| g.size).unwrap_or(0),
         duration_seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-/// Drops what a failed restore created: its databases, then its roles (which own nothing any
-/// more once the databases' transactions rolled back).
-async fn undo(access: &Access, dbs: &[String], roles: &[String]) {
-    for db in dbs {
-        if let Err(e) = access
-            .query(
-                "postgres",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db)),
+/// Loads one database into its temporary database: SQL (converted from a custom archive by
+/// pg_restore, in the target or in the sidecar) → [`sql::Rewriter`] → psql in the target.
+#[allow(clippy::too_many_arguments)]
+async fn load(
+    docker: &DockerClient,
+    client: &Client,
+    s3cfg: &S3Config,
+    plan: &Plan,
+    d: &DbPlan,
+    t: &Temporary,
+    maint: &str,
+    progress: &dyn Progress,
+) -> Result<(), RestoreError> {
+    let what = format!("restoring database {:?} from {}", d.database, d.object.name);
+    let mut psql = Psql::start(docker, &plan.container, &plan.user, maint, &what).await?;
+    let mut sink = Rewriting {
+        rewriter: sql::Rewriter::new(sql::Rewrite {
+            from: d.database.clone(),
+            to: t.load.clone(),
+            drop_transaction_timeout: plan.server_major < 17,
+        }),
+        input: &mut psql.input,
+        buf: Vec::new(),
+    };
+    let label = format!("{} ({})", d.object.name, d.database);
+    let streamed = match plan.manifest.format {
+        Format::Plain | Format::Tar => {
+            stream_object(
+                client,
+                s3cfg,
+                &plan.manifest,
+                &d.object,
+                &label,
+                &mut sink,
+                progress,
             )
             .await
-        {
-            tracing::warn!(database = %db, "Could not drop the database the failed restore created: {e}");
+        }
+        Format::Custom => {
+            let mut conv = if plan.convert_in_sidecar {
+                Converter::in_sidecar()?
+            } else {
+                Converter::in_target(docker, &plan.container).await?
+            };
+            let feed = async {
+                let r = stream_object(
+                    client,
+                    s3cfg,
+                    &plan.manifest,
+                    &d.object,
+                    &conv.what,
+                    &mut conv.input,
+                    progress,
+                )
+                .await;
+                let _ = conv.input.0.shutdown().await;
+                r
+            };
+            let relay = async {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = conv.output.read(&mut buf).await.map_err(|e| {
+                        RestoreError::Failed(format!("reading {}'s output failed: {e}", conv.what))
+                    })?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    sink.write(&buf[..n]).await.map_err(|e| {
+                        RestoreError::Failed(format!("psql stopped reading the restore: {e}"))
+                    })?;
+                }
+            };
+            let joined = tokio::try_join!(feed, relay).map(|_| ());
+            match joined {
+                Ok(()) => {
+                    let exit = conv.output.finish().await?;
+                    if exit.code != 0 {
+                        Err(RestoreError::Failed(format!(
+                            "{} failed (exit code {}): {}",
+                            conv.what, exit.code, exit.stderr
+                        )))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match streamed.and_then(|()| sink.finish()) {
+        Ok(rest) => psql.finish(&rest).await,
+        Err(e) => {
+            let said = psql.abort().await;
+            Err(match e {
+                RestoreError::Failed(m) if !said.is_empty() => {
+                    RestoreError::Failed(format!("{m}; psql said: {said}"))
+                }
+                other => other,
+            })
+        }
+    }
+}
+
+async fn drop_database(
+    access: &Access,
+    maint: &str,
+    name: &str,
+    server_major: u32,
+) -> Result<(), PgError> {
+    let force = if server_major >= 13 {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
+    access
+        .query(
+            maint,
+            &format!("DROP DATABASE IF EXISTS {}{force}", sql::quote_ident(name)),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// After a failure: drops what the restore created (its temporary databases, then its roles,
+/// which own nothing any more) and checks the target. Returns a sentence saying what state the
+/// target is in — "Nothing was changed" only when that was verified.
+async fn undo(
+    access: &Access,
+    plan: &Plan,
+    maint: &str,
+    run: &str,
+    temps: &[Temporary],
+    roles: &[String],
+) -> String {
+    for t in temps {
+        if let Err(e) = drop_database(access, maint, &t.load, plan.server_major).await {
+            tracing::warn!(database = %t.load, "Could not drop a temporary database: {e}");
         }
     }
     for role in roles.iter().rev() {
         if let Err(e) = access
             .query(
-                "postgres",
-                &format!("DROP ROLE IF EXISTS {}", quote_ident(role)),
+                maint,
+                &format!("DROP ROLE IF EXISTS {}", sql::quote_ident(role)),
             )
             .await
         {
-            tracing::warn!(role = %role, "Could not drop the role the failed restore created: {e}");
+            tracing::warn!(role = %role, "Could not drop a role the failed restore created: {e}");
         }
+    }
+    let loads: Vec<String> = temps.iter().map(|t| sql::quote_literal(&t.load)).collect();
+    let replaced: Vec<String> = temps
+        .iter()
+        .map(|t| sql::quote_literal(&t.replaced))
+        .collect();
+    let wanted: Vec<String> = plan
+        .databases
+        .iter()
+        .filter(|d| d.exists)
+        .map(|d| sql::quote_literal(&d.database))
+        .collect();
+    let roles_q: Vec<String> = roles.iter().map(|r| sql::quote_literal(r)).collect();
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "NULL".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let check = format!(
+        "SELECT 'left:' || datname FROM pg_database WHERE datname IN ({})
+         UNION ALL SELECT 'moved:' || datname FROM pg_database WHERE datname IN ({})
+         UNION ALL SELECT 'missing:' || w FROM unnest(ARRAY[{}]::text[]) w
+           WHERE w IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = w)
+         UNION ALL SELECT 'role:' || rolname FROM pg_roles WHERE rolname IN ({})",
+        list(&loads),
+        list(&replaced),
+        list(&wanted),
+        list(&roles_q)
+    );
+    match access.query(maint, &check).await {
+        Ok(rows) if rows.is_empty() => format!("Nothing was changed in {}", plan.target),
+        Ok(rows) => format!(
+            "{} may have been changed; left behind: {} (drop or rename them by hand)",
+            plan.target,
+            rows.join(", ")
+        ),
+        Err(e) => format!(
+            "Could not check {} afterwards ({e}): look for databases named {LOAD_PREFIX}{run}_* and {REPLACED_PREFIX}{run}_*",
+            plan.target
+        ),
     }
 }
 
@@ -1166,10 +1449,38 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
     }
 
     #[test]
-    fn clean_sql_recreates_public_per_version() {
-        assert!(clean_sql(17).contains("AUTHORIZATION pg_database_owner"));
-        assert!(clean_sql(14).contains("GRANT ALL ON SCHEMA public TO PUBLIC"));
-        assert!(clean_sql(17).contains("DROP SCHEMA %I CASCADE"));
+    fn the_swap_renames_in_one_transaction() {
+        let db = |name: &str, exists: bool| DbPlan {
+            object: Object {
+                name: format!("{name}.dump.zst"),
+                kind: ObjectKind::Database,
+                database: Some(name.into()),
+                size: 1,
+                raw_size: 1,
+                sha256: "x".into(),
+            },
+            database: name.into(),
+            exists,
+            objects: 0,
+        };
+        let (a, b) = (db("shop", true), db("Odd \"name\"", false));
+        let (ta, tb) = (temporary("ab12", 1), temporary("ab12", 2));
+        let sql = swap_sql(&[(&a, &ta), (&b, &tb)]);
+        assert!(
+            sql.starts_with("BEGIN;\n") && sql.ends_with("COMMIT;\n"),
+            "{sql}"
+        );
+        assert_eq!(sql.matches("BEGIN;").count(), 1);
+        assert!(
+            sql.contains("EXECUTE 'ALTER DATABASE \"shop\" RENAME TO pgbackup_replaced_ab12_1'"),
+            "{sql}"
+        );
+        assert!(sql.contains("ALTER DATABASE pgbackup_restore_ab12_1 RENAME TO \"shop\";"));
+        assert!(
+            sql.contains("ALTER DATABASE pgbackup_restore_ab12_2 RENAME TO \"Odd \"\"name\"\"\";")
+        );
+        // A database that did not exist has nothing to move away.
+        assert_eq!(sql.matches("pg_terminate_backend").count(), 1);
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

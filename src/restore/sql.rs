@@ -1,0 +1,452 @@
+//! The SQL a logical restore feeds to psql, rewritten on the fly. Pure.
+//!
+//! A restore loads every database into a new, temporary database and swaps names at the end
+//! (see `restore.rs`). The SQL comes from `pg_restore --create -f -` (custom archives) or is
+//! the plain dump itself (written with `--create` since this version). Both create the database
+//! under its original name, `\connect` to it, and set its owner, ACL, comment and settings by
+//! name. [`Rewriter`] points exactly those statements at the temporary name:
+//!
+//! - inside the TOC entries that belong to the database itself (`Type: DATABASE`,
+//!   `DATABASE PROPERTIES`, and `COMMENT`/`ACL`/`SECURITY LABEL` named `DATABASE <name>`), the
+//!   token `DATABASE <name>` becomes `DATABASE <temporary>`;
+//! - every `\connect` line connects to the temporary database;
+//! - a dump without a `CREATE DATABASE` (plain dumps of earlier versions) gets one, with the
+//!   session settings of its header replayed after the `\connect`;
+//! - `SET transaction_timeout = 0;`, which pg_dump 17 writes even for older servers, is dropped
+//!   for servers before 17.
+//!
+//! Table data (`COPY … FROM stdin;` up to `\.`) passes through untouched, whatever it contains.
+
+/// What to rewrite.
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    /// The database the SQL was dumped from.
+    pub from: String,
+    /// The database to create and load instead: plain lower-case ASCII, never needs quoting.
+    pub to: String,
+    /// The server is older than 17 (no `transaction_timeout`).
+    pub drop_transaction_timeout: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Before the first TOC entry: the session settings.
+    Header,
+    /// An entry of the database itself.
+    Database,
+    Other,
+}
+
+/// A streaming, line-based rewriter. Feed it chunks in order; it returns whole lines.
+#[derive(Debug)]
+pub struct Rewriter {
+    rw: Rewrite,
+    names: Vec<String>,
+    partial: Vec<u8>,
+    copy: bool,
+    entry: Entry,
+    connected: bool,
+    created: bool,
+    header: Vec<u8>,
+    /// The key of psql's `\restrict` mode while it is on (pg_dump 17.6, 16.10, 15.14 …): no
+    /// meta-command but `\unrestrict KEY` runs then, so an added `\connect` needs it first.
+    restricted: Option<String>,
+    /// The key the header turns restricted mode on with (replayed with the header).
+    header_key: Option<String>,
+}
+
+impl Rewriter {
+    pub fn new(rw: Rewrite) -> Rewriter {
+        let names = spellings(&rw.from);
+        Rewriter {
+            rw,
+            names,
+            partial: Vec::new(),
+            copy: false,
+            entry: Entry::Header,
+            connected: false,
+            created: false,
+            header: Vec::new(),
+            restricted: None,
+            header_key: None,
+        }
+    }
+
+    /// Appends the rewritten form of every complete line in `input` to `out`.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        let mut rest = input;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(nl + 1);
+            rest = tail;
+            if self.partial.is_empty() {
+                self.line(line, out)?;
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.line(&whole, out)?;
+            }
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// Ends the input: the last line (without a newline) and, for a dump that never created
+    /// its database (an empty one), the database.
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        if !self.partial.is_empty() {
+            let mut last = std::mem::take(&mut self.partial);
+            last.push(b'\n');
+            self.line(&last, out)?;
+        }
+        if self.copy {
+            return Err("the SQL ended inside table data (COPY without its \\.)".into());
+        }
+        if !self.connected {
+            self.create_and_connect(out);
+        }
+        // Whatever follows (the loader's own `\echo`) must be allowed to run.
+        if let Some(key) = self.restricted.take() {
+            out.extend_from_slice(format!("\\unrestrict {key}\n").as_bytes());
+        }
+        Ok(())
+    }
+
+    fn create_and_connect(&mut self, out: &mut Vec<u8>) {
+        if !self.created {
+            out.extend_from_slice(
+                format!(
+                    "CREATE DATABASE {} WITH TEMPLATE = template0;\n",
+                    self.rw.to
+                )
+                .as_bytes(),
+            );
+            self.created = true;
+        }
+        if let Some(key) = &self.restricted {
+            out.extend_from_slice(format!("\\unrestrict {key}\n").as_bytes());
+        }
+        out.extend_from_slice(format!("\\connect {}\n", self.rw.to).as_bytes());
+        // psql starts a new session: the dump's settings (search_path, client_encoding, …)
+        // must hold in it too.
+        out.extend_from_slice(&self.header);
+        self.restricted = self.header_key.clone();
+        self.connected = true;
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        if self.copy {
+            if line == b"\\.\n" || line == b"\\.\r\n" {
+                self.copy = false;
+            }
+            out.extend_from_slice(line);
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(line);
+        let trimmed = text.trim_end_matches(['\n', '\r']);
+        if let Some(entry) = toc_entry(trimmed) {
+            if entry != Entry::Database && !self.connected {
+                // A dump without --create: its objects go into the database created here.
+                self.create_and_connect(out);
+            }
+            self.entry = entry;
+            out.extend_from_slice(line);
+            return Ok(());
+        }
+        if trimmed.starts_with("\\connect ") || trimmed == "\\connect" {
+            if !self.created {
+                return Err(format!(
+                    "the SQL connects to a database before creating it ({trimmed:?}); nothing was restored"
+                ));
+            }
+            out.extend_from_slice(format!("\\connect {}\n", self.rw.to).as_bytes());
+            self.connected = true;
+            return Ok(());
+        }
+        if let Some(key) = trimmed.strip_prefix("\\restrict ") {
+            self.restricted = Some(key.trim().to_string());
+            if self.entry == Entry::Header {
+                self.header_key = self.restricted.clone();
+            }
+        } else if trimmed.starts_with("\\unrestrict") {
+            self.restricted = None;
+        }
+        if self.rw.drop_transaction_timeout && trimmed == "SET transaction_timeout = 0;" {
+            return Ok(());
+        }
+        if self.entry == Entry::Header {
+            self.header.extend_from_slice(line);
+        }
+        if trimmed.starts_with("COPY ") && trimmed.ends_with("FROM stdin;") {
+            self.copy = true;
+        }
+        if self.entry == Entry::Database {
+            let (rewritten, hits) = self.rename(&text);
+            if trimmed.starts_with("CREATE DATABASE ") {
+                if hits == 0 {
+                    return Err(format!(
+                        "cannot point {trimmed:?} at a temporary database: the name does not match {:?}; nothing was restored",
+                        self.rw.from
+                    ));
+                }
+                self.created = true;
+            }
+            out.extend_from_slice(rewritten.as_bytes());
+            return Ok(());
+        }
+        out.extend_from_slice(line);
+        Ok(())
+    }
+
+    /// `DATABASE <name>` → `DATABASE <temporary>`, for every spelling of the name.
+    fn rename(&self, text: &str) -> (String, usize) {
+        let mut s = text.to_string();
+        let mut hits = 0;
+        for name in &self.names {
+            let needle = format!("DATABASE {name}");
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(at) = rest.find(&needle) {
+                let after = &rest[at + needle.len()..];
+                let ends = after
+                    .chars()
+                    .next()
+                    .is_none_or(|c| c == ' ' || c == ';' || c == '\n' || c == '\r');
+                out.push_str(&rest[..at]);
+                if ends {
+                    out.push_str("DATABASE ");
+                    out.push_str(&self.rw.to);
+                    hits += 1;
+                } else {
+                    out.push_str(&needle);
+                }
+                rest = after;
+            }
+            out.push_str(rest);
+            s = out;
+        }
+        (s, hits)
+    }
+}
+
+/// The kind of TOC entry a pg_dump comment header starts, if the line is one:
+/// `-- Name: shop; Type: DATABASE; Schema: -; Owner: app` or `-- Data for Name: …`.
+fn toc_entry(line: &str) -> Option<Entry> {
+    let rest = line
+        .strip_prefix("-- Name: ")
+        .or_else(|| line.strip_prefix("-- Data for Name: "))?;
+    let (name, after) = rest.rsplit_once("; Type: ")?;
+    let kind = after.split("; ").next().unwrap_or("");
+    let own = match kind {
+        "DATABASE" | "DATABASE PROPERTIES" => true,
+        "COMMENT" | "ACL" | "SECURITY LABEL" => name.starts_with("DATABASE "),
+        _ => false,
+    };
+    Some(if own { Entry::Database } else { Entry::Other })
+}
+
+/// How pg_dump may write a database name: always double-quoted when it needs it, and bare when
+/// it is a plain lower-case identifier (pg_dump also quotes keywords, so both are tried).
+fn spellings(name: &str) -> Vec<String> {
+    let mut v = vec![quote_ident(name)];
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain {
+        v.push(name.to_string());
+    }
+    v
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A string literal for SQL.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rw: Rewrite, input: &str, chunk: usize) -> Result<String, String> {
+        let mut r = Rewriter::new(rw);
+        let mut out = Vec::new();
+        for c in input.as_bytes().chunks(chunk) {
+            r.feed(c, &mut out)?;
+        }
+        r.finish(&mut out)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    fn rw(from: &str, old: bool) -> Rewrite {
+        Rewrite {
+            from: from.into(),
+            to: "pgbackup_restore_ab12_1".into(),
+            drop_transaction_timeout: old,
+        }
+    }
+
+    /// The shape of `pg_restore --create -f -` (and of `pg_dump --create` plain output).
+    const CREATED: &str = "--
+-- PostgreSQL database dump
+--
+
+SET statement_timeout = 0;
+SET transaction_timeout = 0;
+SET client_encoding = 'UTF8';
+
+--
+-- Name: shop; Type: DATABASE; Schema: -; Owner: app_owner
+--
+
+CREATE DATABASE shop WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE = 'C.UTF-8';
+
+
+ALTER DATABASE shop OWNER TO app_owner;
+
+\\connect shop
+
+SET statement_timeout = 0;
+SET transaction_timeout = 0;
+
+--
+-- Name: DATABASE shop; Type: COMMENT; Schema: -; Owner: app_owner
+--
+
+COMMENT ON DATABASE shop IS 'The shop';
+
+
+--
+-- Name: shop; Type: DATABASE PROPERTIES; Schema: -; Owner: app_owner
+--
+
+ALTER DATABASE shop SET work_mem TO '8MB';
+ALTER ROLE alice IN DATABASE shop SET work_mem TO '16MB';
+
+
+--
+-- Name: notes; Type: TABLE; Schema: app; Owner: app_owner
+--
+
+CREATE TABLE app.notes (body text);
+COMMENT ON TABLE app.notes IS 'ALTER DATABASE shop SET x';
+
+--
+-- Data for Name: notes; Type: TABLE DATA; Schema: app; Owner: app_owner
+--
+
+COPY app.notes (body) FROM stdin;
+SET transaction_timeout = 0;
+ALTER DATABASE shop SET work_mem TO '1MB';
+\\\\connect shop
+\\.
+
+
+--
+-- Name: DATABASE shop; Type: ACL; Schema: -; Owner: app_owner
+--
+
+REVOKE CONNECT,TEMPORARY ON DATABASE shop FROM PUBLIC;
+GRANT CONNECT ON DATABASE shop TO reader;
+";
+
+    #[test]
+    fn database_statements_point_at_the_temporary_name_whatever_the_chunking() {
+        let expected = run(rw("shop", false), CREATED, 1 << 20).unwrap();
+        for chunk in [1, 2, 7, 64] {
+            assert_eq!(run(rw("shop", false), CREATED, chunk).unwrap(), expected);
+        }
+        let t = "pgbackup_restore_ab12_1";
+        for line in [
+            format!("CREATE DATABASE {t} WITH TEMPLATE = template0 ENCODING = 'UTF8'"),
+            format!("ALTER DATABASE {t} OWNER TO app_owner;"),
+            format!("\\connect {t}\n"),
+            format!("COMMENT ON DATABASE {t} IS 'The shop';"),
+            format!("ALTER DATABASE {t} SET work_mem TO '8MB';"),
+            format!("ALTER ROLE alice IN DATABASE {t} SET work_mem"),
+            format!("REVOKE CONNECT,TEMPORARY ON DATABASE {t} FROM PUBLIC;"),
+            format!("GRANT CONNECT ON DATABASE {t} TO reader;"),
+        ] {
+            assert!(expected.contains(&line), "{line:?} missing in\n{expected}");
+        }
+        // Objects and table data are not database statements: untouched.
+        assert!(expected.contains("COMMENT ON TABLE app.notes IS 'ALTER DATABASE shop SET x';"));
+        assert!(expected.contains(
+            "FROM stdin;\nSET transaction_timeout = 0;\nALTER DATABASE shop SET work_mem TO '1MB';\n\\\\connect shop\n\\.\n"
+        ));
+        assert!(!expected.contains("\\connect shop\n\nSET"), "{expected}");
+        assert_eq!(expected.matches("SET transaction_timeout = 0;").count(), 3);
+    }
+
+    #[test]
+    fn transaction_timeout_is_dropped_for_older_servers_outside_table_data() {
+        let out = run(rw("shop", true), CREATED, 5).unwrap();
+        assert_eq!(out.matches("SET transaction_timeout = 0;").count(), 1);
+        assert!(out.contains("FROM stdin;\nSET transaction_timeout = 0;\n"));
+    }
+
+    #[test]
+    fn names_that_need_quoting_and_keywords() {
+        let odd = "Reporting \"Q4\" / données ✓";
+        let q = quote_ident(odd);
+        let sql = format!(
+            "--\n-- Name: {odd}; Type: DATABASE; Schema: -; Owner: a\n--\n\nCREATE DATABASE {q} WITH TEMPLATE = template0;\nALTER DATABASE {q} OWNER TO a;\n\\connect -reuse-previous=on \"dbname='x'\"\n--\n-- Name: DATABASE {odd}; Type: COMMENT; Schema: -; Owner: a\n--\nCOMMENT ON DATABASE {q} IS 'c';\n"
+        );
+        let out = run(rw(odd, false), &sql, 3).unwrap();
+        assert!(!out.contains(&q), "{out}");
+        assert_eq!(out.matches("DATABASE pgbackup_restore_ab12_1").count(), 3);
+        // A keyword is quoted by pg_dump even though it is lower case.
+        let sql = "-- Name: user; Type: DATABASE; Schema: -; Owner: a\nCREATE DATABASE \"user\" WITH TEMPLATE = template0;\n\\connect \"user\"\n";
+        let out = run(rw("user", false), sql, 4).unwrap();
+        assert!(out.contains("CREATE DATABASE pgbackup_restore_ab12_1 WITH"));
+        // A longer name that merely starts with the same letters is not renamed.
+        let sql = "-- Name: shop; Type: DATABASE PROPERTIES; Schema: -; Owner: a\nALTER ROLE x IN DATABASE shop_old SET a TO 'b';\n";
+        let out = run(rw("shop", false), sql, 4).unwrap();
+        assert!(out.contains("IN DATABASE shop_old SET"), "{out}");
+    }
+
+    #[test]
+    fn a_dump_without_create_gets_one_with_its_settings_replayed() {
+        let sql = "SET client_encoding = 'UTF8';\nSELECT pg_catalog.set_config('search_path', '', false);\n\n--\n-- Name: t; Type: TABLE; Schema: public; Owner: a\n--\nCREATE TABLE public.t (x int);\n";
+        let out = run(rw("app", false), sql, 3).unwrap();
+        let create = out.find("CREATE DATABASE pgbackup_restore_ab12_1").unwrap();
+        let connect = out.find("\\connect pgbackup_restore_ab12_1\n").unwrap();
+        let table = out.find("CREATE TABLE public.t").unwrap();
+        assert!(create < connect && connect < table, "{out}");
+        assert_eq!(out.matches("SET client_encoding = 'UTF8';").count(), 2);
+        // An empty dump still creates the database.
+        let out = run(rw("app", false), "SET x = 1;\n", 1).unwrap();
+        assert!(
+            out.ends_with("\\connect pgbackup_restore_ab12_1\nSET x = 1;\n"),
+            "{out}"
+        );
+        // psql's restricted mode (pg_dump 17.6+) is lifted for the added \connect and restored
+        // by the replayed header.
+        let sql = "\\restrict K3y\nSET x = 1;\n-- Name: t; Type: TABLE; Schema: public; Owner: a\nCREATE TABLE t (x int);\n\\unrestrict K3y\n";
+        let out = run(rw("app", false), sql, 2).unwrap();
+        assert!(out.contains("\\unrestrict K3y\n\\connect pgbackup_restore_ab12_1\n\\restrict K3y\nSET x = 1;\n-- Name: t"), "{out}");
+        assert!(out.ends_with("\\unrestrict K3y\n"), "{out}");
+        let out = run(rw("app", false), "\\restrict K3y\nSET x = 1;\n", 2).unwrap();
+        assert!(
+            out.ends_with("\\restrict K3y\nSET x = 1;\n\\unrestrict K3y\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_point_at_the_temporary_database() {
+        let sql = "-- Name: shop; Type: DATABASE; Schema: -; Owner: a\nCREATE DATABASE other WITH TEMPLATE = template0;\n";
+        let e = run(rw("shop", false), sql, 8).unwrap_err();
+        assert!(e.contains("nothing was restored"), "{e}");
+        let e = run(rw("shop", false), "\\connect shop\n", 8).unwrap_err();
+        assert!(e.contains("before creating it"), "{e}");
+        let e = run(rw("shop", false), "-- Name: t; Type: TABLE DATA; Schema: public; Owner: a\nCOPY public.t (x) FROM stdin;\n1\n", 8).unwrap_err();
+        assert!(e.contains("inside table data"), "{e}");
+    }
+}
