@@ -14,7 +14,9 @@ use crate::labels::{Databases, Format, Method, TargetSpec};
 use crate::layout::{self, BackupId, Kind};
 use crate::manifest::{self, Manifest, Object, ObjectKind, Postgres};
 use crate::pg::{self, Access, PgError};
+use crate::restore::sql::DropTransactionTimeout;
 use crate::upload::{self, Counting, UploadError};
+use tokio::io::{AsyncRead, ReadBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -148,7 +150,75 @@ async fn databases(access: &Access, spec: &TargetSpec) -> Result<Vec<String>, Ba
     })
 }
 
+/// A reader passing SQL through [`DropTransactionTimeout`] (see [`needs_timeout_filter`]).
+struct Filtered<R> {
+    inner: R,
+    filter: Option<DropTransactionTimeout>,
+    out: Vec<u8>,
+    pos: usize,
+    buf: Vec<u8>,
+}
+
+impl<R> Filtered<R> {
+    fn new(inner: R, on: bool) -> Filtered<R> {
+        Filtered {
+            inner,
+            filter: on.then(DropTransactionTimeout::default),
+            out: Vec::new(),
+            pos: 0,
+            buf: vec![0; 64 * 1024],
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Filtered<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.filter.is_none() && this.pos >= this.out.len() {
+            // Off, or ended: straight through (an ended reader returns 0 bytes again).
+            return std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        loop {
+            if this.pos < this.out.len() {
+                let n = (this.out.len() - this.pos).min(buf.remaining());
+                buf.put_slice(&this.out[this.pos..this.pos + n]);
+                this.pos += n;
+                return std::task::Poll::Ready(Ok(()));
+            }
+            let Some(filter) = this.filter.as_mut() else {
+                return std::task::Poll::Ready(Ok(()));
+            };
+            this.out.clear();
+            this.pos = 0;
+            let mut rb = ReadBuf::new(&mut this.buf);
+            std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+            let result = if rb.filled().is_empty() {
+                let r = filter.finish(&mut this.out);
+                this.filter = None;
+                r
+            } else {
+                filter.feed(rb.filled(), &mut this.out)
+            };
+            result.map_err(std::io::Error::other)?;
+        }
+    }
+}
+
+/// pg_dump 17+ writes `SET transaction_timeout = 0;` into plain dumps of older servers, which
+/// reject it: such a dump (connect mode, the sidecar's newer pg_dump) is filtered so that it
+/// loads into its own major with standard tools.
+fn needs_timeout_filter(format: Format, server_major: u32, dump_tool: &str) -> bool {
+    format != Format::Custom
+        && server_major < 17
+        && pg::major_of(dump_tool).is_some_and(|m| m >= 17)
+}
+
 /// Streams one program's output into one object; checks the exit code after the stream ended.
+#[allow(clippy::too_many_arguments)]
 async fn dump_object(
     ctx: &Ctx<'_>,
     access: &Access,
@@ -157,12 +227,15 @@ async fn dump_object(
     program: &str,
     args: &[String],
     label: &str,
+    filter: bool,
 ) -> Result<(u64, upload::Uploaded), BackupError> {
     let mut stream = access.stream(program, args).await?;
-    let (counting, raw) = Counting::new(&mut stream);
+    let mut filtered = Filtered::new(&mut stream, filter);
+    let (counting, raw) = Counting::new(&mut filtered);
     // The pipeline borrows the stream; it is finished (exit code) once the upload is done.
     let compressed = upload::compress(counting, spec.compression);
     let uploaded = upload::upload(ctx.s3, ctx.s3cfg, key, compressed).await;
+    drop(filtered);
     let exit = stream.finish().await?;
     if exit.code != 0 {
         if uploaded.is_ok() {
@@ -232,6 +305,7 @@ pub async fn logical(
                 "pg_dumpall",
                 &["--globals-only".into(), "--no-password".into()],
                 "(globals)",
+                needs_timeout_filter(Format::Plain, server.major, &server.dump_tool),
             )
             .await?;
             objects.push(Object {
@@ -245,6 +319,14 @@ pub async fn logical(
         }
         for db in &dbs {
             let name = layout::database_object(db, spec.format, spec.compression);
+            // Names are one-to-one (layout::database_object); this guards the manifest anyway:
+            // two objects under one name would overwrite each other and fail every restore.
+            if let Some(other) = objects.iter().find(|o: &&Object| o.name == name) {
+                return Err(BackupError::Refused(format!(
+                    "database {db:?} would be stored as {name}, which already holds {}: nothing was committed",
+                    other.database.as_deref().unwrap_or("the roles")
+                )));
+            }
             let key = layout::join(&[&dir, &name]);
             let mut args = vec![
                 "--no-password".to_string(),
@@ -254,13 +336,18 @@ pub async fn logical(
                     Format::Plain | Format::Tar => "--format=plain".into(),
                 },
             ];
-            if spec.format == Format::Custom {
-                args.push("--compress=0".into());
+            match spec.format {
+                Format::Custom => args.push("--compress=0".into()),
+                // The database itself too (owner, ACL, comment, settings): restores and
+                // `psql -f` bring it back whole. Custom archives always hold it.
+                Format::Plain | Format::Tar => args.push("--create".into()),
             }
             args.extend(spec.dump_options.iter().cloned());
             args.push(format!("--dbname={db}"));
             let started = std::time::Instant::now();
-            let (raw, up) = dump_object(ctx, &access, spec, &key, "pg_dump", &args, db).await?;
+            let filter = needs_timeout_filter(spec.format, server.major, &server.dump_tool);
+            let (raw, up) =
+                dump_object(ctx, &access, spec, &key, "pg_dump", &args, db, filter).await?;
             tracing::info!(target_id = %target.target, database = %db, raw_bytes = raw, stored_bytes = up.size,
                 duration_ms = started.elapsed().as_millis() as u64, "Database dumped.");
             objects.push(Object {
@@ -353,9 +440,98 @@ async fn remove_objects(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) {
     }
 }
 
+/// Holds a temporary physical replication slot open in the target while a base backup runs.
+///
+/// `pg_basebackup` writes one tar to stdout, which allows only `--wal-method=fetch`: the WAL
+/// written during the backup is fetched at its end, and with the official image's
+/// `wal_keep_size = 0` a checkpoint during the backup may already have removed it ("requested
+/// WAL segment … has already been removed"). A slot that reserves WAL from before the backup
+/// starts keeps every segment the backup needs. It is temporary: the server drops it when this
+/// psql session ends — at the end of the backup, or when pgctl dies and the exec connection
+/// closes — so a forgotten slot can never fill the disk.
+struct WalSlot {
+    input: crate::docker::ExecInput,
+    output: tokio::task::JoinHandle<()>,
+}
+
+impl WalSlot {
+    async fn hold(
+        docker: &DockerClient,
+        c: &Container,
+        user: &str,
+        name: &str,
+    ) -> Result<WalSlot, BackupError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let cmd = [
+            "psql",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            user,
+            "-d",
+            "postgres",
+        ]
+        .map(String::from)
+        .to_vec();
+        let (mut out, mut input) = docker
+            .exec_with_stdin(&c.id, &cmd, &[], None)
+            .await
+            .map_err(PgError::from)?;
+        let sql = format!(
+            "SELECT 'pgbackup:slot:' || lsn FROM pg_create_physical_replication_slot('{name}', true, true);\n"
+        );
+        let io = |e: std::io::Error| {
+            BackupError::Refused(format!("cannot reserve WAL for the base backup: {e}"))
+        };
+        input.write_all(sql.as_bytes()).await.map_err(io)?;
+        input.flush().await.map_err(io)?;
+        // Wait for the slot (the session stays open: its stdin is not closed).
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let created = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                let n = out.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok::<bool, std::io::Error>(false);
+                }
+                seen.extend_from_slice(&chunk[..n]);
+                if seen.windows(14).any(|w| w == b"pgbackup:slot:") {
+                    return Ok(true);
+                }
+            }
+        })
+        .await;
+        if !matches!(created, Ok(Ok(true))) {
+            let exit = out.finish().await.map_err(PgError::from)?;
+            return Err(BackupError::Refused(format!(
+                "cannot create a temporary replication slot to keep the WAL of the base backup (check max_replication_slots): {}",
+                exit.stderr
+            )));
+        }
+        // Keep draining so psql never blocks; the exit does not matter.
+        let output = tokio::spawn(async move {
+            let _ = out.finish().await;
+        });
+        Ok(WalSlot { input, output })
+    }
+
+    /// Ends the session: the server drops the slot.
+    async fn release(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.input.shutdown().await;
+        drop(self.input);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.output).await;
+    }
+}
+
 /// One physical base backup: `pg_basebackup` inside the target (always through `docker exec`,
 /// a local replication connection), as one tar stream with the WAL needed for consistency
-/// (`-X fetch`) and the server's own `backup_manifest` inside, through the same pipeline.
+/// (`-X fetch`, kept by a temporary slot: [`WalSlot`]) and the server's own `backup_manifest`
+/// inside, through the same pipeline.
 pub async fn physical(
     ctx: &Ctx<'_>,
     target: &Target,
@@ -386,6 +562,8 @@ pub async fn physical(
     let id = BackupId::new(now, Kind::Physical);
     let dir = layout::backup_dir(&ctx.s3cfg.prefix, &spec.prefix, &id);
     let mut objects = Vec::new();
+    let slot_name = format!("pgbackup_{}", id.time.format("%Y%m%d%H%M%S"));
+    let slot = WalSlot::hold(ctx.docker, &c, &spec.user, &slot_name).await?;
     let result = async {
         let name = layout::base_object(spec.compression);
         let key = layout::join(&[&dir, &name]);
@@ -400,8 +578,19 @@ pub async fn physical(
         .map(String::from)
         .to_vec();
         let started = std::time::Instant::now();
-        let (raw, up) =
-            dump_object(ctx, &access, spec, &key, "pg_basebackup", &args, "(base)").await?;
+        let streamed = dump_object(
+            ctx,
+            &access,
+            spec,
+            &key,
+            "pg_basebackup",
+            &args,
+            "(base)",
+            false,
+        )
+        .await;
+        slot.release().await;
+        let (raw, up) = streamed?;
         tracing::info!(target_id = %target.target, raw_bytes = raw, stored_bytes = up.size,
             duration_ms = started.elapsed().as_millis() as u64, "Base backup streamed.");
         objects.push(Object {

@@ -115,14 +115,23 @@ pub fn safe_name(db: &str) -> String {
     out
 }
 
+/// The object of one database. It never collides with another database's (the escaping is
+/// one-to-one) nor with the roles object: a database named `globals` (any case, for
+/// case-insensitive file systems) has its first letter escaped, `%67lobals.sql.zst`.
 pub fn database_object(db: &str, format: Format, compression: Compression) -> String {
     let ext = match format {
         Format::Custom => "dump",
         Format::Plain => "sql",
         Format::Tar => "tar",
     };
-    format!("{}.{ext}{}", safe_name(db), compression.extension())
+    let mut safe = safe_name(db);
+    if safe.eq_ignore_ascii_case(GLOBALS_STEM) {
+        safe = format!("%{:02X}{}", safe.as_bytes()[0], &safe[1..]);
+    }
+    format!("{safe}.{ext}{}", compression.extension())
 }
+
+const GLOBALS_STEM: &str = "globals";
 
 /// The physical base backup: `base.tar.zst`.
 pub fn base_object(compression: Compression) -> String {
@@ -130,7 +139,7 @@ pub fn base_object(compression: Compression) -> String {
 }
 
 pub fn globals_object(compression: Compression) -> String {
-    format!("globals.sql{}", compression.extension())
+    format!("{GLOBALS_STEM}.sql{}", compression.extension())
 }
 
 /// `sha256sum -c` compatible lines: `<hex>  <name>`.
@@ -187,6 +196,10 @@ mod tests {
     #[case("my db", Format::Custom, Compression::Zstd(3), "my%20db.dump.zst")]
     #[case(".hidden", Format::Custom, Compression::Zstd(3), "%2Ehidden.dump.zst")]
     #[case("ünï", Format::Custom, Compression::None, "%C3%BCn%C3%AF.dump")]
+    #[case("globals", Format::Plain, Compression::Zstd(3), "%67lobals.sql.zst")]
+    #[case("Globals", Format::Custom, Compression::Zstd(3), "%47lobals.dump.zst")]
+    #[case("globals2", Format::Plain, Compression::Zstd(3), "globals2.sql.zst")]
+    #[case("a/b \"c\"", Format::Plain, Compression::None, "a%2Fb%20%22c%22.sql")]
     fn object_names(
         #[case] db: &str,
         #[case] f: Format,
@@ -194,6 +207,45 @@ mod tests {
         #[case] expected: &str,
     ) {
         assert_eq!(database_object(db, f, c), expected);
+    }
+
+    /// Whatever the database names, no two objects of one backup share a name.
+    #[test]
+    fn object_names_never_collide() {
+        let long = "é".repeat(31) + "x"; // 63 bytes, the longest name Postgres allows
+        let names = [
+            "globals",
+            "Globals",
+            "GLOBALS",
+            "%67lobals",
+            "globals.sql",
+            "a b",
+            "a%20b",
+            "a/b",
+            "a%2Fb",
+            ".x",
+            "%2Ex",
+            "manifest.json",
+            "SHA256SUMS",
+            "base",
+            "\"q\"",
+            "שלום",
+            "🎉",
+            long.as_str(),
+        ];
+        for format in [Format::Custom, Format::Plain] {
+            let c = Compression::Zstd(3);
+            let mut seen = std::collections::BTreeSet::from([
+                globals_object(c),
+                MANIFEST.to_string(),
+                SUMS.to_string(),
+            ]);
+            for n in names {
+                let o = database_object(n, format, c);
+                assert!(seen.insert(o.clone()), "{n:?} → {o} collides");
+                assert!(!o.contains('/') && !o.contains(' ') && o.len() < 255, "{o}");
+            }
+        }
     }
 
     #[test]

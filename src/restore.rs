@@ -690,11 +690,33 @@ pub fn filter_globals(
                 created.push(role);
             }
         }
+        if let Some(stmt) = granted_by_fallback(line) {
+            out.push_str(&stmt);
+            continue;
+        }
         // psql meta-commands (\restrict, \connect) and everything else pass through.
         out.push_str(line);
         out.push('\n');
     }
     (out, created, skipped)
+}
+
+/// `GRANT role TO member … GRANTED BY grantor;` as pg_dumpall 16+ writes every membership. The
+/// grantor may not exist on the target (another superuser name) or may not hold ADMIN OPTION
+/// there (a role the restore created as superuser): then the membership is granted by the
+/// restoring superuser instead of failing the whole restore, with a notice.
+fn granted_by_fallback(line: &str) -> Option<String> {
+    let stmt = line.strip_suffix(';')?;
+    if !stmt.starts_with("GRANT ") {
+        return None;
+    }
+    let at = stmt.rfind(" GRANTED BY ")?;
+    let without = &stmt[..at];
+    Some(format!(
+        "DO $pgbackup$\nBEGIN\n  EXECUTE {};\nEXCEPTION WHEN insufficient_privilege OR undefined_object THEN\n  RAISE NOTICE 'pgbackup: % - granted by the restoring role instead', SQLERRM;\n  EXECUTE {};\nEND\n$pgbackup$;\n",
+        sql::quote_literal(stmt),
+        sql::quote_literal(without)
+    ))
 }
 
 /// Printed by psql after the last statement of a load ran: every statement before it succeeded.
@@ -1429,7 +1451,16 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
         assert!(script.contains("CREATE ROLE app;"));
         assert!(script.contains("ALTER ROLE app SET search_path"));
         assert!(script.contains("COMMENT ON ROLE \"Report \"\"Reader\"\"\""));
-        assert!(script.contains("GRANT \"Report \"\"Reader\"\"\" TO app"));
+        assert!(
+            script
+                .contains("EXECUTE 'GRANT \"Report \"\"Reader\"\"\" TO app GRANTED BY postgres';"),
+            "{script}"
+        );
+        assert!(
+            script.contains("EXECUTE 'GRANT \"Report \"\"Reader\"\"\" TO app';"),
+            "{script}"
+        );
+        assert!(script.contains("EXCEPTION WHEN insufficient_privilege OR undefined_object"));
         assert!(!script.contains("TABLESPACE"));
         assert_eq!(skipped.len(), 1);
         // An existing role keeps its password and settings.

@@ -37,13 +37,102 @@ enum Entry {
     Other,
 }
 
+/// Splits streamed SQL into lines and tells table data (`COPY … FROM stdin;` up to `\.`) from
+/// statements.
+#[derive(Debug, Default)]
+struct Lines {
+    partial: Vec<u8>,
+    copy: bool,
+}
+
+type LineFn<'a> = dyn FnMut(&[u8], bool) -> Result<(), String> + 'a;
+
+impl Lines {
+    /// Calls `f(line, is_data)` for every complete line (with its newline) of `input`.
+    fn feed(&mut self, input: &[u8], f: &mut LineFn<'_>) -> Result<(), String> {
+        let mut rest = input;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(nl + 1);
+            rest = tail;
+            if self.partial.is_empty() {
+                self.one(line, f)?;
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.one(&whole, f)?;
+            }
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// The last line, if it has no newline; an error if the input ended inside table data.
+    fn finish(&mut self, f: &mut LineFn<'_>) -> Result<(), String> {
+        if !self.partial.is_empty() {
+            let mut last = std::mem::take(&mut self.partial);
+            last.push(b'\n');
+            self.one(&last, f)?;
+        }
+        if self.copy {
+            return Err("the SQL ended inside table data (COPY without its \\.)".into());
+        }
+        Ok(())
+    }
+
+    fn one(&mut self, line: &[u8], f: &mut LineFn<'_>) -> Result<(), String> {
+        if self.copy {
+            if line == b"\\.\n" || line == b"\\.\r\n" {
+                self.copy = false;
+            }
+            return f(line, true);
+        }
+        let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
+        let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+        if trimmed.starts_with(b"COPY ") && trimmed.ends_with(b"FROM stdin;") {
+            self.copy = true;
+        }
+        f(line, false)
+    }
+}
+
+const TRANSACTION_TIMEOUT: &str = "SET transaction_timeout = 0;";
+
+/// Drops `SET transaction_timeout = 0;` (outside table data) from what pg_dump 17+ writes for a
+/// server older than 17, which does not know the setting: a connect-mode dump of an older
+/// server then loads into that server with its own psql.
+#[derive(Debug, Default)]
+pub struct DropTransactionTimeout {
+    lines: Lines,
+}
+
+impl DropTransactionTimeout {
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.lines.feed(input, &mut |line, data| {
+            keep_unless_timeout(line, data, out);
+            Ok(())
+        })
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
+        self.lines.finish(&mut |line, data| {
+            keep_unless_timeout(line, data, out);
+            Ok(())
+        })
+    }
+}
+
+fn keep_unless_timeout(line: &[u8], data: bool, out: &mut Vec<u8>) {
+    if data || line.trim_ascii_end() != TRANSACTION_TIMEOUT.as_bytes() {
+        out.extend_from_slice(line);
+    }
+}
+
 /// A streaming, line-based rewriter. Feed it chunks in order; it returns whole lines.
 #[derive(Debug)]
 pub struct Rewriter {
     rw: Rewrite,
     names: Vec<String>,
-    partial: Vec<u8>,
-    copy: bool,
+    lines: Lines,
     entry: Entry,
     connected: bool,
     created: bool,
@@ -61,8 +150,7 @@ impl Rewriter {
         Rewriter {
             rw,
             names,
-            partial: Vec::new(),
-            copy: false,
+            lines: Lines::default(),
             entry: Entry::Header,
             connected: false,
             created: false,
@@ -74,33 +162,19 @@ impl Rewriter {
 
     /// Appends the rewritten form of every complete line in `input` to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        let mut rest = input;
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let (line, tail) = rest.split_at(nl + 1);
-            rest = tail;
-            if self.partial.is_empty() {
-                self.line(line, out)?;
-            } else {
-                let mut whole = std::mem::take(&mut self.partial);
-                whole.extend_from_slice(line);
-                self.line(&whole, out)?;
-            }
-        }
-        self.partial.extend_from_slice(rest);
-        Ok(())
+        let mut lines = std::mem::take(&mut self.lines);
+        let r = lines.feed(input, &mut |line, data| self.line(line, data, out));
+        self.lines = lines;
+        r
     }
 
     /// Ends the input: the last line (without a newline) and, for a dump that never created
     /// its database (an empty one), the database.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
-        if !self.partial.is_empty() {
-            let mut last = std::mem::take(&mut self.partial);
-            last.push(b'\n');
-            self.line(&last, out)?;
-        }
-        if self.copy {
-            return Err("the SQL ended inside table data (COPY without its \\.)".into());
-        }
+        let mut lines = std::mem::take(&mut self.lines);
+        let r = lines.finish(&mut |line, data| self.line(line, data, out));
+        self.lines = lines;
+        r?;
         if !self.connected {
             self.create_and_connect(out);
         }
@@ -133,11 +207,8 @@ impl Rewriter {
         self.connected = true;
     }
 
-    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        if self.copy {
-            if line == b"\\.\n" || line == b"\\.\r\n" {
-                self.copy = false;
-            }
+    fn line(&mut self, line: &[u8], data: bool, out: &mut Vec<u8>) -> Result<(), String> {
+        if data {
             out.extend_from_slice(line);
             return Ok(());
         }
@@ -170,14 +241,11 @@ impl Rewriter {
         } else if trimmed.starts_with("\\unrestrict") {
             self.restricted = None;
         }
-        if self.rw.drop_transaction_timeout && trimmed == "SET transaction_timeout = 0;" {
+        if self.rw.drop_transaction_timeout && trimmed == TRANSACTION_TIMEOUT {
             return Ok(());
         }
         if self.entry == Entry::Header {
             self.header.extend_from_slice(line);
-        }
-        if trimmed.starts_with("COPY ") && trimmed.ends_with("FROM stdin;") {
-            self.copy = true;
         }
         if self.entry == Entry::Database {
             let (rewritten, hits) = self.rename(&text);
@@ -389,6 +457,21 @@ GRANT CONNECT ON DATABASE shop TO reader;
         let out = run(rw("shop", true), CREATED, 5).unwrap();
         assert_eq!(out.matches("SET transaction_timeout = 0;").count(), 1);
         assert!(out.contains("FROM stdin;\nSET transaction_timeout = 0;\n"));
+    }
+
+    #[test]
+    fn the_backup_filter_drops_transaction_timeout_outside_table_data_only() {
+        for chunk in [1, 3, 1000] {
+            let mut f = DropTransactionTimeout::default();
+            let mut out = Vec::new();
+            for c in CREATED.as_bytes().chunks(chunk) {
+                f.feed(c, &mut out).unwrap();
+            }
+            f.finish(&mut out).unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(out, CREATED.replace("SET transaction_timeout = 0;\nSET client", "SET client").replace("SET statement_timeout = 0;\nSET transaction_timeout = 0;\n\n--\n-- Name: DATABASE", "SET statement_timeout = 0;\n\n--\n-- Name: DATABASE"));
+            assert!(out.contains("FROM stdin;\nSET transaction_timeout = 0;\n"));
+        }
     }
 
     #[test]
