@@ -25,15 +25,10 @@ SCALE=${BENCH_SCALE:-40}
 DB="$P-db-1"
 RDB="$P-db-restore-1"
 SIDECAR="$P-backup-1"
-VENV=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}/bench-venv
+# The aws CLI scripts/deps.sh installed.
+VENV=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}/awscli-venv
 
 log() { printf 'bench: %s\n' "$*" >&2; }
-
-if [ ! -x "$VENV/bin/aws" ]; then
-    log "installing awscli from PyPI into $VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q awscli
-fi
 
 "${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
 trap '"${compose[@]}" down -v --remove-orphans >/dev/null 2>&1 || true' EXIT

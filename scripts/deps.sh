@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the stack and the tests need on this machine when it is missing:
-# debootstrap (offline images) and the Compose v2 CLI plugin (`docker compose`). On a machine
-# whose Docker comes from Docker's own packages both are usually there and nothing happens.
+# debootstrap (offline images), the Compose v2 CLI plugin (`docker compose`), and the aws CLI
+# (from PyPI, into a venv under the cache: the README's standard-tools recipes and `make bench`
+# run it). On a machine whose Docker comes from Docker's own packages the first two are usually
+# there already.
 set -euo pipefail
 
 log() { printf 'deps: %s\n' "$*" >&2; }
@@ -43,4 +45,12 @@ if ! docker compose version >/dev/null 2>&1; then
     mkdir -p "$HOME/.docker/cli-plugins"
     install -m 0755 "$tmp/x/usr/libexec/docker/cli-plugins/docker-compose" "$HOME/.docker/cli-plugins/docker-compose"
     docker compose version >&2
+fi
+
+# The aws CLI: a venv of its own, so the system Python stays untouched.
+AWS_VENV=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}/awscli-venv
+if [ ! -x "$AWS_VENV/bin/aws" ]; then
+    log "installing awscli from PyPI into $AWS_VENV"
+    python3 -m venv "$AWS_VENV"
+    "$AWS_VENV/bin/pip" install -q awscli
 fi

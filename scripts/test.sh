@@ -9,6 +9,8 @@ scripts/deps.sh
 cargo test --release --locked --all-targets --no-run
 eval "$(PGCTL_PREBUILT=1 scripts/images.sh)"
 
+# The aws CLI scripts/deps.sh installed, for the README recipes the tests run as written.
+export PGBACKUP_E2E_AWS_BIN=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}/awscli-venv/bin
 export PGBACKUP_E2E_PROJECT=${PGBACKUP_E2E_PROJECT:-pgbackup-e2e}
 # Compose projects the physical-restore tests create; mounted into the sidecar at this path.
 export PGBACKUP_E2E_SCRATCH=${PGBACKUP_E2E_SCRATCH:-/tmp/pgbackup-e2e-scratch}

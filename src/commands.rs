@@ -167,6 +167,11 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
                 format!("; roles created: {}", o.roles_created.join(", "))
             }
         );
+        for db in &o.left_over {
+            eprintln!(
+                "pgctl: warning: the database replaced by the restore is left as {db}: it could not be dropped (see the log); drop it by hand when no one uses it"
+            );
+        }
     })
 }
 

@@ -2,6 +2,8 @@
 //! `scripts/test.sh` (`make test`) brings up from compose.yaml + compose.test.yaml.
 #![allow(dead_code)]
 
+pub mod fixture;
+
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,233 @@
+//! End-to-end: the README's "With standard tools only" recipes, run as written — `aws s3 cp`,
+//! `sha256sum -c`, `zstd`, `pg_restore`/`psql` through `docker compose exec` — in a scratch
+//! compose project whose services are named as in the README (`db` with user `app`, `backup`
+//! from the sidecar image). Only the example backup folder and object name are replaced by
+//! real ones. The restored cluster's fingerprint must equal the source's.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::fixture::*;
+use common::{Cleanup, Stack, run, stderr, stdout, unique};
+
+/// The ```sh blocks under the README heading `### {heading}`, in order.
+fn readme_blocks(heading: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find(&format!("\n### {heading}\n"))
+        .unwrap_or_else(|| panic!("README has no section {heading:?}"));
+    let section = &readme[start + 1..];
+    let end = section[4..]
+        .find("\n#")
+        .map(|e| e + 4)
+        .unwrap_or(section.len());
+    let mut blocks = Vec::new();
+    let mut rest = &section[..end];
+    while let Some(a) = rest.find("```sh\n") {
+        let body = &rest[a + 6..];
+        let b = body.find("```").expect("closed block");
+        blocks.push(body[..b].to_string());
+        rest = &body[b..];
+    }
+    blocks
+}
+
+const COMPOSE: &str = "name: PROJECT
+services:
+  db:
+    image: IMAGE
+    environment:
+      POSTGRES_USER: app
+      POSTGRES_PASSWORD: recipe-password
+      POSTGRES_DB: app
+    labels:
+      pgbackup-e2e.owner: OWNER
+  backup:
+    image: SIDECAR
+    entrypoint: [\"sleep\", \"infinity\"]
+    labels:
+      pgbackup-e2e.owner: OWNER
+";
+
+/// A compose project named like the README's (`db`, `backup`) in its own directory.
+struct Project {
+    name: String,
+    dir: PathBuf,
+}
+
+impl Project {
+    fn new(s: &Stack, image: &str) -> Project {
+        let name = unique("recipe");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sidecar = std::env::var("PGBACKUP_IMAGE").unwrap_or_else(|_| "pgbackup:local".into());
+        let text = COMPOSE
+            .replace("PROJECT", &name)
+            .replace("IMAGE", image)
+            .replace("SIDECAR", &sidecar)
+            .replace("OWNER", &s.project);
+        std::fs::write(dir.join("compose.yaml"), text).unwrap();
+        let p = Project { name, dir };
+        let o = run(Command::new("docker")
+            .args(["compose", "up", "-d"])
+            .current_dir(&p.dir));
+        assert!(o.status.success(), "compose up: {}", stderr(&o));
+        common::wait_ready(&p.db());
+        p
+    }
+
+    fn db(&self) -> String {
+        format!("{}-db-1", self.name)
+    }
+
+    /// Runs one README block in the project's directory with the stack's Garage as S3.
+    fn sh(&self, s: &Stack, script: &str) -> String {
+        let garage = stdout(&s.compose(&["port", "garage", "3900"]));
+        let aws_bin = std::env::var("PGBACKUP_E2E_AWS_BIN").expect(
+            "PGBACKUP_E2E_AWS_BIN names the directory of the aws CLI (scripts/test.sh sets it)",
+        );
+        let o = run(Command::new("bash")
+            .args(["-euo", "pipefail", "-c", script])
+            .current_dir(&self.dir)
+            .env(
+                "PATH",
+                format!("{aws_bin}:{}", std::env::var("PATH").unwrap_or_default()),
+            )
+            .env("AWS_ACCESS_KEY_ID", "GK5a0696932d5415f414fe611f")
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                "9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2dfcaccb976025",
+            )
+            .env("AWS_DEFAULT_REGION", "garage")
+            .env("AWS_ENDPOINT_URL", format!("http://{}", garage.trim())));
+        assert!(
+            o.status.success(),
+            "README recipe failed:\n{script}\n{}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        format!("{}{}", stdout(&o), stderr(&o))
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = run(Command::new("docker")
+            .args(["compose", "down", "-v", "--remove-orphans"])
+            .current_dir(&self.dir));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Backs up a fixture source, restores it with the README's blocks (`which`: the block used
+/// for each database) into a fresh server of `image`, and compares.
+fn recipe(prefix: &str, source_image: &str, labels: &[(&str, &str)], image: &str, which: usize) {
+    let s = stack!();
+    let blocks = readme_blocks("With standard tools only");
+    assert_eq!(
+        blocks.len(),
+        4,
+        "the README's standard-tools section changed: {blocks:#?}"
+    );
+    let src = source(&s, prefix, source_image, labels);
+    let _c = Cleanup(src.clone());
+    let before = fingerprint(&src, "postgres");
+    let id = backup(&s, &src);
+    let m = s
+        .list(&src)
+        .into_iter()
+        .find(|m| m["backup_id"] == id.as_str())
+        .unwrap();
+    let folder = format!("s3://pgbackup/{}", m["prefix"].as_str().unwrap());
+
+    let p = Project::new(&s, image);
+    let example = blocks[0]
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("B=")
+                .and_then(|v| v.split_whitespace().next())
+        })
+        .expect("the first block sets B")
+        .to_string();
+    p.sh(&s, &blocks[0].replace(&example, &folder));
+    let object_example = if blocks[which].contains("app.sql.zst") {
+        "app.sql.zst"
+    } else {
+        "app.dump.zst"
+    };
+    for o in m["objects"].as_array().unwrap() {
+        if o["kind"] != "database" || o["database"] == "postgres" {
+            continue;
+        }
+        p.sh(
+            &s,
+            &blocks[which].replace(object_example, o["name"].as_str().unwrap()),
+        );
+    }
+    let dbs = [ODD, "globals", SHOP];
+    let after = fingerprint(&p.db(), "app");
+    if image == source_image {
+        assert_restored(
+            &before,
+            &after,
+            &dbs,
+            &format!("README recipe {which} for {prefix}"),
+        );
+    } else {
+        assert_restored(
+            &across_majors(&before),
+            &across_majors(&after),
+            &dbs,
+            &format!("README recipe {which} for {prefix}"),
+        );
+    }
+}
+
+#[test]
+fn readme_recipe_restores_a_pg17_custom_backup_exactly() {
+    recipe(
+        "rec17c",
+        &common::postgres_image(),
+        &[],
+        &common::postgres_image(),
+        1,
+    );
+}
+
+#[test]
+fn readme_recipe_restores_a_pg17_plain_backup_exactly() {
+    recipe(
+        "rec17p",
+        &common::postgres_image(),
+        &[("pgbackup.format", "plain")],
+        &common::postgres_image(),
+        2,
+    );
+}
+
+#[test]
+fn readme_recipe_restores_a_pg15_connect_plain_backup_into_pg15_exactly() {
+    let pg15 = common::postgres15_image();
+    recipe(
+        "rec15p",
+        &pg15,
+        &[("pgbackup.format", "plain"), ("pgbackup.method", "connect")],
+        &pg15,
+        2,
+    );
+}
+
+#[test]
+fn readme_recipe_restores_a_pg15_connect_custom_backup_into_pg15_exactly() {
+    let pg15 = common::postgres15_image();
+    recipe("rec15c", &pg15, &[("pgbackup.method", "connect")], &pg15, 3);
+}
+
+#[test]
+fn readme_recipe_restores_a_pg15_exec_custom_backup_into_pg15_exactly() {
+    let pg15 = common::postgres15_image();
+    recipe("rec15e", &pg15, &[], &pg15, 1);
+}
