@@ -297,15 +297,23 @@ pub async fn logical(
         if spec.globals {
             let name = layout::globals_object(spec.compression);
             let key = layout::join(&[&dir, &name]);
+            // Roles are dumped by the server's own pg_dumpall, inside the target, whatever the
+            // method: a newer pg_dumpall leaves out what it does not read from an older server
+            // (pg_dumpall 17 writes no GRANTED BY for servers before 16), and the roles are small.
+            let own = Access::Exec {
+                docker: ctx.docker.clone(),
+                container: c.id.clone(),
+                user: spec.user.clone(),
+            };
             let (raw, up) = dump_object(
                 ctx,
-                &access,
+                &own,
                 spec,
                 &key,
                 "pg_dumpall",
                 &["--globals-only".into(), "--no-password".into()],
                 "(globals)",
-                needs_timeout_filter(Format::Plain, server.major, &server.dump_tool),
+                false,
             )
             .await?;
             objects.push(Object {

@@ -203,9 +203,11 @@ fn pg15_connect_custom_and_plain_restore_into_pg15_and_exec_into_pg17() {
         let dst = unique(&format!("fid15{format}-to"));
         let _d = Cleanup(dst.clone());
         start(&s, &dst, &pg15, "postgres", false, &[]);
+        let empty = fingerprint(&dst, "postgres");
         pgctl_ok(&s, &["restore", &id, "--from", &src, "--to", &dst]);
-        assert_restored(
+        assert_restored_over(
             &before,
+            &empty,
             &fingerprint(&dst, "postgres"),
             &ALL,
             &format!("PG15 connect {format} → PG15"),
@@ -221,9 +223,11 @@ fn pg15_connect_custom_and_plain_restore_into_pg15_and_exec_into_pg17() {
             false,
             &[],
         );
+        let empty = fingerprint(&dst17, "postgres");
         pgctl_ok(&s, &["restore", &id, "--from", &src, "--to", &dst17]);
-        assert_restored(
+        assert_restored_over(
             &across_majors(&before),
+            &empty,
             &across_majors(&fingerprint(&dst17, "postgres")),
             &ALL,
             &format!("PG15 connect {format} → PG17"),
@@ -241,9 +245,11 @@ fn pg15_exec_custom_restores_exactly_into_pg17() {
     let dst = unique("fid15exec-to17");
     let _d = Cleanup(dst.clone());
     start(&s, &dst, &common::postgres_image(), "postgres", false, &[]);
+    let empty = fingerprint(&dst, "postgres");
     pgctl_ok(&s, &["restore", &id, "--from", &src, "--to", &dst]);
-    assert_restored(
+    assert_restored_over(
         &across_majors(&before),
+        &empty,
         &across_majors(&fingerprint(&dst, "postgres")),
         &ALL,
         "PG15 exec custom → PG17",

@@ -240,13 +240,31 @@ pub fn assert_restored(
     dbs: &[&str],
     what: &str,
 ) {
+    assert_restored_over(source, &BTreeMap::new(), restored, dbs, what)
+}
+
+/// Like [`assert_restored`] for a target that had roles before (`target_before`, its
+/// fingerprint then): those keep their own attributes and passwords, as documented; every
+/// other role, setting and membership of the source must be there as in the source.
+pub fn assert_restored_over(
+    source: &BTreeMap<String, String>,
+    target_before: &BTreeMap<String, String>,
+    restored: &BTreeMap<String, String>,
+    dbs: &[&str],
+    what: &str,
+) {
     let mut d = diff(&databases_of(source, dbs), &databases_of(restored, dbs));
-    let src_roles = roles_of(source);
-    let got_roles: BTreeMap<String, String> = roles_of(restored)
+    let mut want = roles_of(source);
+    for (k, v) in roles_of(target_before) {
+        if (k.starts_with("role|") || k.starts_with("role-setting|")) && want.contains_key(&k) {
+            want.insert(k, v);
+        }
+    }
+    let got: BTreeMap<String, String> = roles_of(restored)
         .into_iter()
-        .filter(|(k, _)| src_roles.contains_key(k))
+        .filter(|(k, _)| want.contains_key(k))
         .collect();
-    d.extend(diff(&src_roles, &got_roles));
+    d.extend(diff(&want, &got));
     assert!(
         d.is_empty(),
         "{what}: the restore differs from the source:\n{}",
