@@ -49,10 +49,21 @@ pub fn start(
 
 /// A labelled kitchen-sink source (superuser `postgres`), discovered by the sidecar.
 pub fn source(s: &Stack, prefix: &str, image: &str, labels: &[(&str, &str)]) -> String {
+    source_as(s, prefix, image, "postgres", labels)
+}
+
+/// [`source`] whose superuser is `user`.
+pub fn source_as(
+    s: &Stack,
+    prefix: &str,
+    image: &str,
+    user: &str,
+    labels: &[(&str, &str)],
+) -> String {
     let name = unique(prefix);
     let mut all = vec![("pgbackup.enable", "true"), ("pgbackup.schedule", "off")];
     all.extend_from_slice(labels);
-    start(s, &name, image, "postgres", true, &all);
+    start(s, &name, image, user, true, &all);
     wait_until(Duration::from_secs(20), || s.target(&name)).expect("the source is discovered");
     name
 }
