@@ -255,3 +255,70 @@ fn pg15_exec_custom_restores_exactly_into_pg17() {
         "PG15 exec custom → PG17",
     );
 }
+
+/// The failure the old restore hid: the last database fails only at its end (its grants, in
+/// the archive's final ACL section, name a role the target lacks), after the others loaded. Every
+/// database must stay as it was, and the message must say so only because it is true.
+#[test]
+fn a_database_failing_at_its_end_leaves_every_database_unchanged() {
+    let s = stack!();
+    let src = source(
+        &s,
+        "fidlate",
+        &common::postgres_image(),
+        &[("pgbackup.globals", "false")],
+    );
+    let _c = Cleanup(src.clone());
+    let id = backup(&s, &src);
+    let dst = unique("fidlate-to");
+    let _d = Cleanup(dst.clone());
+    start(&s, &dst, &common::postgres_image(), "postgres", false, &[]);
+    // Every role the backup's databases need but `reader`, and databases of the same names
+    // holding data of their own.
+    psql(
+        &dst,
+        "postgres",
+        "postgres",
+        "CREATE ROLE admin; CREATE ROLE alice; CREATE ROLE app_owner; CREATE ROLE \"Ops Team\"; CREATE ROLE writer",
+    );
+    for db in ["globals", ODD, SHOP] {
+        psql(
+            &dst,
+            "postgres",
+            "postgres",
+            &format!("CREATE DATABASE \"{}\"", db.replace('"', "\"\"")),
+        );
+        psql(
+            &dst,
+            "postgres",
+            db,
+            "CREATE TABLE mine AS SELECT 'kept' AS v",
+        );
+    }
+    let before = fingerprint(&dst, "postgres");
+    let o = s.pgctl(&["restore", &id, "--from", &src, "--to", &dst, "--clean"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("\"reader\" does not exist"), "{err}");
+    assert!(err.contains("restoring database \"shop\""), "{err}");
+    assert!(err.contains("Nothing was changed"), "{err}");
+    let d = diff(&before, &fingerprint(&dst, "postgres"));
+    assert!(
+        d.is_empty(),
+        "a failed restore changed the target:\n{}",
+        d.join("\n")
+    );
+    assert_eq!(
+        psql(&dst, "postgres", "globals", "SELECT v FROM mine"),
+        "kept"
+    );
+    assert_eq!(
+        psql(
+            &dst,
+            "postgres",
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgbackup%'"
+        ),
+        "0"
+    );
+}
