@@ -72,8 +72,9 @@ enum Command {
     /// physical (--physical) into a new volume the compose service is switched onto.
     ///
     /// BACKUP is `latest`, a backup id (see `pgctl list`) or a key (folder, manifest or one
-    /// object). Every database is restored in one transaction committed only after the whole
-    /// object arrived with the right SHA-256; on any failure the target is left as it was.
+    /// object). Every database is loaded into a new database and all of them take their names
+    /// in one transaction, only after every object arrived with the right SHA-256 and every
+    /// statement ran; on any failure the target is left as it was.
     /// With --physical the service keeps its old volume until the new one is unpacked,
     /// verified and started; any failure switches it back, and the old volume is kept.
     /// Exit codes: 0 restored, 1 failed and rolled back, 2 bad arguments, 4 refused (data would
@@ -93,7 +94,8 @@ enum Command {
         /// Restore only this database of the backup.
         #[arg(long, value_name = "NAME")]
         db: Option<String>,
-        /// Replace what the target databases hold (dropped and restored in one transaction).
+        /// Replace databases that hold data: each is replaced as a whole by the backup's, all
+        /// in one transaction at the end (the replaced ones are dropped after it).
         #[arg(long)]
         clean: bool,
         /// Restore a physical base backup: new volume, service recreated on it, compose file

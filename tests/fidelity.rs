@@ -109,8 +109,7 @@ fn pg17_clean_after_damage_restores_exactly_and_a_failing_last_database_changes_
         .as_array()
         .unwrap()
         .iter()
-        .filter(|o| o["kind"] == "database")
-        .last()
+        .rfind(|o| o["kind"] == "database")
         .unwrap()
         .clone();
     let key = format!("{prefix}/{}", last["name"].as_str().unwrap());

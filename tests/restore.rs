@@ -409,9 +409,8 @@ fn damaged_or_interrupted_restores_change_nothing() {
             &target,
             "app",
             "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND query ILIKE 'COPY public.big%'"
-            ),
+            // Loads go into a new database, swapped in at the end.
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'pgbackup\\_restore\\_%' AND query ILIKE 'COPY public.big%'",
         );
         (n != "0").then_some(())
     });
@@ -424,9 +423,7 @@ fn damaged_or_interrupted_restores_change_nothing() {
             &target,
             "app",
             "postgres",
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-            ),
+            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'pgbackup\\_restore\\_%'",
         );
         (n == "0").then_some(())
     });
@@ -439,6 +436,34 @@ fn damaged_or_interrupted_restores_change_nothing() {
         restored,
         "killed restore: data unchanged"
     );
+    // Killed outright, pgctl could not drop its temporary database: the next plan names it.
+    let left = psql(
+        &target,
+        "app",
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'pgbackup\\_restore\\_%'",
+    );
+    assert_eq!(left.lines().count(), 1, "{left}");
+    let plan = pgctl_ok(
+        &s,
+        &[
+            "restore",
+            &prefix,
+            "--to",
+            &target,
+            "--db",
+            &db,
+            "--clean",
+            "--dry-run",
+        ],
+    );
+    assert!(
+        plan.contains(&format!(
+            "warning    {left} is left from an interrupted restore"
+        )),
+        "{plan}"
+    );
+    psql(&target, "app", "postgres", &format!("DROP DATABASE {left}"));
 }
 
 #[test]
