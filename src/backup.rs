@@ -260,6 +260,12 @@ async fn dump_object(
     Ok((raw.load(Ordering::Relaxed), uploaded))
 }
 
+/// `--dbname=dbname='…'`: a database name, quoted as a connection parameter, so that no name
+/// (`a=b`, `postgres://…`) is ever read as a connection string by pg_dump.
+pub fn dbname_arg(db: &str) -> String {
+    format!("--dbname={}", pg::conninfo_dbname(db))
+}
+
 /// A valid target's settings and its container, which must be running.
 async fn running<'t>(
     ctx: &Ctx<'_>,
@@ -351,7 +357,7 @@ pub async fn logical(
                 Format::Plain | Format::Tar => args.push("--create".into()),
             }
             args.extend(spec.dump_options.iter().cloned());
-            args.push(format!("--dbname={db}"));
+            args.push(dbname_arg(db));
             let started = std::time::Instant::now();
             let filter = needs_timeout_filter(spec.format, server.major, &server.dump_tool);
             let (raw, up) =

@@ -316,12 +316,14 @@ pub fn parse(
         None | Some("*") | Some("") => Databases::All,
         Some(v) => {
             let names: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
-            if names.iter().any(|n| !valid_db_name(n)) {
-                err(
-                    "pgbackup.databases",
-                    v,
-                    "a comma-separated list of database names (no empty names, no / or control characters), or *",
-                );
+            if let Some(why) = database_list_problem(&names) {
+                // A connection string may carry a password: it is never echoed.
+                let shown = if why.contains("connection string") {
+                    "(a connection string, not shown)"
+                } else {
+                    v
+                };
+                err("pgbackup.databases", shown, &why);
             }
             Databases::List(names)
         }
@@ -440,8 +442,36 @@ pub fn parse(
     })
 }
 
-fn valid_db_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 63 && !n.contains('/') && !n.chars().any(char::is_control)
+/// What is wrong with a `pgbackup.databases` list, if anything. Names are database names, never
+/// connection strings: one with `=` or a `postgres://` form would make pg_dump read it as one
+/// (another server, a password in the object key), so it is refused here, and every name reaches
+/// pg_dump quoted (`backup::dbname_arg`).
+fn database_list_problem(names: &[String]) -> Option<String> {
+    let list = "a comma-separated list of database names, or * for all";
+    for (i, n) in names.iter().enumerate() {
+        if n.is_empty() {
+            return Some(format!("{list}: an empty name"));
+        }
+        if n == "*" {
+            return Some(format!(
+                "* means every database and cannot be listed with names: use * alone, or names only"
+            ));
+        }
+        if n.len() > 63 || n.chars().any(char::is_control) {
+            return Some(format!(
+                "{list}: {n:?} is not a database name (at most 63 bytes, no control characters)"
+            ));
+        }
+        if n.contains('=') || n.starts_with("postgres://") || n.starts_with("postgresql://") {
+            return Some(
+                "a connection string, not a database name: list database names of this container only (to back up a database whose name contains =, leave pgbackup.databases unset)".into(),
+            );
+        }
+        if names[..i].contains(n) {
+            return Some(format!("{list}: {n:?} is listed twice"));
+        }
+    }
+    None
 }
 
 /// pg_dump options a user may add. Options we control (output, format, connection, compression,
@@ -654,7 +684,8 @@ mod tests {
     #[case("pgbackup.physical.schedule", "@sometimes")]
     #[case("pgbackup.method", "ssh")]
     #[case("pgbackup.databases", "app,,audit")]
-    #[case("pgbackup.databases", "a/b")]
+    #[case("pgbackup.databases", "app,app")]
+    #[case("pgbackup.databases", "app,*")]
     #[case("pgbackup.globals", "perhaps")]
     #[case("pgbackup.user", "")]
     #[case("pgbackup.format", "directory")]
@@ -689,6 +720,45 @@ mod tests {
         assert_eq!(errs[0].value, value.trim());
         let msg = errs[0].to_string();
         assert!(msg.contains(label), "{msg}");
+    }
+
+    #[rstest]
+    #[case("host=evil password=secret dbname=app")]
+    #[case("app, postgresql://u:secret@evil/app")]
+    fn connection_strings_are_refused_and_never_shown(#[case] value: &str) {
+        let errs = parse(
+            &id(),
+            &labels(&[("pgbackup.databases", value)]),
+            &HashMap::new(),
+            &defaults(),
+        )
+        .unwrap_err();
+        let msg = errs[0].to_string();
+        assert!(msg.contains("connection string"), "{msg}");
+        assert!(
+            !msg.contains("secret") && !format!("{errs:?}").contains("secret"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn any_valid_database_name_is_accepted() {
+        let spec = parse(
+            &id(),
+            &labels(&[("pgbackup.databases", "a/b, Odd \"q\" name ,ünïcødé,globals")]),
+            &HashMap::new(),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(
+            spec.databases,
+            Databases::List(vec![
+                "a/b".into(),
+                "Odd \"q\" name".into(),
+                "ünïcødé".into(),
+                "globals".into()
+            ])
+        );
     }
 
     #[test]

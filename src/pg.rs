@@ -114,7 +114,7 @@ impl Access {
                     "-v".into(),
                     "ON_ERROR_STOP=1".into(),
                     "-d".into(),
-                    database.into(),
+                    conninfo_dbname(database),
                     "-c".into(),
                     sql.into(),
                 ],
@@ -264,6 +264,12 @@ async fn collect(program: &str, mut s: PgStream) -> Result<String, PgError> {
     Ok(out)
 }
 
+/// `dbname='…'` (backslash and quote escaped): how client programs are given a database name
+/// that they must not read as a connection string.
+pub fn conninfo_dbname(db: &str) -> String {
+    format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 /// `pg_dump (PostgreSQL) 17.2 (Debian 17.2-1)` → 17. Also reads `server_version_num` (170002).
 pub fn major_of(version: &str) -> Option<u32> {
     let v = version.trim();
@@ -279,6 +285,14 @@ pub fn major_of(version: &str) -> Option<u32> {
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[rstest]
+    #[case("app", "dbname='app'")]
+    #[case("host=evil dbname=x", "dbname='host=evil dbname=x'")]
+    #[case("it's \\ odd", "dbname='it\\'s \\\\ odd'")]
+    fn database_names_are_quoted_as_parameters(#[case] db: &str, #[case] expected: &str) {
+        assert_eq!(conninfo_dbname(db), expected);
+    }
 
     #[rstest]
     #[case("pg_dump (PostgreSQL) 17.2 (Debian 17.2-1.pgdg120+1)", Some(17))]

@@ -506,14 +506,21 @@ pub async fn plan(
                 .and_then(|o| o.database.clone())
         })
     });
-    if let Some(name) = &object
-        && !manifest.objects.iter().any(|o| &o.name == name)
-    {
-        return Err(RestoreError::Usage(format!(
-            "backup {} has no object {name:?}; it holds {}",
-            manifest.backup_id,
-            names(&manifest)
-        )));
+    if let Some(name) = &object {
+        let Some(o) = manifest.objects.iter().find(|o| &o.name == name) else {
+            return Err(RestoreError::Usage(format!(
+                "backup {} has no object {name:?}; it holds {}",
+                manifest.backup_id,
+                names(&manifest)
+            )));
+        };
+        if let (Some(db), Some(of)) = (&req.db, &o.database)
+            && db != of
+        {
+            return Err(RestoreError::Usage(format!(
+                "{name} holds database {of:?} but --db asks for {db:?}: name the backup folder with --db {db}, or the object without --db"
+            )));
+        }
     }
     if let Some(db) = &wanted {
         chosen.retain(|o| o.database.as_deref() == Some(db.as_str()));

@@ -165,6 +165,49 @@ fn bad_label_marks_only_that_target_invalid() {
     );
 }
 
+/// `pgbackup.databases` takes database names: a connection string (another server, a password)
+/// or a name listed twice marks the target invalid; the password appears nowhere; nothing is
+/// backed up.
+#[test]
+fn database_lists_with_connection_strings_or_duplicates_are_refused() {
+    let s = stack!();
+    for (prefix, value) in [
+        (
+            "connstr",
+            "host=elsewhere user=x password=hunter2-secret dbname=app",
+        ),
+        ("connuri", "postgresql://x:hunter2-secret@elsewhere/app"),
+        ("twice", "postgres,postgres"),
+    ] {
+        let name = unique(prefix);
+        let _guard = Cleanup(name.clone());
+        s.start_container(
+            &name,
+            &[
+                ("pgbackup.enable", "true"),
+                ("pgbackup.schedule", "off"),
+                ("pgbackup.databases", value),
+            ],
+        );
+        let t = wait_until(Duration::from_secs(5), || s.target(&name))
+            .expect("the invalid target is listed");
+        assert_eq!(t["state"], "invalid", "{t}");
+        assert_eq!(t["errors"][0]["label"], "pgbackup.databases", "{t}");
+        let table = stdout(&s.pgctl(&["status"]));
+        let json = s.status().to_string();
+        assert!(
+            !table.contains("hunter2") && !json.contains("hunter2"),
+            "{table}{json}"
+        );
+        let o = s.pgctl(&["backup", "--wait", &name]);
+        assert!(!o.status.success(), "{}{}", stdout(&o), stderr(&o));
+        assert!(!stderr(&o).contains("hunter2"), "{}", stderr(&o));
+        assert!(s.list(&name).is_empty(), "nothing is listed for {value}");
+    }
+    let logs = stdout(&s.compose(&["logs", "--no-color", "backup"]));
+    assert!(!logs.contains("hunter2"), "a password reached the logs");
+}
+
 #[test]
 fn compose_run_one_off_containers_are_ignored() {
     let s = stack!();
