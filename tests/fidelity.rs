@@ -226,7 +226,7 @@ fn pg15_connect_custom_and_plain_restore_into_pg15_and_exec_into_pg17() {
         pgctl_ok(&s, &["restore", &id, "--from", &src, "--to", &dst17]);
         assert_restored_over(
             &across_majors(&before),
-            &empty,
+            &across_majors(&empty),
             &across_majors(&fingerprint(&dst17, "postgres")),
             &ALL,
             &format!("PG15 connect {format} → PG17"),
@@ -248,7 +248,7 @@ fn pg15_exec_custom_restores_exactly_into_pg17() {
     pgctl_ok(&s, &["restore", &id, "--from", &src, "--to", &dst]);
     assert_restored_over(
         &across_majors(&before),
-        &empty,
+        &across_majors(&empty),
         &across_majors(&fingerprint(&dst, "postgres")),
         &ALL,
         "PG15 exec custom → PG17",

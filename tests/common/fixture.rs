@@ -204,11 +204,15 @@ pub fn across_majors(fp: &BTreeMap<String, String>) -> BTreeMap<String, String> 
                 }
                 v = parts.join(",");
             }
-            // `role=arwdDxtm/grantor` → `role=arwdDxt/grantor`
+            if k.starts_with("role") {
+                return (k.clone(), v);
+            }
+            // ACL items: `role=arwdDxtm/grantor` → `role=arwdDxt/grantor`
+            let privileges = |p: &str| p.chars().all(|c| "arwdDxtXUCTcsAm*".contains(c));
             let v = v
                 .split(' ')
-                .map(|item| match (item.find('='), item.rfind('/')) {
-                    (Some(eq), Some(slash)) if eq < slash => {
+                .map(|item| match (item.rfind('='), item.rfind('/')) {
+                    (Some(eq), Some(slash)) if eq < slash && privileges(&item[eq + 1..slash]) => {
                         format!(
                             "{}{}{}",
                             &item[..=eq],
