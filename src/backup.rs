@@ -454,97 +454,39 @@ async fn remove_objects(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) {
     }
 }
 
-/// Holds a temporary physical replication slot open in the target while a base backup runs.
+/// A temporary physical replication slot, held by a psql session in the target while a base
+/// backup runs.
 ///
 /// `pg_basebackup` writes one tar to stdout, which allows only `--wal-method=fetch`: the WAL
 /// written during the backup is fetched at its end, and with the official image's
 /// `wal_keep_size = 0` a checkpoint during the backup may already have removed it ("requested
 /// WAL segment … has already been removed"). A slot that reserves WAL from before the backup
-/// starts keeps every segment the backup needs. It is temporary: the server drops it when this
-/// psql session ends — at the end of the backup, or when pgctl dies and the exec connection
-/// closes — so a forgotten slot can never fill the disk.
-struct WalSlot {
-    input: crate::docker::ExecInput,
-    output: tokio::task::JoinHandle<()>,
-}
-
-impl WalSlot {
-    async fn hold(
-        docker: &DockerClient,
-        c: &Container,
-        user: &str,
-        name: &str,
-    ) -> Result<WalSlot, BackupError> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let cmd = [
-            "psql",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            user,
-            "-d",
-            "postgres",
-        ]
-        .map(String::from)
-        .to_vec();
-        let (mut out, mut input) = docker
-            .exec_with_stdin(&c.id, &cmd, &[], None)
-            .await
-            .map_err(PgError::from)?;
-        let sql = format!(
-            "SELECT 'pgbackup:slot:' || lsn FROM pg_create_physical_replication_slot('{name}', true, true);\n"
-        );
-        let io = |e: std::io::Error| {
-            BackupError::Refused(format!("cannot reserve WAL for the base backup: {e}"))
-        };
-        input.write_all(sql.as_bytes()).await.map_err(io)?;
-        input.flush().await.map_err(io)?;
-        // Wait for the slot (the session stays open: its stdin is not closed).
-        let mut seen = Vec::new();
-        let mut chunk = [0u8; 1024];
-        let created = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            loop {
-                let n = out.read(&mut chunk).await?;
-                if n == 0 {
-                    return Ok::<bool, std::io::Error>(false);
-                }
-                seen.extend_from_slice(&chunk[..n]);
-                if seen.windows(14).any(|w| w == b"pgbackup:slot:") {
-                    return Ok(true);
-                }
-            }
-        })
-        .await;
-        if !matches!(created, Ok(Ok(true))) {
-            let exit = out.finish().await.map_err(PgError::from)?;
-            return Err(BackupError::Refused(format!(
-                "cannot create a temporary replication slot to keep the WAL of the base backup (check max_replication_slots): {}",
-                exit.stderr
-            )));
-        }
-        // Keep draining so psql never blocks; the exit does not matter.
-        let output = tokio::spawn(async move {
-            let _ = out.finish().await;
-        });
-        Ok(WalSlot { input, output })
-    }
-
-    /// Ends the session: the server drops the slot.
-    async fn release(mut self) {
-        use tokio::io::AsyncWriteExt;
-        let _ = self.input.shutdown().await;
-        drop(self.input);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.output).await;
-    }
+/// starts keeps every segment the backup needs. It is temporary: the server drops it when the
+/// session ends (see [`pg::Held`]), so a forgotten slot can never fill the disk.
+async fn hold_wal(
+    docker: &DockerClient,
+    c: &Container,
+    user: &str,
+    name: &str,
+) -> Result<pg::Held, BackupError> {
+    pg::Held::open(
+        docker,
+        &c.id,
+        user,
+        "postgres",
+        &format!("SELECT pg_create_physical_replication_slot('{name}', true, true);"),
+    )
+    .await
+    .map_err(|e| {
+        BackupError::Refused(format!(
+            "cannot create a temporary replication slot to keep the WAL of the base backup (check max_replication_slots): {e}"
+        ))
+    })
 }
 
 /// One physical base backup: `pg_basebackup` inside the target (always through `docker exec`,
 /// a local replication connection), as one tar stream with the WAL needed for consistency
-/// (`-X fetch`, kept by a temporary slot: [`WalSlot`]) and the server's own `backup_manifest`
+/// (`-X fetch`, kept by a temporary slot: [`hold_wal`]) and the server's own `backup_manifest`
 /// inside, through the same pipeline.
 pub async fn physical(
     ctx: &Ctx<'_>,
@@ -577,7 +519,7 @@ pub async fn physical(
     let dir = layout::backup_dir(&ctx.s3cfg.prefix, &spec.prefix, &id);
     let mut objects = Vec::new();
     let slot_name = format!("pgbackup_{}", id.time.format("%Y%m%d%H%M%S"));
-    let slot = WalSlot::hold(ctx.docker, &c, &spec.user, &slot_name).await?;
+    let slot = hold_wal(ctx.docker, &c, &spec.user, &slot_name).await?;
     let result = async {
         let name = layout::base_object(spec.compression);
         let key = layout::join(&[&dir, &name]);

@@ -128,6 +128,90 @@ impl Access {
     }
 }
 
+/// A psql session kept open inside a container for as long as something must hold: a
+/// temporary replication slot, an advisory lock. The server releases what the session holds
+/// when it ends: on [`Held::release`], or when pgctl dies and the exec connection closes, so
+/// nothing it holds can outlive pgctl.
+pub struct Held {
+    input: crate::docker::ExecInput,
+    output: tokio::task::JoinHandle<()>,
+}
+
+/// Printed by a held session once its SQL ran.
+const HELD: &[u8] = b"pgbackup:held";
+
+impl Held {
+    /// Runs `sql` (which must succeed) in a session of `user` on `database`, and keeps it open.
+    pub async fn open(
+        docker: &DockerClient,
+        container: &str,
+        user: &str,
+        database: &str,
+        sql: &str,
+    ) -> Result<Held, PgError> {
+        use tokio::io::AsyncWriteExt;
+        let cmd = [
+            "psql",
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-o",
+            "/dev/null",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            user,
+            "-d",
+            database,
+        ]
+        .map(String::from)
+        .to_vec();
+        let (mut out, mut input) = docker.exec_with_stdin(container, &cmd, &[], None).await?;
+        let script = format!("{sql}\n\\echo {}\n", String::from_utf8_lossy(HELD));
+        let io =
+            |e: std::io::Error| PgError::Other(format!("holding a session in {container}: {e}"));
+        input.write_all(script.as_bytes()).await.map_err(io)?;
+        input.flush().await.map_err(io)?;
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let ran = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                let n = out.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok::<bool, std::io::Error>(false);
+                }
+                seen.extend_from_slice(&chunk[..n]);
+                if seen.windows(HELD.len()).any(|w| w == HELD) {
+                    return Ok(true);
+                }
+            }
+        })
+        .await;
+        if !matches!(ran, Ok(Ok(true))) {
+            let exit = out.finish().await?;
+            return Err(PgError::Failed {
+                program: "psql".into(),
+                code: exit.code,
+                stderr: exit.stderr,
+            });
+        }
+        // Drained so psql never blocks; how it ends does not matter.
+        let output = tokio::spawn(async move {
+            let _ = out.finish().await;
+        });
+        Ok(Held { input, output })
+    }
+
+    /// Ends the session: the server releases what it held.
+    pub async fn release(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.input.shutdown().await;
+        drop(self.input);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.output).await;
+    }
+}
+
 /// The version line of a client program in the sidecar itself.
 pub async fn local_version(program: &str) -> Result<String, PgError> {
     let mut cmd = tokio::process::Command::new(program);
