@@ -453,9 +453,10 @@ fn database_list_problem(names: &[String]) -> Option<String> {
             return Some(format!("{list}: an empty name"));
         }
         if n == "*" {
-            return Some(format!(
+            return Some(
                 "* means every database and cannot be listed with names: use * alone, or names only"
-            ));
+                    .into(),
+            );
         }
         if n.len() > 63 || n.chars().any(char::is_control) {
             return Some(format!(
