@@ -396,12 +396,12 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
         Err(code) => return code,
     };
     let client = pgbackup::s3::client(&cfg.s3).await;
+    // A manifest that cannot be read is a damaged backup: reported, counted, exit 1.
+    let mut unreadable = Vec::new();
     let manifests: Vec<Manifest> = if all {
         match pgbackup::catalog::committed(&client, &cfg.s3, None).await {
             Ok((m, problems)) => {
-                for p in problems {
-                    eprintln!("pgctl: damaged: {p}");
-                }
+                unreadable = problems;
                 m
             }
             Err(e) => {
@@ -438,6 +438,19 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
         }
     };
     let mut results = Vec::new();
+    for p in unreadable {
+        if !json {
+            println!("{:<8} {p}", "DAMAGED");
+        }
+        results.push(Verified {
+            backup_id: String::new(),
+            target: String::new(),
+            ok: false,
+            objects: 0,
+            bytes: 0,
+            damage: vec![p],
+        });
+    }
     for m in &manifests {
         let mut damage = Vec::new();
         for o in &m.objects {

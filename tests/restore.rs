@@ -772,3 +772,33 @@ fn scheduled_backups_apply_label_retention() {
         std::thread::sleep(Duration::from_millis(700));
     }
 }
+
+/// `verify --all` counts a backup whose manifest cannot be read as damaged (exit 1), in the
+/// table and in JSON; it used to omit it and exit 0.
+#[test]
+fn verify_all_reports_an_unreadable_manifest_and_fails() {
+    let s = stack!();
+    let cfg = common::s3_config(&s);
+    let prefix = unique("verify-unreadable");
+    let key = format!("{prefix}/proj/db/20260101T000000Z-logical/manifest.json");
+    common::put(&cfg, &key, b"{ this is not a manifest".to_vec());
+    let o = common::run(
+        s.host_pgctl_cmd(&["verify", "--all"])
+            .env("S3_PREFIX", &prefix),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("DAMAGED") && stdout(&o).contains(&key),
+        "{}",
+        stdout(&o)
+    );
+    let o = common::run(
+        s.host_pgctl_cmd(&["verify", "--all", "--json"])
+            .env("S3_PREFIX", &prefix),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v[0]["ok"], false);
+    assert!(v[0]["damage"][0].as_str().unwrap().contains(&key), "{v}");
+}
