@@ -40,7 +40,15 @@ pub async fn read_manifest(client: &Client, cfg: &S3Config, key: &str) -> Result
         .collect()
         .await
         .map_err(|e| format!("reading {key} failed: {e}"))?;
-    Manifest::from_json(&body.into_bytes()).map_err(|e| format!("{key}: {e}"))
+    let mut m = Manifest::from_json(&body.into_bytes()).map_err(|e| format!("{key}: {e}"))?;
+    // The objects are where the manifest is: a backup copied or moved to another folder is
+    // read there, never from the folder it was first written to.
+    m.prefix = key
+        .rsplit_once('/')
+        .map(|(dir, _)| dir)
+        .unwrap_or("")
+        .to_string();
+    Ok(m)
 }
 
 /// `dir/` for a non-empty folder key, `` for the bucket root.

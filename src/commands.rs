@@ -453,6 +453,9 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
     }
     for m in &manifests {
         let mut damage = Vec::new();
+        if let Err(e) = fetch::verify_sums(&client, &cfg.s3, m).await {
+            damage.push(e);
+        }
         for o in &m.objects {
             if let Err(d) = fetch::verify_object(&client, &cfg.s3, m, o).await {
                 damage.push(d.to_string());

@@ -162,6 +162,66 @@ pub fn decompress<'a>(input: impl AsyncRead + Unpin + Send + 'a, c: Compression)
     }
 }
 
+/// Checks `SHA256SUMS` against the manifest: the same objects, with the same SHA-256 each (what
+/// `sha256sum -c` will check for someone restoring with standard tools).
+pub async fn verify_sums(client: &Client, cfg: &S3Config, m: &Manifest) -> Result<(), String> {
+    let key = format!("{}/{}", m.prefix, crate::layout::SUMS);
+    let obj = client
+        .get_object()
+        .bucket(&cfg.bucket)
+        .key(&key)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "{}: {}",
+                crate::layout::SUMS,
+                classify(cfg, "GetObject", &e)
+            )
+        })?;
+    let body = obj
+        .body
+        .collect()
+        .await
+        .map_err(|e| format!("reading {key} failed: {e}"))?
+        .into_bytes();
+    sums_problem(&String::from_utf8_lossy(&body), m).map_or(Ok(()), Err)
+}
+
+/// How `SHA256SUMS` text disagrees with the manifest, if it does. Pure.
+pub fn sums_problem(text: &str, m: &Manifest) -> Option<String> {
+    let mut listed = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let Some((sha, name)) = line.split_once("  ") else {
+            return Some(format!(
+                "{}: {line:?} is not a `sha256sum` line",
+                crate::layout::SUMS
+            ));
+        };
+        listed.insert(name.to_string(), sha.to_string());
+    }
+    for o in &m.objects {
+        match listed.remove(&o.name) {
+            None => return Some(format!("{} does not list {}", crate::layout::SUMS, o.name)),
+            Some(sha) if sha != o.sha256 => {
+                return Some(format!(
+                    "{} gives {} the SHA-256 {sha}, the manifest {}",
+                    crate::layout::SUMS,
+                    o.name,
+                    o.sha256
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    listed.keys().next().map(|extra| {
+        format!(
+            "{} lists {extra}, which the manifest does not hold",
+            crate::layout::SUMS
+        )
+    })
+}
+
 /// Reads one object to the end and checks its size and SHA-256 against the manifest.
 pub async fn verify_object(
     client: &Client,
@@ -203,6 +263,53 @@ mod tests {
         r.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, stored, "bytes pass through unchanged");
         t.verdict(expected)
+    }
+
+    #[test]
+    fn sums_must_list_every_object_with_its_sha() {
+        let a = object(b"a");
+        let g = Object {
+            name: "globals.sql.zst".into(),
+            kind: ObjectKind::Globals,
+            database: None,
+            ..object(b"g")
+        };
+        let m: Manifest = serde_json::from_value(serde_json::json!({
+            "format_version": 1, "backup_id": "20261120T030000Z-logical", "kind": "logical",
+            "target": "p/db", "prefix": "p/db/20261120T030000Z-logical", "container": "c",
+            "method": "exec", "format": "custom", "compression": "zstd:3",
+            "postgres": {"server_version": "17", "major": 17, "dump_tool": "pg_dump 17"},
+            "databases": ["app"], "objects": [a, g],
+            "started_at": "2026-11-20T03:00:00Z", "finished_at": "2026-11-20T03:00:01Z",
+            "tool": {"name": "pgbackup", "version": "0"}
+        }))
+        .unwrap();
+        let line = |o: &Object| format!("{}  {}\n", o.sha256, o.name);
+        let good = format!("{}{}", line(&m.objects[1]), line(&m.objects[0]));
+        assert_eq!(sums_problem(&good, &m), None);
+        let missing = line(&m.objects[0]);
+        assert!(
+            sums_problem(&missing, &m)
+                .unwrap()
+                .contains("does not list globals.sql.zst")
+        );
+        let wrong = good.replace(&m.objects[0].sha256, &"0".repeat(64));
+        assert!(
+            sums_problem(&wrong, &m)
+                .unwrap()
+                .contains("app.dump.zst the SHA-256")
+        );
+        let extra = format!("{good}{}  other.dump.zst\n", "1".repeat(64));
+        assert!(
+            sums_problem(&extra, &m)
+                .unwrap()
+                .contains("lists other.dump.zst")
+        );
+        assert!(
+            sums_problem("garbage\n", &m)
+                .unwrap()
+                .contains("not a `sha256sum` line")
+        );
     }
 
     #[tokio::test]

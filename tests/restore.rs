@@ -802,3 +802,63 @@ fn verify_all_reports_an_unreadable_manifest_and_fails() {
     assert_eq!(v[0]["ok"], false);
     assert!(v[0]["damage"][0].as_str().unwrap().contains(&key), "{v}");
 }
+
+/// Objects are read from the folder the manifest is in, not the folder written inside it: a
+/// copy of a backup is verified on its own bytes (damage in the copy is found), and its
+/// SHA256SUMS is checked against the manifest.
+#[test]
+fn a_copied_backup_is_verified_where_it_is() {
+    let s = stack!();
+    let cfg = common::s3_config(&s);
+    let (src, _db, _role) = source(&s, "copied", &common::postgres_image(), &[]);
+    let _c = Cleanup(src.clone());
+    let m = backup(&s, &src);
+    let prefix = m["prefix"].as_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let names = common::download(&cfg, &prefix, dir.path());
+    let copy = format!("{}/{}", unique("copy"), prefix);
+    for n in &names {
+        common::put(
+            &cfg,
+            &format!("{copy}/{n}"),
+            std::fs::read(dir.path().join(n)).unwrap(),
+        );
+    }
+    assert!(pgctl_ok(&s, &["verify", &copy]).starts_with("ok"));
+    // Damage one database object of the copy only.
+    let object = m["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "database")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut bytes = std::fs::read(dir.path().join(&object)).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    common::put(&cfg, &format!("{copy}/{object}"), bytes);
+    let o = s.pgctl(&["verify", &copy]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("DAMAGED") && stdout(&o).contains(&object),
+        "{}",
+        stdout(&o)
+    );
+    // The original is untouched and still verifies; a copy with a wrong SHA256SUMS does not.
+    assert!(pgctl_ok(&s, &["verify", &prefix]).starts_with("ok"));
+    common::put(
+        &cfg,
+        &format!("{copy}/{object}"),
+        std::fs::read(dir.path().join(&object)).unwrap(),
+    );
+    common::put(
+        &cfg,
+        &format!("{copy}/SHA256SUMS"),
+        b"0000  nothing\n".to_vec(),
+    );
+    let o = s.pgctl(&["verify", &copy]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("SHA256SUMS"), "{}", stdout(&o));
+}
