@@ -128,6 +128,26 @@ impl Access {
     }
 }
 
+/// `psql` reading a script from stdin as `user` on `database`: stop at the first error, no
+/// psqlrc, query results discarded (`\echo` still prints).
+pub fn psql_script_argv(user: &str, database: &str) -> Vec<String> {
+    [
+        "psql",
+        "-X",
+        "-q",
+        "-o",
+        "/dev/null",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-U",
+        user,
+        "-d",
+        database,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A psql session kept open inside a container for as long as something must hold: a
 /// temporary replication slot, an advisory lock. The server releases what the session holds
 /// when it ends: on [`Held::release`], or when pgctl dies and the exec connection closes, so
@@ -150,23 +170,7 @@ impl Held {
         sql: &str,
     ) -> Result<Held, PgError> {
         use tokio::io::AsyncWriteExt;
-        let cmd = [
-            "psql",
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-o",
-            "/dev/null",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            user,
-            "-d",
-            database,
-        ]
-        .map(String::from)
-        .to_vec();
+        let cmd = psql_script_argv(user, database);
         let (mut out, mut input) = docker.exec_with_stdin(container, &cmd, &[], None).await?;
         let script = format!("{sql}\n\\echo {}\n", String::from_utf8_lossy(HELD));
         let io =

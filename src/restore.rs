@@ -745,21 +745,7 @@ impl Psql {
         database: &str,
         what: &str,
     ) -> Result<Psql, RestoreError> {
-        let cmd = [
-            "psql",
-            "-X",
-            "-q",
-            "-o",
-            "/dev/null",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            user,
-            "-d",
-            database,
-        ]
-        .map(String::from)
-        .to_vec();
+        let cmd = pg::psql_script_argv(user, database);
         let (mut stream, input) = docker.exec_with_stdin(&c.id, &cmd, &[], None).await?;
         // Drained concurrently: psql blocks when nobody reads what it prints.
         let output = tokio::spawn(async move {

@@ -18,12 +18,8 @@ fn pg17_exec_custom_restores_exactly_into_an_empty_server_with_another_superuser
     let src = source(&s, "fid17", &common::postgres_image(), &[]);
     let _c = Cleanup(src.clone());
     let before = fingerprint(&src, "postgres");
-    let id = backup(&s, &src);
-    let m = s
-        .list(&src)
-        .into_iter()
-        .find(|m| m["backup_id"] == id.as_str())
-        .unwrap();
+    let m = backup_manifest(&s, &src);
+    let id = m["backup_id"].as_str().unwrap().to_string();
     let names: Vec<&str> = m["objects"]
         .as_array()
         .unwrap()

@@ -185,23 +185,7 @@ fn physical_backups_under_wal_churn_restore_exactly_by_pgctl_and_by_hand() {
             &folder,
         )
         .replace("db-restored", &volume);
-    let garage = stdout(&s.compose(&["port", "garage", "3900"]));
-    let aws_bin = std::env::var("PGBACKUP_E2E_AWS_BIN")
-        .expect("PGBACKUP_E2E_AWS_BIN (scripts/test.sh sets it)");
-    let o = run(Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(&sc.dir)
-        .env(
-            "PATH",
-            format!("{aws_bin}:{}", std::env::var("PATH").unwrap_or_default()),
-        )
-        .env("AWS_ACCESS_KEY_ID", "GK5a0696932d5415f414fe611f")
-        .env(
-            "AWS_SECRET_ACCESS_KEY",
-            "9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2dfcaccb976025",
-        )
-        .env("AWS_DEFAULT_REGION", "garage")
-        .env("AWS_ENDPOINT_URL", format!("http://{}", garage.trim())));
+    let o = aws_sh(&s, &sc.dir, &script);
     let _vol = VolumeCleanup(volume.clone());
     assert!(
         o.status.success(),

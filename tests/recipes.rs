@@ -85,24 +85,7 @@ impl Project {
 
     /// Runs one README block in the project's directory with the stack's Garage as S3.
     fn sh(&self, s: &Stack, script: &str) -> String {
-        let garage = stdout(&s.compose(&["port", "garage", "3900"]));
-        let aws_bin = std::env::var("PGBACKUP_E2E_AWS_BIN").expect(
-            "PGBACKUP_E2E_AWS_BIN names the directory of the aws CLI (scripts/test.sh sets it)",
-        );
-        let o = run(Command::new("bash")
-            .args(["-euo", "pipefail", "-c", script])
-            .current_dir(&self.dir)
-            .env(
-                "PATH",
-                format!("{aws_bin}:{}", std::env::var("PATH").unwrap_or_default()),
-            )
-            .env("AWS_ACCESS_KEY_ID", "GK5a0696932d5415f414fe611f")
-            .env(
-                "AWS_SECRET_ACCESS_KEY",
-                "9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2dfcaccb976025",
-            )
-            .env("AWS_DEFAULT_REGION", "garage")
-            .env("AWS_ENDPOINT_URL", format!("http://{}", garage.trim())));
+        let o = aws_sh(s, &self.dir, script);
         assert!(
             o.status.success(),
             "README recipe failed:\n{script}\n{}{}",
@@ -137,12 +120,7 @@ fn recipe(prefix: &str, image: &str, labels: &[(&str, &str)], which: usize) {
     let src = source_as(&s, prefix, image, "app", labels);
     let _c = Cleanup(src.clone());
     let before = fingerprint(&src, "app");
-    let id = backup(&s, &src);
-    let m = s
-        .list(&src)
-        .into_iter()
-        .find(|m| m["backup_id"] == id.as_str())
-        .unwrap();
+    let m = backup_manifest(&s, &src);
     let folder = format!("s3://pgbackup/{}", m["prefix"].as_str().unwrap());
 
     let p = Project::new(&s, image);

@@ -315,5 +315,39 @@ pub fn backup(s: &Stack, target: &str) -> String {
         .to_string()
 }
 
+/// `pgctl backup --wait TARGET`; the new backup's manifest as `pgctl list --json` shows it.
+pub fn backup_manifest(s: &Stack, target: &str) -> serde_json::Value {
+    let id = backup(s, target);
+    s.list(target)
+        .into_iter()
+        .find(|m| m["backup_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("backup {id} of {target} is not listed"))
+}
+
+/// `bash -euo pipefail -c SCRIPT` in `dir`, with the aws CLI on PATH and the stack's Garage as
+/// its S3 (`AWS_*`), as a user runs the README's recipes.
+pub fn aws_sh(s: &Stack, dir: &std::path::Path, script: &str) -> std::process::Output {
+    let garage = stdout(&s.compose(&["port", "garage", "3900"]));
+    let aws_bin = std::env::var("PGBACKUP_E2E_AWS_BIN").expect(
+        "PGBACKUP_E2E_AWS_BIN names the directory of the aws CLI (scripts/test.sh sets it)",
+    );
+    super::run(
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", script])
+            .current_dir(dir)
+            .env(
+                "PATH",
+                format!("{aws_bin}:{}", std::env::var("PATH").unwrap_or_default()),
+            )
+            .env("AWS_ACCESS_KEY_ID", "GK5a0696932d5415f414fe611f")
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                "9ee5125902ef55aa4941e05962e260ee547efe45d9c1ad3e2c2dfcaccb976025",
+            )
+            .env("AWS_DEFAULT_REGION", "garage")
+            .env("AWS_ENDPOINT_URL", format!("http://{}", garage.trim())),
+    )
+}
+
 /// Every database of the fixture.
 pub const ALL: [&str; 4] = [ODD, "globals", "postgres", SHOP];
