@@ -128,18 +128,27 @@ pub async fn open(
     m: &Manifest,
     o: &Object,
 ) -> Result<impl AsyncRead + Unpin + Send + use<>, Damage> {
-    let key = format!("{}/{}", m.prefix, o.name);
+    Ok(get(client, cfg, m, &o.name).await?.into_async_read())
+}
+
+/// The stored bytes of `name` in the backup's folder.
+async fn get(
+    client: &Client,
+    cfg: &S3Config,
+    m: &Manifest,
+    name: &str,
+) -> Result<aws_sdk_s3::primitives::ByteStream, Damage> {
     let obj = client
         .get_object()
         .bucket(&cfg.bucket)
-        .key(&key)
+        .key(format!("{}/{name}", m.prefix))
         .send()
         .await
         .map_err(|e| Damage::Unreadable {
-            name: o.name.clone(),
+            name: name.to_string(),
             reason: classify(cfg, "GetObject", &e).to_string(),
         })?;
-    Ok(obj.body.into_async_read())
+    Ok(obj.body)
 }
 
 /// Decompresses a stream of stored bytes. zstd frames carry their own checksum, which the
@@ -165,25 +174,12 @@ pub fn decompress<'a>(input: impl AsyncRead + Unpin + Send + 'a, c: Compression)
 /// Checks `SHA256SUMS` against the manifest: the same objects, with the same SHA-256 each (what
 /// `sha256sum -c` will check for someone restoring with standard tools).
 pub async fn verify_sums(client: &Client, cfg: &S3Config, m: &Manifest) -> Result<(), String> {
-    let key = format!("{}/{}", m.prefix, crate::layout::SUMS);
-    let obj = client
-        .get_object()
-        .bucket(&cfg.bucket)
-        .key(&key)
-        .send()
+    let body = get(client, cfg, m, crate::layout::SUMS)
         .await
-        .map_err(|e| {
-            format!(
-                "{}: {}",
-                crate::layout::SUMS,
-                classify(cfg, "GetObject", &e)
-            )
-        })?;
-    let body = obj
-        .body
+        .map_err(|e| e.to_string())?
         .collect()
         .await
-        .map_err(|e| format!("reading {key} failed: {e}"))?
+        .map_err(|e| format!("reading {}: {e}", crate::layout::SUMS))?
         .into_bytes();
     sums_problem(&String::from_utf8_lossy(&body), m).map_or(Ok(()), Err)
 }

@@ -151,15 +151,7 @@ fn pgctl(s: &Stack, args: &[&str]) -> std::process::Output {
 }
 
 fn pgctl_ok(s: &Stack, args: &[&str]) -> String {
-    let o = pgctl(s, args);
-    assert!(
-        o.status.success(),
-        "pgctl {args:?} failed ({:?}): {}{}",
-        o.status.code(),
-        stdout(&o),
-        stderr(&o)
-    );
-    format!("{}{}", stdout(&o), stderr(&o))
+    common::fixture::succeeded(args, pgctl(s, args))
 }
 
 #[test]

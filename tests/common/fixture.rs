@@ -295,7 +295,11 @@ pub fn assert_restored_over(
 }
 
 pub fn pgctl_ok(s: &Stack, args: &[&str]) -> String {
-    let o = s.pgctl(args);
+    succeeded(args, s.pgctl(args))
+}
+
+/// The output of a `pgctl ARGS` that must have succeeded (stdout then stderr).
+pub fn succeeded(args: &[&str], o: std::process::Output) -> String {
     assert!(
         o.status.success(),
         "pgctl {args:?} failed ({:?}): {}{}",
