@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 
 use aws_sdk_s3::Client;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
+use crate::catalog;
 use crate::config::{S3Config, Secret};
 use crate::discovery::Target;
 use crate::docker::{Container, DockerClient};
@@ -40,6 +41,10 @@ pub enum BackupError {
     },
     #[error("{0}")]
     Refused(String),
+    /// The backup's folder held objects before this run wrote anything: they are another
+    /// writer's and must not be removed.
+    #[error("{0}")]
+    FolderTaken(String),
 }
 
 impl BackupError {
@@ -286,20 +291,24 @@ async fn running<'t>(
 }
 
 /// Runs one logical backup and commits it. Nothing is listed unless this returns Ok.
+///
+/// On failure the caller removes what was written ([`discard`]), unless the error is
+/// [`BackupError::FolderTaken`].
 pub async fn logical(
     ctx: &Ctx<'_>,
     target: &Target,
-    now: DateTime<Utc>,
+    id: BackupId,
 ) -> Result<Manifest, BackupError> {
+    let now = id.time;
     let (spec, c) = running(ctx, target).await?;
     let access = access_for(ctx, &c, spec).await?;
     let server = server_info(&access, "pg_dump").await?;
     let dbs = databases(&access, spec).await?;
-    let id = BackupId::new(now, Kind::Logical);
     let dir = layout::backup_dir(&ctx.s3cfg.prefix, &spec.prefix, &id);
+    ensure_own_folder(ctx, spec, target).await?;
+    ensure_new_folder(ctx, &dir).await?;
     let mut objects = Vec::new();
-
-    let result = async {
+    {
         if spec.globals {
             let name = layout::globals_object(spec.compression);
             let key = layout::join(&[&dir, &name]);
@@ -398,11 +407,6 @@ pub async fn logical(
         };
         commit_manifest(ctx, &dir, m).await
     }
-    .await;
-    if result.is_err() {
-        remove_objects(ctx, &dir, &objects).await;
-    }
-    result
 }
 
 /// `SHA256SUMS` for the objects written so far.
@@ -424,8 +428,112 @@ async fn upload_sums(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) -> Result<(),
     })
 }
 
+/// Refuses to write into another target's folder: with a `pgbackup.prefix` of its own, the
+/// newest committed backup there must be this target's (a prefix pointing at the folder of a
+/// target that is not running, or of a target on another host, is caught here). A target in
+/// its default folder, `project/service`, owns it: an intruder there is refused on its side, and
+/// retention and `latest` skip what it wrote.
+async fn ensure_own_folder(
+    ctx: &Ctx<'_>,
+    spec: &TargetSpec,
+    target: &Target,
+) -> Result<(), BackupError> {
+    if spec.prefix == target.target.to_string() {
+        return Ok(());
+    }
+    let dir = layout::target_dir(&ctx.s3cfg.prefix, &spec.prefix);
+    let owner = catalog::folder_owner(ctx.s3, ctx.s3cfg, &dir)
+        .await
+        .map_err(|e| BackupError::Upload {
+            what: format!("listing {dir}/"),
+            source: e.into(),
+        })?;
+    match owner {
+        Some(o) if o != target.target.to_string() => Err(BackupError::FolderTaken(format!(
+            "{dir}/ holds the backups of target {o}: a target's folder must be its own; set another pgbackup.prefix on {} (nothing was written)",
+            target.target
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses to write into a folder that already holds anything: ids are unique per run
+/// ([`BackupId::unique`]), so a non-empty folder is another writer's.
+async fn ensure_new_folder(ctx: &Ctx<'_>, dir: &str) -> Result<(), BackupError> {
+    let found = catalog::keys(ctx.s3, ctx.s3cfg, &format!("{dir}/"))
+        .await
+        .map_err(|e| BackupError::Upload {
+            what: format!("listing {dir}/"),
+            source: e.into(),
+        })?;
+    match found.first() {
+        None => Ok(()),
+        Some(k) => Err(BackupError::FolderTaken(format!(
+            "the backup folder {dir}/ already holds {k} ({} objects), written by another writer; nothing was written and nothing there was touched",
+            found.len()
+        ))),
+    }
+}
+
+/// Before the commit: every object the manifest names is stored with the size this run wrote.
+/// Catches anything that overwrote or removed an object meanwhile (another writer, a lifecycle
+/// rule), so a committed backup is never one whose objects differ from its manifest.
+async fn check_uploaded(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) -> Result<(), BackupError> {
+    for o in objects {
+        let key = layout::join(&[dir, &o.name]);
+        let size = catalog::size_of(ctx.s3, ctx.s3cfg, &key)
+            .await
+            .map_err(|e| BackupError::Upload {
+                what: format!("checking {key} before the commit"),
+                source: e.into(),
+            })?;
+        if size != Some(o.size) {
+            return Err(BackupError::Refused(format!(
+                "{key} is {} after this backup wrote {} bytes: something else wrote or removed it; the backup was not committed",
+                size.map(|s| format!("{s} bytes"))
+                    .unwrap_or_else(|| "missing".into()),
+                o.size
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes everything under a failed backup's own folder: its objects and any multipart upload
+/// still open. Best effort (no manifest means nothing is listed; `prune` removes what remains).
+pub async fn discard(ctx: &Ctx<'_>, dir: &str) {
+    let root = format!("{dir}/");
+    match catalog::keys(ctx.s3, ctx.s3cfg, &root).await {
+        Ok(keys) => {
+            for k in &keys {
+                let _ = ctx
+                    .s3
+                    .delete_object()
+                    .bucket(&ctx.s3cfg.bucket)
+                    .key(k)
+                    .send()
+                    .await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(dir, error = %e, "Could not list a failed backup's objects; prune will remove them.")
+        }
+    }
+    match catalog::uploads(ctx.s3, ctx.s3cfg, &root).await {
+        Ok(open) => {
+            for (key, upload_id, _) in open {
+                upload::abort(ctx.s3, ctx.s3cfg, &key, &upload_id).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(dir, error = %e, "Could not list a failed backup's uploads; prune will abort them.")
+        }
+    }
+}
+
 /// Writes `manifest.json`, last: its presence is what makes the backup exist.
 async fn commit_manifest(ctx: &Ctx<'_>, dir: &str, m: Manifest) -> Result<Manifest, BackupError> {
+    check_uploaded(ctx, dir, &m.objects).await?;
     upload::put(
         ctx.s3,
         ctx.s3cfg,
@@ -438,20 +546,6 @@ async fn commit_manifest(ctx: &Ctx<'_>, dir: &str, m: Manifest) -> Result<Manife
         source: e.into(),
     })?;
     Ok(m)
-}
-
-/// Best effort after a failure: no manifest means nothing is listed; removing the pieces saves
-/// space now rather than at the next prune.
-async fn remove_objects(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) {
-    for o in objects {
-        let _ = ctx
-            .s3
-            .delete_object()
-            .bucket(&ctx.s3cfg.bucket)
-            .key(layout::join(&[dir, &o.name]))
-            .send()
-            .await;
-    }
 }
 
 /// A temporary physical replication slot, held by a psql session in the target while a base
@@ -491,8 +585,9 @@ async fn hold_wal(
 pub async fn physical(
     ctx: &Ctx<'_>,
     target: &Target,
-    now: DateTime<Utc>,
+    id: BackupId,
 ) -> Result<Manifest, BackupError> {
+    let now = id.time;
     let (spec, c) = running(ctx, target).await?;
     let access = Access::Exec {
         docker: ctx.docker.clone(),
@@ -515,12 +610,18 @@ pub async fn physical(
         .ok_or_else(|| {
             BackupError::Refused(format!("cannot read the system identifier: {row:?}"))
         })?;
-    let id = BackupId::new(now, Kind::Physical);
     let dir = layout::backup_dir(&ctx.s3cfg.prefix, &spec.prefix, &id);
+    ensure_own_folder(ctx, spec, target).await?;
+    ensure_new_folder(ctx, &dir).await?;
     let mut objects = Vec::new();
-    let slot_name = format!("pgbackup_{}", id.time.format("%Y%m%d%H%M%S"));
+    // Unique per run, like the id (slot names allow [a-z0-9_]).
+    let slot_name = format!(
+        "pgbackup_{}_{:06x}",
+        id.time.format("%Y%m%d%H%M%S"),
+        id.tag.unwrap_or(0)
+    );
     let slot = hold_wal(ctx.docker, &c, &spec.user, &slot_name).await?;
-    let result = async {
+    {
         let name = layout::base_object(spec.compression);
         let key = layout::join(&[&dir, &name]);
         let args: Vec<String> = [
@@ -587,9 +688,4 @@ pub async fn physical(
         };
         commit_manifest(ctx, &dir, m).await
     }
-    .await;
-    if result.is_err() {
-        remove_objects(ctx, &dir, &objects).await;
-    }
-    result
 }

@@ -1,6 +1,7 @@
 //! Reading what is stored: committed backups are the folders that hold a `manifest.json`.
 
 use aws_sdk_s3::Client;
+use chrono::{DateTime, Utc};
 
 use crate::config::S3Config;
 use crate::layout::{self, BackupId, Kind, MANIFEST};
@@ -27,6 +28,10 @@ pub async fn keys(client: &Client, cfg: &S3Config, prefix: &str) -> Result<Vec<S
     Ok(out)
 }
 
+/// The largest `manifest.json` read: real ones are a few KiB (about 300 bytes per database), so
+/// anything near this is not one of ours and is refused rather than read into memory.
+pub const MANIFEST_MAX: i64 = 16 << 20;
+
 pub async fn read_manifest(client: &Client, cfg: &S3Config, key: &str) -> Result<Manifest, String> {
     let obj = client
         .get_object()
@@ -35,6 +40,12 @@ pub async fn read_manifest(client: &Client, cfg: &S3Config, key: &str) -> Result
         .send()
         .await
         .map_err(|e| classify(cfg, "GetObject", &e).to_string())?;
+    let len = obj.content_length().unwrap_or(0);
+    if len > MANIFEST_MAX {
+        return Err(format!(
+            "{key} is {len} bytes, more than any manifest pgbackup writes ({MANIFEST_MAX}): not read; remove or replace it"
+        ));
+    }
     let body = obj
         .body
         .collect()
@@ -130,6 +141,11 @@ pub async fn folders(client: &Client, cfg: &S3Config, dir: &str) -> Result<Vec<B
 
 /// True when `key` exists.
 pub async fn exists(client: &Client, cfg: &S3Config, key: &str) -> Result<bool, S3Error> {
+    Ok(size_of(client, cfg, key).await?.is_some())
+}
+
+/// The stored size of `key`, `None` when there is no such object.
+pub async fn size_of(client: &Client, cfg: &S3Config, key: &str) -> Result<Option<u64>, S3Error> {
     match client
         .head_object()
         .bucket(&cfg.bucket)
@@ -137,33 +153,104 @@ pub async fn exists(client: &Client, cfg: &S3Config, key: &str) -> Result<bool, 
         .send()
         .await
     {
-        Ok(_) => Ok(true),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+        Ok(h) => Ok(Some(h.content_length().unwrap_or(0).max(0) as u64)),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
         Err(e) => Err(classify(cfg, "HeadObject", &e)),
     }
 }
 
-/// The newest committed backup of `kind` in `dir`: folders newest first, the first with a
-/// manifest wins (a newer backup still being written, or one that failed, is skipped).
+/// An open multipart upload: key, upload id, when it was started.
+pub type OpenUpload = (String, String, Option<DateTime<Utc>>);
+
+pub fn to_utc(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
+/// Every multipart upload still open under `prefix` (paginated).
+pub async fn uploads(
+    client: &Client,
+    cfg: &S3Config,
+    prefix: &str,
+) -> Result<Vec<OpenUpload>, S3Error> {
+    let mut out = Vec::new();
+    let mut marker: (Option<String>, Option<String>) = (None, None);
+    loop {
+        let page = client
+            .list_multipart_uploads()
+            .bucket(&cfg.bucket)
+            .prefix(prefix)
+            .set_key_marker(marker.0.clone())
+            .set_upload_id_marker(marker.1.clone())
+            .send()
+            .await
+            .map_err(|e| classify(cfg, "ListMultipartUploads", &e))?;
+        for u in page.uploads() {
+            if let (Some(key), Some(id)) = (u.key(), u.upload_id()) {
+                out.push((
+                    key.to_string(),
+                    id.to_string(),
+                    u.initiated().and_then(to_utc),
+                ));
+            }
+        }
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        marker = (
+            page.next_key_marker().map(String::from),
+            page.next_upload_id_marker().map(String::from),
+        );
+        if marker.0.is_none() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The newest committed backup of `kind` in `dir` written by `target` (when given): folders
+/// newest first, the first with a manifest wins (a newer backup still being written, or one that
+/// failed, is skipped; so is one another target wrote into this folder).
 pub async fn latest(
     client: &Client,
     cfg: &S3Config,
     dir: &str,
     kind: Kind,
+    target: Option<&str>,
 ) -> Result<Option<Manifest>, S3Error> {
     let mut ids = folders(client, cfg, dir).await?;
     ids.retain(|id| id.kind == kind);
     for id in ids.iter().rev() {
         let key = layout::join(&[dir, &id.to_string(), MANIFEST]);
         if exists(client, cfg, &key).await? {
-            return read_manifest(client, cfg, &key)
+            let m = read_manifest(client, cfg, &key)
                 .await
-                .map(Some)
                 .map_err(|reason| S3Error::Other {
                     op: "GetObject",
                     bucket: cfg.bucket.clone(),
                     reason,
-                });
+                })?;
+            if target.is_none_or(|t| t == m.target) {
+                return Ok(Some(m));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The target that wrote the newest committed backup in `dir`, if any.
+pub async fn folder_owner(
+    client: &Client,
+    cfg: &S3Config,
+    dir: &str,
+) -> Result<Option<String>, S3Error> {
+    let ids = folders(client, cfg, dir).await?;
+    for id in ids.iter().rev() {
+        let key = layout::join(&[dir, &id.to_string(), MANIFEST]);
+        if exists(client, cfg, &key).await? {
+            return Ok(read_manifest(client, cfg, &key)
+                .await
+                .ok()
+                .map(|m| m.target));
         }
     }
     Ok(None)

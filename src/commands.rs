@@ -30,7 +30,7 @@ pub fn load_config() -> Result<Config, i32> {
 }
 
 async fn connect_docker(cfg: &Config) -> Result<DockerClient, i32> {
-    DockerClient::connect(cfg.docker_host.as_deref())
+    DockerClient::connect_scoped(cfg.docker_host.as_deref(), &cfg.scope)
         .await
         .map_err(|e| {
             eprintln!("pgctl: {e}");
@@ -94,6 +94,25 @@ pub struct RestoreArgs {
     pub dry_run: bool,
 }
 
+/// `pgctl restore --resume|--rollback SERVICE`: finishes or undoes a physical restore's switch
+/// that was cut off, from its journal.
+pub async fn finish_switch(service: &str, resume: bool, json: bool) -> i32 {
+    let (_cfg, docker) = match config_and_docker().await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let result = async {
+        let j = physical::find_journal(&docker, service).await?;
+        if resume {
+            physical::resume(&docker, j).await
+        } else {
+            physical::roll_back(&docker, j).await
+        }
+    }
+    .await;
+    report(result.map(Some), json, |said: &String| println!("{said}"))
+}
+
 pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
     if args.physical.is_none() && !args.physical_only.is_empty() {
         eprintln!(
@@ -119,6 +138,10 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         Ok(v) => v,
         Err(code) => return code,
     };
+    if let Err(e) = restore::check_bucket_of(&args.backup, &cfg.s3.bucket) {
+        eprintln!("pgctl: {e}");
+        return exit::USAGE;
+    }
     let client = pgbackup::s3::client(&cfg.s3).await;
     let defaults = cfg.defaults();
     let req = Request {
@@ -261,17 +284,14 @@ async fn restore_physical(
 
 /// Scopes for `prune`: the named targets, or every valid target running now.
 async fn scopes(cfg: &Config, docker: &DockerClient, names: &[String]) -> Result<Vec<Scope>, i32> {
-    let defaults = cfg.defaults();
-    let running: Vec<Target> = docker
-        .list_labelled()
-        .await
-        .map_err(|e| {
-            eprintln!("pgctl: {e}");
-            exit::UNAVAILABLE
-        })?
-        .iter()
-        .filter_map(|c| Target::from_container(c, &defaults))
-        .collect();
+    let containers = docker.list_labelled().await.map_err(|e| {
+        eprintln!("pgctl: {e}");
+        exit::UNAVAILABLE
+    })?;
+    // Through the registry, so that targets sharing a folder are refused here too.
+    let mut registry = pgbackup::discovery::Registry::default();
+    registry.replace_all(&containers, &cfg.defaults());
+    let running: Vec<Target> = registry.targets();
     if names.is_empty() {
         for t in running.iter().filter(|t| t.settings().is_none()) {
             eprintln!(
@@ -349,7 +369,7 @@ pub async fn prune(targets: Vec<String>, dry_run: bool, json: bool) -> i32 {
                 }
             };
         if !json {
-            print!("{}", prune::render(&plan, cfg.timezone));
+            print!("{}", prune::render(&plan, cfg.timezone, now));
         }
         if !dry_run {
             match prune::execute(&client, &cfg.s3, &plan).await {
@@ -398,6 +418,8 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
     let client = pgbackup::s3::client(&cfg.s3).await;
     // A manifest that cannot be read is a damaged backup: reported, counted, exit 1.
     let mut unreadable = Vec::new();
+    // With a key naming one object: that object only (it must be one of the backup's).
+    let mut only: Option<String> = None;
     let manifests: Vec<Manifest> = if all {
         match pgbackup::catalog::committed(&client, &cfg.s3, None).await {
             Ok((m, problems)) => {
@@ -410,7 +432,10 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
             }
         }
     } else {
-        let backup: BackupRef = match backup.unwrap_or_default().parse() {
+        let reference = backup.unwrap_or_default();
+        let backup: BackupRef = match restore::check_bucket_of(&reference, &cfg.s3.bucket)
+            .and_then(|()| reference.parse())
+        {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("pgctl: {e}");
@@ -430,7 +455,24 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
             kind: pgbackup::layout::Kind::Logical,
         };
         match restore::resolve_backup(&docker, &client, &cfg.s3, &cfg.defaults(), &req).await {
-            Ok((m, _)) => vec![m],
+            Ok((m, object)) => {
+                if let Some(name) = &object
+                    && !m.objects.iter().any(|o| &o.name == name)
+                {
+                    eprintln!(
+                        "pgctl: backup {} has no object {name:?}; it holds {}",
+                        m.backup_id,
+                        m.objects
+                            .iter()
+                            .map(|o| o.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    return exit::USAGE;
+                }
+                only = object;
+                vec![m]
+            }
             Err(e) => {
                 eprintln!("pgctl: {e}");
                 return e.exit_code();
@@ -456,7 +498,11 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
         if let Err(e) = fetch::verify_sums(&client, &cfg.s3, m).await {
             damage.push(e);
         }
-        for o in &m.objects {
+        for o in m
+            .objects
+            .iter()
+            .filter(|o| only.as_ref().is_none_or(|n| &o.name == n))
+        {
             if let Err(d) = fetch::verify_object(&client, &cfg.s3, m, o).await {
                 damage.push(d.to_string());
             }
@@ -465,7 +511,7 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
             backup_id: m.backup_id.to_string(),
             target: m.target.clone(),
             ok: damage.is_empty(),
-            objects: m.objects.len(),
+            objects: if only.is_some() { 1 } else { m.objects.len() },
             bytes: m.size(),
             damage,
         };

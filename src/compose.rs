@@ -18,8 +18,8 @@ enum Form {
     Long,
 }
 
-/// A planned edit of one compose file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A planned edit of one compose file (also kept in a physical restore's journal).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Edit {
     /// The file as the compose labels name it (a host path).
     pub file: PathBuf,

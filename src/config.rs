@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::retention::KeepPolicy;
 use crate::schedule::Schedule;
+use crate::scope;
 
 /// A configuration error always names the variable and the expected form.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,6 +47,10 @@ fn invalid(name: &str, value: &str, expected: &str) -> ConfigError {
     }
 }
 
+/// `S3_TIMEOUT` when unset: generous for a healthy endpoint, short enough that a stopped one
+/// is noticed (the start-up check, `pgctl list`) in well under a minute.
+pub const DEFAULT_S3_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Every variable we read. `<NAME>_FILE` is accepted for each of them.
 pub const VARIABLES: &[&str] = &[
     "S3_BUCKET",
@@ -57,6 +62,7 @@ pub const VARIABLES: &[&str] = &[
     "S3_PREFIX",
     "S3_STORAGE_CLASS",
     "S3_OBJECT_LOCK",
+    "S3_TIMEOUT",
     "PGBACKUP_SCHEDULE",
     "PGBACKUP_CONCURRENCY",
     "PGBACKUP_RUN_ON_STARTUP",
@@ -72,6 +78,7 @@ pub const VARIABLES: &[&str] = &[
     "PGBACKUP_HTTP_ADDR",
     "PGBACKUP_NOTIFY_URLS",
     "PGBACKUP_LOG_FORMAT",
+    "PGBACKUP_SCOPE",
     "DOCKER_HOST",
 ];
 
@@ -88,6 +95,7 @@ struct Raw {
     s3_prefix: Option<String>,
     s3_storage_class: Option<String>,
     s3_object_lock: Option<String>,
+    s3_timeout: Option<String>,
     pgbackup_schedule: Option<String>,
     pgbackup_concurrency: Option<String>,
     pgbackup_run_on_startup: Option<String>,
@@ -103,6 +111,7 @@ struct Raw {
     pgbackup_http_addr: Option<String>,
     pgbackup_notify_urls: Option<String>,
     pgbackup_log_format: Option<String>,
+    pgbackup_scope: Option<String>,
     docker_host: Option<String>,
 }
 
@@ -138,6 +147,10 @@ pub struct S3Config {
     pub prefix: String,
     pub storage_class: Option<String>,
     pub object_lock: bool,
+    /// The longest wait for one S3 request attempt (a part upload gets this per
+    /// [`crate::s3::TIMEOUT_UNIT`] of its size): an endpoint that stops answering fails the
+    /// request instead of hanging it.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +168,7 @@ pub struct Config {
     pub resync_interval: Duration,
     pub timezone: Tz,
     pub keep: KeepPolicy,
+    pub scope: scope::Setting,
     pub min_backups: u32,
     /// `None` disables the HTTP server.
     pub http_addr: Option<SocketAddr>,
@@ -171,6 +185,8 @@ pub struct Defaults {
     pub schedule: Schedule,
     pub timezone: Tz,
     pub keep: KeepPolicy,
+    /// `PGBACKUP_SCOPE`: which containers this sidecar acts on.
+    pub scope: scope::Setting,
 }
 
 impl Config {
@@ -192,7 +208,10 @@ impl Config {
         })?;
         let endpoint = non_empty(raw.s3_endpoint);
         if let Some(e) = &endpoint
-            && !(e.starts_with("http://") || e.starts_with("https://"))
+            && !reqwest::Url::parse(e).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some_and(|h| !h.is_empty())
+            })
         {
             return Err(invalid(
                 "S3_ENDPOINT",
@@ -256,6 +275,19 @@ impl Config {
             ));
         }
         let object_lock = parse_bool("S3_OBJECT_LOCK", raw.s3_object_lock, false)?;
+        let timeout = match non_empty(raw.s3_timeout) {
+            None => DEFAULT_S3_TIMEOUT,
+            Some(v) => humantime::parse_duration(&v)
+                .ok()
+                .filter(|d| *d >= Duration::from_secs(1))
+                .ok_or_else(|| {
+                    invalid(
+                        "S3_TIMEOUT",
+                        &v,
+                        "a duration of at least 1s such as 30s or 2m",
+                    )
+                })?,
+        };
 
         let concurrency = parse_num("PGBACKUP_CONCURRENCY", raw.pgbackup_concurrency, 2, 1)?;
         let run_on_startup = parse_bool(
@@ -327,6 +359,7 @@ impl Config {
                 prefix,
                 storage_class,
                 object_lock,
+                timeout,
             },
             schedule: defaults.schedule,
             concurrency: concurrency as usize,
@@ -334,6 +367,7 @@ impl Config {
             resync_interval,
             timezone: defaults.timezone,
             keep: defaults.keep,
+            scope: defaults.scope,
             min_backups,
             http_addr,
             notify_urls,
@@ -347,6 +381,7 @@ impl Config {
             schedule: self.schedule.clone(),
             timezone: self.timezone,
             keep: self.keep.clone(),
+            scope: self.scope.clone(),
         }
     }
 }
@@ -406,6 +441,12 @@ impl Defaults {
                 monthly,
                 yearly,
             },
+            scope: match non_empty(raw.pgbackup_scope.clone()) {
+                None => scope::Setting::Own,
+                Some(v) => scope::Setting::parse(&v).map_err(|e| {
+                    invalid("PGBACKUP_SCOPE", &v, &format!("{} ({e})", scope::EXPECTED))
+                })?,
+            },
         })
     }
 }
@@ -417,6 +458,36 @@ fn parse_raw(map: &HashMap<String, String>) -> Result<Raw, ConfigError> {
 
 /// Resolves `<NAME>_FILE` into `<NAME>` for every known variable. `read` is injected so the rule
 /// is testable without files. A trailing newline in a secret file is not part of the secret.
+/// Variables that look like ours (`PGBACKUP_*`, `S3_*`, `RETENTION_*`) but are not read: a typo
+/// or an option pgbackup does not have (`PGBACKUP_LOG_FILE`). Warned about at start-up.
+pub fn unknown_variables<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .into_iter()
+        .filter(|n| {
+            ["PGBACKUP_", "S3_", "RETENTION_"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .filter(|n| {
+            let base = n.strip_suffix("_FILE").unwrap_or(n);
+            !VARIABLES.contains(&base) && !OTHER_VARIABLES.contains(n)
+        })
+        .map(String::from)
+        .collect();
+    out.sort();
+    out
+}
+
+/// Read elsewhere than [`Config`]: the log filter (by tracing's EnvFilter) and the test
+/// harness's own variables.
+const OTHER_VARIABLES: &[&str] = &[
+    "PGBACKUP_LOG",
+    "PGBACKUP_E2E_PROJECT",
+    "PGBACKUP_E2E_SCRATCH",
+    "PGBACKUP_E2E_AWS_BIN",
+    "PGBACKUP_IMAGE",
+];
+
 pub fn resolve_env<I, F>(vars: I, read: F) -> Result<HashMap<String, String>, ConfigError>
 where
     I: IntoIterator<Item = (String, String)>,
@@ -498,6 +569,10 @@ pub fn describe(cfg: &Config) -> BTreeMap<&'static str, String> {
     );
     m.insert("prefix", cfg.s3.prefix.clone());
     m.insert(
+        "s3_timeout",
+        humantime::format_duration(cfg.s3.timeout).to_string(),
+    );
+    m.insert(
         "credentials",
         match &cfg.s3.credentials {
             Some((id, _)) => format!("access key {id}"),
@@ -562,9 +637,36 @@ mod tests {
         );
     }
 
+    #[test]
+    fn unknown_variables_are_named() {
+        let names = [
+            "S3_BUCKET",
+            "S3_SECRET_ACCESS_KEY_FILE",
+            "PGBACKUP_LOG",
+            "PGBACKUP_LOG_FILE",
+            "PGBACKUP_SHEDULE",
+            "RETENTION_KEEP_DAYS",
+            "PATH",
+            "AWS_REGION",
+        ];
+        assert_eq!(
+            unknown_variables(names),
+            [
+                "PGBACKUP_LOG_FILE",
+                "PGBACKUP_SHEDULE",
+                "RETENTION_KEEP_DAYS"
+            ]
+        );
+    }
+
     #[rstest]
     #[case(&[], "S3_BUCKET")]
     #[case(&[("S3_BUCKET", "b"), ("S3_ENDPOINT", "garage:3900")], "S3_ENDPOINT")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_ENDPOINT", "http://")], "S3_ENDPOINT")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_ENDPOINT", "ftp://garage:3900")], "S3_ENDPOINT")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_TIMEOUT", "0s")], "S3_TIMEOUT")]
+    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_SCOPE", "Shop")], "PGBACKUP_SCOPE")]
+    #[case(&[("S3_BUCKET", "b"), ("S3_TIMEOUT", "soon")], "S3_TIMEOUT")]
     #[case(&[("S3_BUCKET", "b"), ("S3_ACCESS_KEY_ID", "x")], "S3_SECRET_ACCESS_KEY")]
     #[case(&[("S3_BUCKET", "b"), ("S3_SECRET_ACCESS_KEY", "x")], "S3_ACCESS_KEY_ID")]
     #[case(&[("S3_BUCKET", "b"), ("S3_FORCE_PATH_STYLE", "maybe")], "S3_FORCE_PATH_STYLE")]

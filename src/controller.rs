@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{self, Config};
-use crate::discovery::{self, Shared};
+use crate::discovery::{self, S3_PROBE_EVERY, Shared};
 use crate::docker::{DockerClient, DockerError};
 use crate::runner::{self, Runner};
 use crate::s3::{self, S3Error};
@@ -40,10 +40,36 @@ impl StartupError {
 /// How long start-up waits for an S3 endpoint that is still starting (refusals fail at once).
 const S3_PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long a shutdown waits for running jobs to cancel, clean up and record their failure.
+/// Below compose.yaml's `stop_grace_period` (60 s) so Docker never kills a job mid-cleanup.
+pub const STOP_GRACE: Duration = Duration::from_secs(45);
+
+/// The controller, until SIGTERM or SIGINT, which it honours at any point (also during the
+/// start-up checks, which may wait on an S3 endpoint).
 pub async fn run(cfg: Config) -> Result<(), StartupError> {
-    tracing::info!(settings = ?config::describe(&cfg), version = env!("CARGO_PKG_VERSION"), "pgbackup controller starting.");
-    let docker = DockerClient::connect(cfg.docker_host.as_deref()).await?;
-    tracing::info!(host = docker.host(), "Docker daemon reachable.");
+    let mut signal = std::pin::pin!(wait_for_signal());
+    let started = tokio::select! {
+        r = startup(&cfg) => r?,
+        _ = &mut signal => {
+            tracing::info!("Shutdown requested during start-up; stopping.");
+            return Ok(());
+        }
+    };
+    serve(cfg, started, signal).await;
+    Ok(())
+}
+
+struct Started {
+    docker: DockerClient,
+    s3: aws_sdk_s3::Client,
+    listener: Option<tokio::net::TcpListener>,
+}
+
+async fn startup(cfg: &Config) -> Result<Started, StartupError> {
+    tracing::info!(settings = ?config::describe(cfg), version = env!("CARGO_PKG_VERSION"), "pgbackup controller starting.");
+    let docker = DockerClient::connect_scoped(cfg.docker_host.as_deref(), &cfg.scope).await?;
+    tracing::info!(host = docker.host(), scope = %docker.scope(), own_project = docker.own_project().unwrap_or("(none)"),
+        "Docker daemon reachable; acting on the containers in scope (PGBACKUP_SCOPE).");
     let s3 = s3::client(&cfg.s3).await;
     s3::check_bucket(&s3, &cfg.s3, S3_PATIENCE).await?;
     tracing::info!(bucket = %cfg.s3.bucket, "S3 bucket reachable with the configured credentials.");
@@ -59,7 +85,23 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         ),
         None => None,
     };
+    Ok(Started {
+        docker,
+        s3,
+        listener,
+    })
+}
 
+async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<Output = ()>) {
+    let Started {
+        docker,
+        s3,
+        listener,
+    } = started;
+    for u in crate::physical::unfinished(&docker).await {
+        let service = u.split(' ').next().unwrap_or(&u).to_string();
+        tracing::warn!(service = %service, "Unfinished physical restore of {u}: finish it with `pgctl restore --resume {service}` or undo it with `pgctl restore --rollback {service}`.");
+    }
     let shared = Shared::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (changed_tx, changed_rx) = watch::channel(0u64);
@@ -88,16 +130,30 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         cfg.run_on_startup,
         shutdown_rx.clone(),
     ));
+    let probe = tokio::spawn(probe_s3(
+        runner.s3.clone(),
+        cfg.s3.clone(),
+        shared.clone(),
+        shutdown_rx.clone(),
+    ));
     let http_task = listener.map(|l| {
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "HTTP endpoints listening (/healthz, /metrics, {}).", http::STATUS_PATH);
         tokio::spawn(http::serve(l, shared.clone(), runner.clone(), shutdown_rx.clone()))
     });
 
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("Shutdown requested; stopping.");
     let _ = shutdown_tx.send(true);
+    let left = runner.shutdown(STOP_GRACE).await;
+    if left > 0 {
+        tracing::warn!(
+            jobs = left,
+            "Jobs still cleaning up at shutdown; prune removes what they leave."
+        );
+    }
     let _ = disco.await;
     let _ = sched.await;
+    let _ = probe.await;
     if let Some(h) = http_task {
         match h.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server stopped with an error."),
@@ -106,7 +162,36 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
         }
     }
     tracing::info!("pgbackup controller stopped.");
-    Ok(())
+}
+
+/// Checks the bucket every [`S3_PROBE_EVERY`] for `/healthz`, logging when it stops and starts
+/// answering.
+async fn probe_s3(
+    client: aws_sdk_s3::Client,
+    cfg: crate::config::S3Config,
+    shared: Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(S3_PROBE_EVERY) => {}
+            _ = shutdown.changed() => return,
+        }
+        let result = tokio::select! {
+            r = s3::check_bucket(&client, &cfg, cfg.timeout * 2) => r,
+            _ = shutdown.changed() => return,
+        };
+        let mut st = shared.s3.write().await;
+        match (&result, st.last_error.is_some()) {
+            (Ok(()), true) => tracing::info!(bucket = %cfg.bucket, "S3 answers again."),
+            (Err(e), false) => {
+                tracing::warn!(bucket = %cfg.bucket, error = %e, "S3 check failed; /healthz reports it.")
+            }
+            _ => {}
+        }
+        st.last_error = result.err().map(|e| e.to_string());
+        st.last_check = Some(chrono::Utc::now());
+    }
 }
 
 async fn wait_for_signal() {

@@ -37,7 +37,7 @@ pub enum Parsed {
 impl Target {
     /// `None` when the container is not a target (not opted in, a one-off, not running).
     pub fn from_container(c: &Container, defaults: &Defaults) -> Option<Target> {
-        if !c.running {
+        if !c.running || !c.in_scope {
             return None;
         }
         // An unparsable `pgbackup.enable` still makes a (invalid) target, so the typo is seen;
@@ -96,11 +96,54 @@ impl Registry {
         changed
     }
 
-    /// Targets sorted by identity, then container name.
+    /// Targets sorted by identity, then container name. Targets whose folders collide are
+    /// invalid here ([`refuse_shared_folders`]).
     pub fn targets(&self) -> Vec<Target> {
         let mut v: Vec<Target> = self.by_container.values().cloned().collect();
         v.sort_by(|a, b| (&a.target, &a.container).cmp(&(&b.target, &b.container)));
+        refuse_shared_folders(&mut v);
         v
+    }
+}
+
+/// A target's folder is its own: when several targets would write into one folder (a
+/// `pgbackup.prefix` naming another target's folder), each of them whose folder is not its
+/// default `project/service` becomes invalid, naming the others. Retention and `latest` of one
+/// target then never see another's backups. (Containers of one scaled service share a target and
+/// its folder; that is not a collision.)
+pub fn refuse_shared_folders(targets: &mut [Target]) {
+    let mut by_folder: BTreeMap<String, Vec<TargetId>> = BTreeMap::new();
+    for t in targets.iter() {
+        if let Some(s) = t.settings() {
+            let ids = by_folder.entry(s.prefix.clone()).or_default();
+            if !ids.contains(&t.target) {
+                ids.push(t.target.clone());
+            }
+        }
+    }
+    for t in targets.iter_mut() {
+        let Some(prefix) = t.settings().map(|s| s.prefix.clone()) else {
+            continue;
+        };
+        let ids = &by_folder[&prefix];
+        if ids.len() < 2 || prefix == t.target.to_string() {
+            continue;
+        }
+        let others: Vec<String> = ids
+            .iter()
+            .filter(|i| **i != t.target)
+            .map(|i| i.to_string())
+            .collect();
+        t.spec = Parsed::Invalid {
+            errors: vec![LabelError {
+                label: "pgbackup.prefix".into(),
+                value: prefix,
+                expected: format!(
+                    "a folder of its own: {} also writes there; one target's retention would delete the other's backups",
+                    others.join(", ")
+                ),
+            }],
+        };
     }
 }
 
@@ -113,10 +156,23 @@ pub struct DockerState {
     pub last_sync: Option<DateTime<Utc>>,
 }
 
+/// What the controller last learned about the bucket (a probe every [`S3_PROBE_EVERY`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct S3State {
+    /// `None` until the first probe after start-up (start-up itself checked the bucket).
+    pub last_error: Option<String>,
+    pub last_check: Option<DateTime<Utc>>,
+}
+
+pub const S3_PROBE_EVERY: Duration = Duration::from_secs(15);
+
 #[derive(Clone, Default)]
 pub struct Shared {
     pub registry: Arc<RwLock<Registry>>,
     pub docker: Arc<RwLock<DockerState>>,
+    pub s3: Arc<RwLock<S3State>>,
+    /// Containers not opted in that carry `pgbackup.*`-like labels (name → labels).
+    pub near_misses: Arc<RwLock<BTreeMap<String, Vec<String>>>>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -145,7 +201,7 @@ pub async fn run(
         }
         let c = match client.take() {
             Some(c) => c,
-            None => match DockerClient::connect(host.as_deref()).await {
+            None => match DockerClient::connect_scoped(host.as_deref(), &defaults.scope).await {
                 Ok(c) => {
                     tracing::info!(host = c.host(), "Reconnected to the Docker daemon.");
                     c
@@ -266,7 +322,28 @@ async fn sync(
             log_target(c, defaults);
         }
     }
+    warn_near_misses(client, shared).await;
     Ok(())
+}
+
+/// Logs, once per container, `pgbackup.*`-like labels on containers that are not opted in.
+async fn warn_near_misses(client: &DockerClient, shared: &Shared) {
+    let Ok(all) = client.list_running_labels().await else {
+        return;
+    };
+    let now: BTreeMap<String, Vec<String>> = all
+        .iter()
+        .map(|(name, labels)| (name.clone(), labels::near_misses(labels)))
+        .filter(|(_, m)| !m.is_empty())
+        .collect();
+    let mut known = shared.near_misses.write().await;
+    for (name, labels) in &now {
+        if known.get(name) != Some(labels) {
+            tracing::warn!(container = %name, labels = %labels.join(", "),
+                "Container has pgbackup-like labels but no pgbackup.enable=true, so it is not backed up: a typo? (the opt-in label is exactly pgbackup.enable)");
+        }
+    }
+    *known = now;
 }
 
 fn log_target(c: &Container, defaults: &Defaults) {
@@ -315,6 +392,7 @@ pub(crate) fn test_container(
     .collect();
     labels.retain(|_, v| !v.is_empty());
     Container {
+        in_scope: true,
         id: id.into(),
         name: format!("shop-{service}-1"),
         image: "postgres:17".into(),
@@ -400,6 +478,57 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(t.spec, Parsed::Invalid { .. }));
+    }
+
+    #[test]
+    fn a_prefix_naming_another_targets_folder_is_refused() {
+        let d = defaults();
+        let mut r = Registry::default();
+        r.upsert(&container("a", "db", &[], true), &d);
+        r.upsert(
+            &container("b", "intruder", &[("pgbackup.prefix", "shop/db")], true),
+            &d,
+        );
+        r.upsert(
+            &container("c", "x", &[("pgbackup.prefix", "common")], true),
+            &d,
+        );
+        r.upsert(
+            &container("d", "y", &[("pgbackup.prefix", "/common/")], true),
+            &d,
+        );
+        r.upsert(
+            &container("e", "own", &[("pgbackup.prefix", "elsewhere")], true),
+            &d,
+        );
+        let t = r.targets();
+        let by = |s: &str| t.iter().find(|t| t.target.service == s).unwrap();
+        assert!(by("db").settings().is_some(), "the folder's owner keeps it");
+        assert!(
+            by("own").settings().is_some(),
+            "a folder of its own is fine"
+        );
+        for s in ["intruder", "x", "y"] {
+            match &by(s).spec {
+                Parsed::Invalid { errors } => {
+                    assert_eq!(errors[0].label, "pgbackup.prefix");
+                    assert!(
+                        errors[0].expected.contains("also writes there"),
+                        "{}",
+                        errors[0]
+                    );
+                }
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+        // Two containers of one scaled service share a folder legitimately.
+        let mut r = Registry::default();
+        r.upsert(&container("a", "db", &[("pgbackup.prefix", "p")], true), &d);
+        r.upsert(
+            &container("a2", "db", &[("pgbackup.prefix", "p")], true),
+            &d,
+        );
+        assert!(r.targets().iter().all(|t| t.settings().is_some()));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListCont
 use futures_util::{Stream, StreamExt};
 
 use crate::labels::ENABLE;
+use crate::scope::{self, Scope};
 
 /// A short call (ping, list, inspect) that takes longer than this is treated as a transient
 /// failure; streams (events, exec output) have no overall limit of their own.
@@ -72,6 +73,9 @@ impl DockerError {
 /// What we need to know about a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
+    /// False when the container is outside the sidecar's scope (`PGBACKUP_SCOPE`): never a
+    /// target, never resolved by name.
+    pub in_scope: bool,
     pub id: String,
     /// Without the leading `/`.
     pub name: String,
@@ -93,6 +97,18 @@ pub enum ContainerEvent {
 pub struct DockerClient {
     docker: Docker,
     host: String,
+    scope: Scope,
+    own_project: Option<String>,
+}
+
+/// The 64-hex container id in a `…/containers/<id>/hostname` mount source, if any.
+fn container_id_in_mountinfo(mounts: &str) -> Option<&str> {
+    mounts.lines().find_map(|l| {
+        let (_, rest) = l.split_once("/containers/")?;
+        let (id, file) = rest.split_once('/')?;
+        let is_id = id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit());
+        (is_id && file.starts_with("hostname")).then_some(id)
+    })
 }
 
 async fn timed<T>(
@@ -140,9 +156,35 @@ impl DockerClient {
         let client = DockerClient {
             docker,
             host: shown,
+            scope: Scope::Host,
+            own_project: None,
         };
         client.ping().await?;
         Ok(client)
+    }
+
+    /// Connects and limits every listing to `setting`'s scope, resolved against the compose
+    /// project this process runs in.
+    pub async fn connect_scoped(
+        host: Option<&str>,
+        setting: &scope::Setting,
+    ) -> Result<DockerClient, DockerError> {
+        let mut client = DockerClient::connect(host).await?;
+        client.own_project = client
+            .own_container()
+            .await
+            .and_then(|me| me.config?.labels?.remove(scope::COMPOSE_PROJECT));
+        client.scope = setting.resolve(client.own_project.as_deref());
+        Ok(client)
+    }
+
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// The compose project of the container this process runs in (the sidecar), if any.
+    pub fn own_project(&self) -> Option<&str> {
+        self.own_project.as_deref()
     }
 
     pub fn host(&self) -> &str {
@@ -159,8 +201,40 @@ impl DockerClient {
         self.list_running(&[ENABLE]).await
     }
 
-    /// Running containers carrying every one of `labels` (`name` or `name=value`), inspected.
+    /// Running containers in scope carrying every one of `labels` (`name` or `name=value`),
+    /// inspected.
     pub async fn list_running(&self, labels: &[&str]) -> Result<Vec<Container>, DockerError> {
+        let mut all = self.list_running_anywhere(labels).await?;
+        all.retain(|c| c.in_scope);
+        Ok(all)
+    }
+
+    /// Running containers in scope as (name, labels), from the listing alone (no inspect): cheap
+    /// enough to look at every container at each resync.
+    pub async fn list_running_labels(
+        &self,
+    ) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
+        let opts = ListContainersOptions {
+            all: false,
+            ..Default::default()
+        };
+        let summaries = timed("list_containers", self.docker.list_containers(Some(opts))).await?;
+        Ok(summaries
+            .into_iter()
+            .filter_map(|s| {
+                let labels = s.labels.unwrap_or_default();
+                let name = s.names?.first()?.trim_start_matches('/').to_string();
+                self.scope.admits(&labels).then_some((name, labels))
+            })
+            .collect())
+    }
+
+    /// [`DockerClient::list_running`] across the whole host, to explain a name that resolves
+    /// only outside the scope.
+    pub async fn list_running_anywhere(
+        &self,
+        labels: &[&str],
+    ) -> Result<Vec<Container>, DockerError> {
         let opts = ListContainersOptions {
             all: false,
             filters: (!labels.is_empty()).then(|| {
@@ -185,6 +259,30 @@ impl DockerClient {
         Ok(out)
     }
 
+    /// Containers in scope, running or not, whose name contains `fragment`, inspected.
+    pub async fn list_named(&self, fragment: &str) -> Result<Vec<Container>, DockerError> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "name".to_string(),
+                vec![fragment.to_string()],
+            )])),
+            ..Default::default()
+        };
+        let summaries = timed("list_containers", self.docker.list_containers(Some(opts))).await?;
+        let mut out = Vec::new();
+        for s in summaries {
+            let Some(id) = s.id else { continue };
+            match self.inspect(&id).await {
+                Ok(c) if c.in_scope => out.push(c),
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn inspect(&self, id: &str) -> Result<Container, DockerError> {
         let r = timed(
             "inspect_container",
@@ -202,7 +300,9 @@ impl DockerClient {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
+        let labels = config.labels.unwrap_or_default();
         Ok(Container {
+            in_scope: self.scope.admits(&labels),
             id: r.id.unwrap_or_else(|| id.to_string()),
             name: r
                 .name
@@ -210,7 +310,7 @@ impl DockerClient {
                 .trim_start_matches('/')
                 .to_string(),
             image: config.image.unwrap_or_default(),
-            labels: config.labels.unwrap_or_default(),
+            labels,
             env,
             running: r.state.and_then(|s| s.running).unwrap_or(false),
         })
@@ -524,9 +624,18 @@ impl DockerClient {
     }
 
     /// The container this process runs in (found by `HOSTNAME`), if it runs in one.
+    /// The container this process runs in: Docker sets the hostname to the container's short
+    /// id; when the hostname was set by the user, the id in `/proc/self/mountinfo` (the
+    /// container's own `/etc/hostname` bind mount) tells.
     pub async fn own_container(&self) -> Option<bollard::models::ContainerInspectResponse> {
-        let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())?;
-        self.inspect_full(&host).await.ok()
+        if let Some(host) = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())
+            && let Ok(me) = self.inspect_full(&host).await
+        {
+            return Some(me);
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let id = container_id_in_mountinfo(&mounts)?;
+        self.inspect_full(id).await.ok()
     }
 
     /// The labels of a volume, or `None` when there is no such volume.
@@ -732,6 +841,21 @@ impl DockerClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn own_container_id_from_mountinfo() {
+        let id = "4f1c".repeat(16);
+        let mounts = format!(
+            "612 590 0:52 / / rw,relatime - overlay overlay rw\n\
+             630 612 254:1 /var/lib/docker/containers/{id}/resolv.conf /etc/resolv.conf rw - ext4 /dev/vda1 rw\n\
+             631 612 254:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw - ext4 /dev/vda1 rw\n"
+        );
+        assert_eq!(super::container_id_in_mountinfo(&mounts), Some(id.as_str()));
+        assert_eq!(
+            super::container_id_in_mountinfo("612 590 0:52 / / rw - overlay"),
+            None
+        );
+    }
+
     use super::*;
 
     fn api(status_code: u16) -> DockerError {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::discovery::Shared;
 use crate::layout::Kind;
-use crate::runner::{JobResult, Runner, Trigger};
+use crate::runner::{JobResult, RunError, Runner, Trigger};
 use crate::status;
 
 #[derive(Clone)]
@@ -51,17 +51,26 @@ pub async fn serve(
         .await
 }
 
+/// 200 when the Docker daemon and the bucket both answer; 503 naming what does not.
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     let d = s.shared.docker.read().await.clone();
-    if d.connected {
+    let s3 = s.shared.s3.read().await.clone();
+    let mut problems = Vec::new();
+    if !d.connected {
+        problems.push(format!(
+            "docker not connected: {}",
+            d.last_error.unwrap_or_else(|| "not synced yet".into())
+        ));
+    }
+    if let Some(e) = s3.last_error {
+        problems.push(format!("s3: {e}"));
+    }
+    if problems.is_empty() {
         (StatusCode::OK, "ok\n".to_string())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "docker not connected: {}\n",
-                d.last_error.unwrap_or_else(|| "not synced yet".into())
-            ),
+            format!("{}\n", problems.join("\n")),
         )
     }
 }
@@ -83,6 +92,8 @@ async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
         Utc::now(),
         s.runner.tz,
     );
+    report.not_opted_in = s.shared.near_misses.read().await.clone();
+    report.unfinished_restores = crate::physical::unfinished(&s.runner.docker).await;
     let runs = s.runner.state.read().await;
     for t in report.targets.iter_mut() {
         if let Some(st) = t["target"].as_str().and_then(|k| runs.get(k)) {
@@ -164,7 +175,15 @@ async fn backups(State(s): State<AppState>, Json(req): Json<BackupRequest>) -> i
         let kind = req.kind;
         let wait = req.wait;
         async move {
-            let r = runner.run(&t, kind, Trigger::Manual, wait).await;
+            // Its own task: a client that goes away (Ctrl-C on `pgctl backup`) does not cut the
+            // job off half-way; it ends, cleans up and is recorded like any other.
+            let job = {
+                let t = t.clone();
+                tokio::spawn(async move { runner.run(&t, kind, Trigger::Manual, wait).await })
+            };
+            let r = job
+                .await
+                .unwrap_or_else(|e| Err(RunError::Crashed(e.to_string())));
             match r {
                 Ok(res) => outcome(&t.target.to_string(), res),
                 Err(e) => BackupOutcome {

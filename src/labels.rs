@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Defaults, parse_bool_value};
+use crate::config::Defaults;
 use crate::retention::KeepPolicy;
 use crate::schedule::Schedule;
 
 pub const PREFIX: &str = "pgbackup.";
 pub const ENABLE: &str = "pgbackup.enable";
 
-const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+use crate::scope::COMPOSE_PROJECT;
 const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 const COMPOSE_ONEOFF: &str = "com.docker.compose.oneoff";
 
@@ -234,9 +234,39 @@ impl fmt::Display for LabelError {
 
 /// Whether a container opted in: `None` = no `pgbackup.enable` label or `false` (not a target);
 /// `Some(Err)` = the value is not a boolean (listed as an invalid target so the typo is seen).
+/// On a container that is not opted in: the labels that look like ours (`pgbackup.enabled`,
+/// `pgbackup.Enable`, `PGBACKUP.schedule`…), a sign of a typo that keeps it from being backed up.
+pub fn near_misses(labels: &HashMap<String, String>) -> Vec<String> {
+    if labels.contains_key(ENABLE) {
+        return vec![];
+    }
+    let mut out: Vec<String> = labels
+        .keys()
+        .filter(|k| {
+            // `pgbackup.`, `PGBACKUP_`, `pgbackup:`…, not another tool's `pgbackup-e2e.owner`.
+            let k = k.to_ascii_lowercase();
+            k.strip_prefix("pgbackup")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '_', ':']))
+        })
+        .cloned()
+        .collect();
+    out.sort();
+    out
+}
+
+/// A boolean label: `true` or `false` (any case), as the README documents; anything else is an
+/// error rather than a guess (`yes`, `1`, `enabled`).
+fn label_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
 pub fn enabled(labels: &HashMap<String, String>) -> Option<Result<(), LabelError>> {
     let v = labels.get(ENABLE)?;
-    match parse_bool_value(v) {
+    match label_bool(v) {
         Some(true) => Some(Ok(())),
         Some(false) => None,
         None => Some(Err(LabelError {
@@ -330,7 +360,7 @@ pub fn parse(
     };
     let globals = match get("pgbackup.globals") {
         None => true,
-        Some(v) => parse_bool_value(v).unwrap_or_else(|| {
+        Some(v) => label_bool(v).unwrap_or_else(|| {
             err("pgbackup.globals", v, "true or false");
             true
         }),
@@ -611,6 +641,50 @@ mod tests {
             project: Some("shop".into()),
             service: "db".into(),
         }
+    }
+
+    #[test]
+    fn typos_of_the_opt_in_label_are_noticed() {
+        let l = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            near_misses(&l(&[("pgbackup.enabled", "true"), ("other", "x")])),
+            ["pgbackup.enabled"]
+        );
+        assert_eq!(
+            near_misses(&l(&[
+                ("pgbackup.Enable", "true"),
+                ("PGBACKUP.schedule", "@daily")
+            ])),
+            ["PGBACKUP.schedule", "pgbackup.Enable"]
+        );
+        assert!(
+            near_misses(&l(&[
+                ("pgbackup.enable", "false"),
+                ("pgbackup.schedule", "@daily")
+            ]))
+            .is_empty()
+        );
+        assert!(near_misses(&l(&[("com.docker.compose.project", "shop")])).is_empty());
+        assert!(near_misses(&l(&[("pgbackup-e2e.owner", "x")])).is_empty());
+        assert_eq!(
+            near_misses(&l(&[("pgbackup_enable", "true")])),
+            ["pgbackup_enable"]
+        );
+        for v in ["yes", "1", "on", "enabled"] {
+            assert!(
+                matches!(enabled(&l(&[("pgbackup.enable", v)])), Some(Err(_))),
+                "{v}"
+            );
+        }
+        assert!(matches!(
+            enabled(&l(&[("pgbackup.enable", "TRUE")])),
+            Some(Ok(()))
+        ));
     }
 
     #[test]

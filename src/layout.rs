@@ -28,44 +28,110 @@ impl fmt::Display for Kind {
     }
 }
 
-/// `YYYYMMDDTHHMMSSZ-logical|physical`: sorts chronologically as a string.
+/// `YYYYMMDDTHHMMSS.mmmZ-<tag>-logical|physical`: sorts chronologically as a string. The tag
+/// (six hex digits, random per run) makes the ids of two writers unique even in the same
+/// millisecond: two sidecars on one bucket, or an abandoned job and its successor, never write
+/// into one folder. Ids written before tags existed (`YYYYMMDDTHHMMSSZ-logical`) still parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackupId {
     pub time: DateTime<Utc>,
+    pub tag: Option<u32>,
     pub kind: Kind,
 }
 
 const TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+const TIME_FORMAT_MS: &str = "%Y%m%dT%H%M%S%.3fZ";
+const TAG_MAX: u32 = 0xff_ffff;
 
 impl BackupId {
+    /// A second-precision id without a tag (the format of backups before tags existed).
     pub fn new(time: DateTime<Utc>, kind: Kind) -> BackupId {
-        // Second precision: the id is the time a person reads.
         let time = DateTime::from_timestamp(time.timestamp(), 0).expect("in range");
-        BackupId { time, kind }
+        BackupId {
+            time,
+            tag: None,
+            kind,
+        }
+    }
+
+    /// The id of a new backup: millisecond time plus a random tag.
+    pub fn unique(time: DateTime<Utc>, kind: Kind) -> BackupId {
+        let mut b = [0u8; 4];
+        // The OS random source; should it ever fail, the time's nanoseconds and the process id
+        // still separate writers.
+        if getrandom::fill(&mut b).is_err() {
+            b = (time.timestamp_subsec_nanos() ^ std::process::id().rotate_left(12)).to_le_bytes();
+        }
+        BackupId::tagged(time, kind, u32::from_le_bytes(b))
+    }
+
+    /// `unique` with a given tag (tests).
+    pub fn tagged(time: DateTime<Utc>, kind: Kind, tag: u32) -> BackupId {
+        let ms = time.timestamp_millis();
+        BackupId {
+            time: DateTime::from_timestamp_millis(ms).expect("in range"),
+            tag: Some(tag & TAG_MAX),
+            kind,
+        }
     }
 }
 
 impl fmt::Display for BackupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.time.format(TIME_FORMAT), self.kind)
+        match self.tag {
+            None => write!(f, "{}-{}", self.time.format(TIME_FORMAT), self.kind),
+            Some(tag) => write!(
+                f,
+                "{}-{tag:06x}-{}",
+                self.time.format(TIME_FORMAT_MS),
+                self.kind
+            ),
+        }
     }
 }
 
 impl FromStr for BackupId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad =
-            || format!("{s:?} is not a backup id (expected YYYYMMDDTHHMMSSZ-logical or -physical)");
-        let (time, kind) = s.split_once('-').ok_or_else(bad)?;
+        let bad = || {
+            format!(
+                "{s:?} is not a backup id (expected YYYYMMDDTHHMMSS.mmmZ-<tag>-logical or -physical, as `pgctl list` shows)"
+            )
+        };
+        let mut parts = s.split('-');
+        let time = parts.next().ok_or_else(bad)?;
+        let (tag, kind) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(kind), None, None) => (None, kind),
+            (Some(tag), Some(kind), None) => {
+                let ok = tag.len() == 6
+                    && tag
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !ok {
+                    return Err(bad());
+                }
+                (Some(u32::from_str_radix(tag, 16).map_err(|_| bad())?), kind)
+            }
+            _ => return Err(bad()),
+        };
         let kind = match kind {
             "logical" => Kind::Logical,
             "physical" => Kind::Physical,
             _ => return Err(bad()),
         };
-        let time = NaiveDateTime::parse_from_str(time, TIME_FORMAT)
+        // chrono's `%.3f` also accepts no fraction: the length pins the form.
+        let (format, len) = if tag.is_some() {
+            (TIME_FORMAT_MS, 20)
+        } else {
+            (TIME_FORMAT, 16)
+        };
+        if time.len() != len {
+            return Err(bad());
+        }
+        let time = NaiveDateTime::parse_from_str(time, format)
             .map_err(|_| bad())?
             .and_utc();
-        Ok(BackupId { time, kind })
+        Ok(BackupId { time, tag, kind })
     }
 }
 
@@ -161,6 +227,32 @@ pub fn parse_key(key: &str) -> Option<(&str, BackupId, &str)> {
 mod tests {
     use super::*;
     use rstest::rstest;
+
+    #[test]
+    fn unique_ids_round_trip_sort_and_differ() {
+        let t = DateTime::parse_from_rfc3339("2026-11-20T23:58:49.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let id = BackupId::tagged(t, Kind::Logical, 0x0a1b2c);
+        assert_eq!(id.to_string(), "20261120T235849.123Z-0a1b2c-logical");
+        assert_eq!(id.to_string().parse::<BackupId>().unwrap(), id);
+        let later = BackupId::tagged(t + chrono::Duration::milliseconds(1), Kind::Logical, 0);
+        assert!(id.to_string() < later.to_string() && id < later);
+        // Two writers in the same millisecond: different folders.
+        let ids: std::collections::BTreeSet<String> = (0..50)
+            .map(|_| BackupId::unique(t, Kind::Physical).to_string())
+            .collect();
+        assert!(ids.len() >= 49, "{ids:?}");
+        for bad in [
+            "20261120T235849.123Z-0A1B2C-logical",
+            "20261120T235849.123Z-0a1b2-logical",
+            "20261120T235849Z-0a1b2c-logical",
+            "20261120T235849.123Z-logical",
+            "20261120T235849.123Z-0a1b2c-logical-x",
+        ] {
+            assert!(bad.parse::<BackupId>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn backup_ids_round_trip_and_sort() {

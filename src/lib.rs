@@ -24,6 +24,7 @@ pub mod retention;
 pub mod runner;
 pub mod s3;
 pub mod schedule;
+pub mod scope;
 pub mod status;
 pub mod table;
 pub mod upload;

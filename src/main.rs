@@ -82,8 +82,16 @@ enum Command {
     /// space, compose file not reachable).
     Restore {
         /// `latest`, a backup id or a key.
-        #[arg(value_name = "BACKUP")]
-        backup: String,
+        #[arg(value_name = "BACKUP", required_unless_present_any = ["resume", "rollback"])]
+        backup: Option<String>,
+        /// Finish a physical restore whose switch was cut off (the sidecar killed half-way):
+        /// the service (`project/service` or the service) `pgctl status` names.
+        #[arg(long, value_name = "SERVICE", conflicts_with_all = ["backup", "rollback"])]
+        resume: Option<String>,
+        /// Undo a physical restore whose switch was cut off: the service goes back to its old
+        /// volume and container, the compose file to what it was.
+        #[arg(long, value_name = "SERVICE", conflicts_with_all = ["backup", "resume"])]
+        rollback: Option<String>,
         /// Whose backups `latest` or a bare id refer to (default: the --to target).
         #[arg(long, value_name = "TARGET")]
         from: Option<String>,
@@ -220,10 +228,18 @@ fn main() -> ExitCode {
                 post_sql,
                 dry_run,
                 json,
+                resume,
+                rollback,
             } => {
+                if let Some(service) = resume {
+                    return commands::finish_switch(&service, true, json).await;
+                }
+                if let Some(service) = rollback {
+                    return commands::finish_switch(&service, false, json).await;
+                }
                 commands::restore(
                     commands::RestoreArgs {
-                        backup,
+                        backup: backup.unwrap_or_default(),
                         from,
                         to,
                         db,
@@ -272,9 +288,22 @@ fn env_map() -> Result<HashMap<String, String>, config::ConfigError> {
     config::resolve_env(std::env::vars(), |p| std::fs::read_to_string(p))
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGBACKUP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,aws=warn,hyper=warn"));
+/// `PGBACKUP_LOG` as a filter; a value that does not parse is a configuration error rather
+/// than silently the default.
+fn log_filter() -> Result<tracing_subscriber::EnvFilter, String> {
+    match std::env::var("PGBACKUP_LOG") {
+        Ok(v) if !v.trim().is_empty() => tracing_subscriber::EnvFilter::builder()
+            .parse(&v)
+            .map_err(|e| {
+                format!(
+                    "PGBACKUP_LOG={v:?} is not valid ({e}): expected a level or directives such as info, debug or info,pgbackup=debug"
+                )
+            }),
+        _ => Ok(tracing_subscriber::EnvFilter::new("info,aws=warn,hyper=warn")),
+    }
+}
+
+fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -294,7 +323,23 @@ async fn cmd_run() -> i32 {
             return exit::USAGE;
         }
     };
-    init_logging(cfg.log_format);
+    let filter = match log_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pgctl: configuration error: {e}");
+            return exit::USAGE;
+        }
+    };
+    init_logging(cfg.log_format, filter);
+    for name in config::unknown_variables(
+        std::env::vars()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str),
+    ) {
+        tracing::warn!(variable = %name, "Unknown variable ignored: pgbackup reads no such setting (a typo? see the README's variables).");
+    }
     match controller::run(cfg).await {
         Ok(()) => exit::OK,
         Err(e) => {
@@ -381,14 +426,14 @@ async fn fetch_report(base: &str) -> anyhow::Result<Report> {
 }
 
 async fn direct_report(docker_host: Option<&str>, defaults: &Defaults) -> anyhow::Result<Report> {
-    let docker = DockerClient::connect(docker_host).await?;
+    let docker = DockerClient::connect_scoped(docker_host, &defaults.scope).await?;
     let containers = docker
         .list_labelled()
         .await
         .context("listing labelled containers")?;
     let mut reg = Registry::default();
     reg.replace_all(&containers, defaults);
-    Ok(status::report(
+    let mut report = status::report(
         "docker",
         &reg.targets(),
         DockerView {
@@ -399,7 +444,9 @@ async fn direct_report(docker_host: Option<&str>, defaults: &Defaults) -> anyhow
         },
         Utc::now(),
         defaults.timezone,
-    ))
+    );
+    report.unfinished_restores = pgbackup::physical::unfinished(&docker).await;
+    Ok(report)
 }
 
 async fn cmd_backup(

@@ -2,7 +2,7 @@
 //! behind and aborts stale multipart uploads. Deleting a backup removes its manifest first, so a
 //! half-deleted backup is never listed as good.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
@@ -10,9 +10,11 @@ use chrono_tz::Tz;
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::catalog;
 use crate::config::S3Config;
 use crate::discovery::Target;
 use crate::layout::{self, BackupId, Kind, MANIFEST, SUMS};
+use crate::manifest::Manifest;
 use crate::retention::{self, Decision, KeepPolicy};
 use crate::s3::{S3Error, classify};
 
@@ -38,11 +40,11 @@ pub fn scope_of(target: &Target, s3_prefix: &str) -> Option<Scope> {
     })
 }
 
-/// A backup folder as stored: its objects and whether it is committed.
+/// A backup folder as stored: its objects and whether it has a manifest.
 #[derive(Debug, Clone, Default)]
 struct Folder {
     keys: Vec<String>,
-    committed: bool,
+    has_manifest: bool,
     newest: Option<DateTime<Utc>>,
 }
 
@@ -60,6 +62,14 @@ pub struct StaleUpload {
     pub initiated: Option<DateTime<Utc>>,
 }
 
+/// A folder with a `manifest.json` that does not make a usable backup of this target: kept,
+/// reported, never counted by retention (so it can never be the reason a good one goes).
+#[derive(Debug, Clone, Serialize)]
+pub struct Unusable {
+    pub id: BackupId,
+    pub reason: String,
+}
+
 /// What prune will do to one target.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetPlan {
@@ -70,6 +80,13 @@ pub struct TargetPlan {
     pub decisions: BTreeMap<Kind, Vec<Decision>>,
     pub leftovers: Vec<Leftover>,
     pub stale_uploads: Vec<StaleUpload>,
+    /// Kept and reported: manifests that cannot be read, belong to another target or name
+    /// objects that are missing.
+    pub unusable: Vec<Unusable>,
+    /// Kept and reported: uncommitted folders and open uploads younger than [`LEFTOVER_AGE`]
+    /// (a backup may still be writing them).
+    pub young_leftovers: Vec<Leftover>,
+    pub open_uploads: Vec<StaleUpload>,
     #[serde(skip)]
     folders: BTreeMap<BackupId, Vec<String>>,
 }
@@ -80,12 +97,39 @@ impl TargetPlan {
     }
 }
 
-fn to_utc(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Utc>> {
-    DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+/// Why the manifest of folder `id` does not make a backup of `target` that retention may count;
+/// `None` when it does.
+fn unusable_reason(m: &Manifest, target: &str, id: &BackupId, keys: &[String]) -> Option<String> {
+    if m.target != target {
+        return Some(format!(
+            "written by target {} (this folder is {target}'s): not counted, not removed",
+            m.target
+        ));
+    }
+    if m.backup_id != *id {
+        return Some(format!(
+            "its manifest names backup {}: a copied or renamed folder; not counted",
+            m.backup_id
+        ));
+    }
+    let names: BTreeSet<&str> = keys.iter().filter_map(|k| k.rsplit('/').next()).collect();
+    let missing: Vec<&str> = m
+        .objects
+        .iter()
+        .map(|o| o.name.as_str())
+        .filter(|n| !names.contains(n))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "objects missing: {}; not counted (verify it, then remove by hand)",
+            missing.join(", ")
+        )
+    })
 }
 
-/// Reads one target's folder and plans: retention per kind over committed backups, leftovers
-/// (no manifest, nothing written for [`LEFTOVER_AGE`]) and stale multipart uploads.
+/// Reads one target's folder and plans: retention per kind over its usable backups, leftovers
+/// (no manifest, nothing written for [`LEFTOVER_AGE`]) and stale multipart uploads. Every
+/// manifest is read: only one that parses, names this target and whose objects exist counts.
 pub async fn plan(
     client: &Client,
     cfg: &S3Config,
@@ -115,70 +159,60 @@ pub async fn plan(
             }
             let f = folders.entry(id).or_default();
             f.keys.push(key.to_string());
-            f.committed |= name == MANIFEST;
-            let modified = o.last_modified().and_then(to_utc);
+            f.has_manifest |= name == MANIFEST;
+            let modified = o.last_modified().and_then(catalog::to_utc);
             f.newest = f.newest.max(modified);
+        }
+    }
+    let mut usable = BTreeSet::new();
+    let mut unusable = Vec::new();
+    for (id, f) in folders.iter().filter(|(_, f)| f.has_manifest) {
+        let key = layout::join(&[&scope.dir, &id.to_string(), MANIFEST]);
+        let reason = match catalog::read_manifest(client, cfg, &key).await {
+            Ok(m) => unusable_reason(&m, &scope.target, id, &f.keys),
+            Err(e) => Some(format!("manifest unreadable ({e}); not counted")),
+        };
+        match reason {
+            None => {
+                usable.insert(*id);
+            }
+            Some(reason) => unusable.push(Unusable { id: *id, reason }),
         }
     }
     let mut decisions = BTreeMap::new();
     for kind in [Kind::Logical, Kind::Physical] {
-        let ids: Vec<BackupId> = folders
+        let ids: Vec<BackupId> = usable
             .iter()
-            .filter(|(id, f)| id.kind == kind && f.committed)
-            .map(|(id, _)| *id)
+            .filter(|id| id.kind == kind)
+            .copied()
             .collect();
         if !ids.is_empty() {
             decisions.insert(kind, retention::plan(&ids, &scope.policy, min_backups, tz));
         }
     }
-    let leftovers = folders
+    let old = |t: Option<DateTime<Utc>>| t.is_none_or(|t| now - t > LEFTOVER_AGE);
+    let (leftovers, young_leftovers): (Vec<Leftover>, Vec<Leftover>) = folders
         .iter()
-        .filter(|(_, f)| !f.committed && f.newest.is_none_or(|t| now - t > LEFTOVER_AGE))
+        .filter(|(_, f)| !f.has_manifest)
         .map(|(id, f)| Leftover {
             id: *id,
             objects: f.keys.len(),
             last_modified: f.newest,
         })
-        .collect();
-    let mut stale_uploads = Vec::new();
-    let mut marker: (Option<String>, Option<String>) = (None, None);
-    loop {
-        let page = client
-            .list_multipart_uploads()
-            .bucket(&cfg.bucket)
-            .prefix(&root)
-            .set_key_marker(marker.0.clone())
-            .set_upload_id_marker(marker.1.clone())
-            .send()
-            .await
-            .map_err(|e| classify(cfg, "ListMultipartUploads", &e))?;
-        for u in page.uploads() {
-            let (Some(key), Some(upload_id)) = (u.key(), u.upload_id()) else {
-                continue;
-            };
-            if layout::parse_key(key).is_none_or(|(dir, _, _)| dir != scope.dir) {
-                continue;
-            }
-            let initiated = u.initiated().and_then(to_utc);
-            if initiated.is_none_or(|t| now - t > LEFTOVER_AGE) {
-                stale_uploads.push(StaleUpload {
-                    key: key.to_string(),
-                    upload_id: upload_id.to_string(),
-                    initiated,
-                });
-            }
-        }
-        if page.is_truncated() != Some(true) {
-            break;
-        }
-        marker = (
-            page.next_key_marker().map(String::from),
-            page.next_upload_id_marker().map(String::from),
-        );
-        if marker.0.is_none() {
-            break;
-        }
-    }
+        .partition(|l| old(l.last_modified));
+    let (stale_uploads, open_uploads): (Vec<StaleUpload>, Vec<StaleUpload>) =
+        catalog::uploads(client, cfg, &root)
+            .await?
+            .into_iter()
+            .filter(|(key, _, _)| {
+                layout::parse_key(key).is_some_and(|(dir, _, _)| dir == scope.dir)
+            })
+            .map(|(key, upload_id, initiated)| StaleUpload {
+                key,
+                upload_id,
+                initiated,
+            })
+            .partition(|u| old(u.initiated));
     Ok(TargetPlan {
         target: scope.target.clone(),
         dir: scope.dir.clone(),
@@ -186,6 +220,9 @@ pub async fn plan(
         decisions,
         leftovers,
         stale_uploads,
+        unusable,
+        young_leftovers,
+        open_uploads,
         folders: folders.into_iter().map(|(id, f)| (id, f.keys)).collect(),
     })
 }
@@ -270,7 +307,7 @@ pub async fn execute(client: &Client, cfg: &S3Config, plan: &TargetPlan) -> Resu
 }
 
 /// The plan as people read it: every backup with keep/remove and why.
-pub fn render(plan: &TargetPlan, tz: Tz) -> String {
+pub fn render(plan: &TargetPlan, tz: Tz, now: DateTime<Utc>) -> String {
     let mut out = format!("{} ({}/) — {}\n", plan.target, plan.dir, plan.policy);
     let mut rows = vec![vec![
         "ACTION".to_string(),
@@ -302,14 +339,54 @@ pub fn render(plan: &TargetPlan, tz: Tz) -> String {
             format!("uncommitted leftover ({} objects)", l.objects),
         ]);
     }
+    let when = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string())
+            .unwrap_or_default()
+    };
     for u in &plan.stale_uploads {
         rows.push(vec![
             "abort".into(),
             u.key.clone(),
-            u.initiated
-                .map(|t| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string())
-                .unwrap_or_default(),
+            when(u.initiated),
             "stale multipart upload".into(),
+        ]);
+    }
+    for x in &plan.unusable {
+        rows.push(vec![
+            "keep".into(),
+            x.id.to_string(),
+            when(Some(x.id.time)),
+            x.reason.clone(),
+        ]);
+    }
+    let age = |t: Option<DateTime<Utc>>| {
+        t.map(|t| {
+            let secs = (now - t).num_seconds().max(0) as u64;
+            humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+        })
+        .unwrap_or_else(|| "unknown age".into())
+    };
+    for l in &plan.young_leftovers {
+        rows.push(vec![
+            "keep".into(),
+            l.id.to_string(),
+            when(l.last_modified),
+            format!(
+                "uncommitted, {} objects, {} old: may be a backup still running (removed once a day old)",
+                l.objects,
+                age(l.last_modified),
+            ),
+        ]);
+    }
+    for u in &plan.open_uploads {
+        rows.push(vec![
+            "keep".into(),
+            u.key.clone(),
+            when(u.initiated),
+            format!(
+                "open multipart upload, {} old: may be a backup still running",
+                age(u.initiated)
+            ),
         ]);
     }
     if rows.len() == 1 {
@@ -323,11 +400,25 @@ pub fn render(plan: &TargetPlan, tz: Tz) -> String {
     }
     let kept = plan.decisions.values().flatten().filter(|d| d.keep).count();
     out.push_str(&format!(
-        "  {kept} kept, {} removed, {} leftovers, {} stale uploads\n",
+        "  {kept} kept, {} removed, {} leftovers, {} stale uploads",
         plan.removed().count(),
         plan.leftovers.len(),
         plan.stale_uploads.len()
     ));
+    if !plan.unusable.is_empty() {
+        out.push_str(&format!(
+            ", {} unusable (kept, not counted)",
+            plan.unusable.len()
+        ));
+    }
+    if !plan.young_leftovers.is_empty() || !plan.open_uploads.is_empty() {
+        out.push_str(&format!(
+            ", {} young leftovers and {} open uploads (kept)",
+            plan.young_leftovers.len(),
+            plan.open_uploads.len()
+        ));
+    }
+    out.push('\n');
     out
 }
 

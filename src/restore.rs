@@ -64,7 +64,7 @@ impl FromStr for BackupRef {
         }
         let bad = || {
             format!(
-                "{s:?} names no backup: expected `latest`, a backup id (20261120T030000Z-logical) or a key (project/service/20261120T030000Z-logical[/object]); see `pgctl list`"
+                "{s:?} names no backup: expected `latest`, a backup id (20261120T030000.123Z-4f2a9c-logical) or a key (project/service/<backup id>[/object]); see `pgctl list`"
             )
         };
         // `s3://bucket/key` is accepted too: people copy keys from other tools.
@@ -89,6 +89,21 @@ impl FromStr for BackupRef {
             id,
             object,
         })
+    }
+}
+
+/// An `s3://bucket/…` reference must name the configured bucket: pgbackup reads only
+/// `S3_BUCKET`, and silently reading another key there would restore the wrong thing.
+pub fn check_bucket_of(reference: &str, bucket: &str) -> Result<(), String> {
+    match reference
+        .trim()
+        .strip_prefix("s3://")
+        .and_then(|r| r.split('/').next())
+    {
+        Some(b) if b != bucket => Err(format!(
+            "{reference:?} is in bucket {b:?}, but pgbackup reads S3_BUCKET={bucket:?}: set S3_BUCKET (and its credentials) to that bucket, or copy the backup into this one"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -164,7 +179,8 @@ pub struct Plan {
     pub databases: Vec<DbPlan>,
     pub clean: bool,
     /// Temporary databases of earlier restores that were interrupted.
-    pub leftovers: Vec<String>,
+    /// What earlier restores left on this server.
+    pub leftovers: Leftovers,
 }
 
 impl fmt::Display for Plan {
@@ -219,11 +235,29 @@ impl fmt::Display for Plan {
             f,
             "  method     each database is loaded into a new database; all take their names in one transaction at the end"
         )?;
-        for l in &self.leftovers {
+        for db in &self.leftovers.abandoned_databases {
             writeln!(
                 f,
-                "  warning    {l} is left from an interrupted restore: drop it when no restore is running (DROP DATABASE {})",
-                quote_ident(l)
+                "  cleanup    {db}: the temporary database of an interrupted restore (no session of it is alive), dropped first"
+            )?;
+        }
+        for role in &self.leftovers.abandoned_roles {
+            writeln!(
+                f,
+                "  cleanup    role {role}: created by an interrupted restore that never completed, dropped first"
+            )?;
+        }
+        for db in &self.leftovers.replaced {
+            writeln!(
+                f,
+                "  warning    {db} holds a database an earlier restore replaced and could not drop: drop it when you no longer need it (DROP DATABASE {})",
+                quote_ident(db)
+            )?;
+        }
+        for run in &self.leftovers.running {
+            writeln!(
+                f,
+                "  warning    another restore (run {run}) is running on this server now"
             )?;
         }
         Ok(())
@@ -289,13 +323,6 @@ fn user_of(c: &Container, defaults: &Defaults) -> String {
         .unwrap_or_else(|| "postgres".to_string())
 }
 
-/// The compose project of the container pgctl runs in (the sidecar), if any: Docker sets the
-/// hostname to the container's short id.
-async fn own_project(docker: &DockerClient) -> Option<String> {
-    let me = docker.own_container().await?;
-    me.config?.labels?.remove("com.docker.compose.project")
-}
-
 /// Finds a running container by `project/service`, service, container name or id. A service
 /// name found in several compose projects resolves to the one in `prefer`, else to the
 /// sidecar's own project; otherwise it is ambiguous.
@@ -328,7 +355,7 @@ pub async fn find_container(
         .map(|(t, c)| (t.as_ref(), *c))
         .collect();
     if by_service.len() > 1 {
-        let own = own_project(docker).await;
+        let own = docker.own_project().map(String::from);
         for project in [prefer.map(String::from), own].into_iter().flatten() {
             let mine: Vec<&Container> = by_service
                 .iter()
@@ -342,9 +369,9 @@ pub async fn find_container(
     }
     match by_service.as_slice() {
         [(_, c)] => Ok((*c).clone()),
-        [] => Err(RestoreError::Usage(format!(
+        [] => Err(RestoreError::Usage(outside_scope(docker, name).await.unwrap_or_else(|| format!(
             "no running container is named {name:?} (as project/service, service or container name): start it, or check `docker compose ps`"
-        ))),
+        )))),
         many => Err(RestoreError::Usage(format!(
             "{name:?} is ambiguous: {}; name it as project/service",
             many.iter()
@@ -355,26 +382,74 @@ pub async fn find_container(
     }
 }
 
-/// The folder holding a target's backups: from its `pgbackup.prefix` when it runs with labels,
-/// else `project/service` as named.
+/// Refuses a restore target that is not a Postgres server (the sidecar, Garage, an app): the
+/// official image and those built on it set `PG_MAJOR`/`PGDATA`, others (Bitnami) `POSTGRESQL_*`.
+pub fn ensure_postgres(c: &Container) -> Result<(), RestoreError> {
+    let looks = c.env.keys().any(|k| {
+        matches!(k.as_str(), "PG_MAJOR" | "PGDATA" | "PG_VERSION") || k.starts_with("POSTGRES")
+    });
+    if looks {
+        Ok(())
+    } else {
+        Err(RestoreError::Usage(format!(
+            "{} is not a Postgres container (image {}: no PG_MAJOR, PGDATA or POSTGRES_* in its environment): pass the Postgres service with --to",
+            c.name, c.image
+        )))
+    }
+}
+
+/// Explains a name that matches only containers outside the scope (another compose project).
+async fn outside_scope(docker: &DockerClient, name: &str) -> Option<String> {
+    let all = docker.list_running_anywhere(&[]).await.ok()?;
+    let found: Vec<String> = all
+        .iter()
+        .filter(|c| !c.in_scope)
+        .filter(|c| {
+            TargetId::of(&c.labels, &c.name)
+                .is_some_and(|t| t.to_string() == name || t.service == name)
+                || c.name == name
+                || c.id == name
+        })
+        .map(|c| {
+            TargetId::of(&c.labels, &c.name)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| c.name.clone())
+        })
+        .collect();
+    (!found.is_empty()).then(|| {
+        format!(
+            "{name:?} is {}, outside this sidecar's scope ({}): pgbackup acts only on its own compose project unless PGBACKUP_SCOPE names others (or host)",
+            found.join(", "),
+            docker.scope()
+        )
+    })
+}
+
+/// The folder holding a target's backups and the target's identity: from its
+/// `pgbackup.prefix` when it runs with labels, else `project/service` as named.
 async fn source_dir(
     docker: &DockerClient,
     s3cfg: &S3Config,
     defaults: &Defaults,
     name: &str,
-) -> Result<String, RestoreError> {
+) -> Result<(String, String), RestoreError> {
     if let Ok(c) = find_container(docker, name, None).await {
-        if let Some(spec) = Target::from_container(&c, defaults)
-            .as_ref()
-            .and_then(|t| t.settings())
+        if let Some(t) = Target::from_container(&c, defaults)
+            && let Some(spec) = t.settings()
         {
-            return Ok(layout::target_dir(&s3cfg.prefix, &spec.prefix));
+            return Ok((
+                layout::target_dir(&s3cfg.prefix, &spec.prefix),
+                t.target.to_string(),
+            ));
         }
         if let Some(t) = TargetId::of(&c.labels, &c.name) {
-            return Ok(layout::target_dir(&s3cfg.prefix, &t.to_string()));
+            return Ok((
+                layout::target_dir(&s3cfg.prefix, &t.to_string()),
+                t.to_string(),
+            ));
         }
     }
-    Ok(layout::target_dir(&s3cfg.prefix, name))
+    Ok((layout::target_dir(&s3cfg.prefix, name), name.to_string()))
 }
 
 async fn by_key(
@@ -413,8 +488,8 @@ pub async fn resolve_backup(
                     "`latest` needs a target: pass --from TARGET (whose backups) or --to TARGET (restores its own latest)".into(),
                 )
             })?;
-            let dir = source_dir(docker, s3cfg, defaults, source).await?;
-            let m = catalog::latest(client, s3cfg, &dir, req.kind)
+            let (dir, id) = source_dir(docker, s3cfg, defaults, source).await?;
+            let m = catalog::latest(client, s3cfg, &dir, req.kind, Some(&id))
                 .await
                 .map_err(s3err)?
                 .ok_or_else(|| {
@@ -430,7 +505,7 @@ pub async fn resolve_backup(
         }
         BackupRef::Id(id) => {
             if let Some(from) = &req.from {
-                let dir = source_dir(docker, s3cfg, defaults, from).await?;
+                let (dir, _) = source_dir(docker, s3cfg, defaults, from).await?;
                 return Ok((by_key(client, s3cfg, &dir, id).await?, None));
             }
             let mut keys = catalog::manifest_keys(client, s3cfg, None)
@@ -483,13 +558,14 @@ pub async fn plan(
 ) -> Result<Plan, RestoreError> {
     if manifest.kind == Kind::Physical || manifest.format == Format::Tar {
         return Err(RestoreError::Usage(format!(
-            "{} is a physical base backup: restore it with --physical into a new volume (not available in this version), or unpack base.tar into an empty data directory by hand",
+            "{} is a physical base backup: restore it with `pgctl restore … --physical` (into a new volume the service is switched onto), or unpack base.tar into an empty data directory by hand",
             manifest.backup_id
         )));
     }
     let to = req.to.clone().unwrap_or_else(|| manifest.target.clone());
     let source_project = manifest.target.split_once('/').map(|(p, _)| p.to_string());
     let container = find_container(docker, &to, source_project.as_deref()).await?;
+    ensure_postgres(&container)?;
     let user = user_of(&container, defaults);
     let access = exec_access(docker, &container, &user);
     let mut chosen: Vec<&Object> = manifest
@@ -558,14 +634,7 @@ pub async fn plan(
             .as_deref()
             .and_then(pg::major_of)
             .is_some_and(|m| m >= dump_major);
-    let leftovers = access
-        .query(
-            "postgres",
-            &format!(
-                "SELECT datname FROM pg_database WHERE starts_with(datname, '{LOAD_PREFIX}') OR starts_with(datname, '{REPLACED_PREFIX}') ORDER BY 1"
-            ),
-        )
-        .await?;
+    let leftovers = leftovers_of(&access).await?;
     let existing: BTreeSet<String> = access
         .query("postgres", "SELECT datname FROM pg_database")
         .await?
@@ -1003,6 +1072,19 @@ pub fn temporary(run: &str, n: usize) -> Temporary {
     }
 }
 
+/// Marks a role created by run `run` (see [`ROLE_MARK`]). Setting a custom parameter on a
+/// role needs a superuser on Postgres 15+; without one the role stays unmarked and an
+/// interruption leaves it to be dropped by hand, as before.
+fn mark_role_sql(role: &str, run: &str) -> String {
+    let stmt = sql::quote_literal(&format!(
+        "ALTER ROLE {} SET {ROLE_MARK} = '{run}'",
+        sql::quote_ident(role)
+    ));
+    format!(
+        "DO $pgbackup$ BEGIN EXECUTE {stmt}; EXCEPTION WHEN insufficient_privilege THEN NULL; END $pgbackup$;\n"
+    )
+}
+
 /// A short id for one restore run: unique enough among runs on one server.
 fn run_id() -> String {
     let t = std::time::SystemTime::now()
@@ -1012,6 +1094,107 @@ fn run_id() -> String {
         "{:08x}",
         (t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)) as u32
     )
+}
+
+/// Marks the session that is alive for as long as a restore runs (`application_name`), so the
+/// next restore can tell an interrupted run (no such session) from a running one.
+fn liveness_name(run: &str) -> String {
+    format!("{LOAD_PREFIX}{run}")
+}
+
+/// The per-role setting that marks a role created by a restore run until its swap commits (the
+/// marks are removed in the swap's transaction): a role still marked by a run with no live
+/// session was created by a restore that never completed.
+pub const ROLE_MARK: &str = "pgbackup.restore_run";
+
+/// What earlier restores left on a server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Load databases of runs with no live session: dropped by the next restore.
+    pub abandoned_databases: Vec<String>,
+    /// Roles still marked by runs with no live session: dropped by the next restore.
+    pub abandoned_roles: Vec<String>,
+    /// Databases a completed restore replaced but could not drop: the user's old data, reported.
+    pub replaced: Vec<String>,
+    /// Runs alive now.
+    pub running: Vec<String>,
+}
+
+/// The run id inside a load database's name (`pgbackup_restore_<run>_<n>`).
+fn run_of(load: &str) -> Option<&str> {
+    load.strip_prefix(LOAD_PREFIX)?
+        .rsplit_once('_')
+        .map(|(r, _)| r)
+}
+
+/// Reads what earlier restores left and which runs are alive. Pure once the rows are read
+/// ([`classify_leftovers`]).
+async fn leftovers_of(access: &Access) -> Result<Leftovers, RestoreError> {
+    let rows = access
+        .query(
+            "postgres",
+            &format!(
+                "SELECT 'db|' || datname FROM pg_database WHERE starts_with(datname, '{LOAD_PREFIX}') OR starts_with(datname, '{REPLACED_PREFIX}')
+                 UNION ALL SELECT 'live|' || application_name FROM pg_stat_activity WHERE starts_with(application_name, '{LOAD_PREFIX}')
+                 UNION ALL SELECT 'role|' || r.rolname || '|' || substr(c, length('{ROLE_MARK}=') + 1)
+                   FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole, unnest(s.setconfig) c
+                   WHERE s.setdatabase = 0 AND starts_with(c, '{ROLE_MARK}=')
+                 ORDER BY 1"
+            ),
+        )
+        .await?;
+    Ok(classify_leftovers(&rows))
+}
+
+/// Sorts rows of `db|name`, `live|application_name`, `role|name|run` into [`Leftovers`].
+pub fn classify_leftovers(rows: &[String]) -> Leftovers {
+    let live: BTreeSet<&str> = rows
+        .iter()
+        .filter_map(|r| r.strip_prefix("live|")?.strip_prefix(LOAD_PREFIX))
+        .collect();
+    let mut out = Leftovers {
+        running: live.iter().map(|r| r.to_string()).collect(),
+        ..Default::default()
+    };
+    for r in rows {
+        if let Some(db) = r.strip_prefix("db|") {
+            match run_of(db) {
+                Some(run) if live.contains(run) => {}
+                Some(_) => out.abandoned_databases.push(db.to_string()),
+                None => out.replaced.push(db.to_string()),
+            }
+        } else if let Some(rest) = r.strip_prefix("role|")
+            && let Some((role, run)) = rest.rsplit_once('|')
+            && !live.contains(run)
+        {
+            out.abandoned_roles.push(role.to_string());
+        }
+    }
+    out
+}
+
+/// Drops what interrupted restores left: their load databases first (objects owned by their
+/// roles live there), then the roles. Failures are logged; nothing else depends on them.
+async fn clean_abandoned(access: &Access, maint: &str, server_major: u32, l: &Leftovers) {
+    for db in &l.abandoned_databases {
+        match drop_database(access, maint, db, server_major).await {
+            Ok(()) => {
+                tracing::info!(database = %db, "Dropped the temporary database of an interrupted restore.")
+            }
+            Err(e) => {
+                tracing::warn!(database = %db, "Could not drop the temporary database of an interrupted restore: {e}")
+            }
+        }
+    }
+    for role in &l.abandoned_roles {
+        let q = format!("DROP ROLE IF EXISTS {}", sql::quote_ident(role));
+        match access.query(maint, &q).await {
+            Ok(_) => tracing::info!(role = %role, "Dropped a role an interrupted restore created."),
+            Err(e) => {
+                tracing::warn!(role = %role, "Could not drop a role an interrupted restore created: {e}")
+            }
+        }
+    }
 }
 
 /// The database psql stays on while others are created, renamed and dropped: `postgres`,
@@ -1027,8 +1210,12 @@ fn maintenance_db(plan: &Plan) -> &'static str {
 /// The swap, one transaction: every database being replaced is renamed out of the way (its
 /// sessions ended first), every loaded database takes its name. Either all of it commits or
 /// none of it does.
-pub fn swap_sql(pairs: &[(&DbPlan, &Temporary)]) -> String {
+pub fn swap_sql(pairs: &[(&DbPlan, &Temporary)], also: &[String]) -> String {
     let mut s = String::from("BEGIN;\n");
+    for stmt in also {
+        s.push_str(stmt);
+        s.push('\n');
+    }
     for (d, t) in pairs {
         if d.exists {
             let name = sql::quote_literal(&d.database);
@@ -1089,6 +1276,21 @@ pub async fn execute(
         .collect();
     let mut created_roles = Vec::new();
     let mut skipped = Vec::new();
+    // Alive for as long as this run: the next restore knows it from an interrupted one.
+    let alive = pg::Held::open(
+        docker,
+        &plan.container.id,
+        &plan.user,
+        maint,
+        &format!("SET application_name = '{}';", liveness_name(&run)),
+    )
+    .await
+    .map_err(|e| {
+        RestoreError::Failed(format!(
+            "cannot open the restore's session: {e}. Nothing was changed"
+        ))
+    })?;
+    clean_abandoned(&access, maint, plan.server_major, &plan.leftovers).await;
 
     let loaded = async {
         if let Some(g) = &plan.globals {
@@ -1097,8 +1299,10 @@ pub async fn execute(
             let what = format!("restoring roles from {}", g.name);
             let mut s = Psql::start(docker, &plan.container, &plan.user, maint, &what).await?;
             // One transaction: every role is created, or none is. Roles commit first: the
-            // databases' owners and grants need them.
-            let body = format!("BEGIN;\n{script}\nCOMMIT;\n");
+            // databases' owners and grants need them. Each new role is marked with this run
+            // until the swap commits, so a crash in between cannot leave it unnoticed.
+            let marks: String = created.iter().map(|r| mark_role_sql(r, &run)).collect();
+            let body = format!("BEGIN;\n{script}\n{marks}COMMIT;\n");
             if let Err(e) = s.input.write_all(body.as_bytes()).await {
                 let said = s.abort().await;
                 return Err(RestoreError::Failed(format!("{what} failed: {e} {said}")));
@@ -1118,14 +1322,22 @@ pub async fn execute(
     let swapped = match loaded {
         Ok(()) => {
             let pairs: Vec<(&DbPlan, &Temporary)> = plan.databases.iter().zip(&temps).collect();
-            access.query(maint, &swap_sql(&pairs)).await.map_err(|e| {
-                RestoreError::Failed(format!("swapping the restored databases in failed: {e}"))
-            })
+            let unmark: Vec<String> = created_roles
+                .iter()
+                .map(|r| format!("ALTER ROLE {} RESET {ROLE_MARK};", sql::quote_ident(r)))
+                .collect();
+            access
+                .query(maint, &swap_sql(&pairs, &unmark))
+                .await
+                .map_err(|e| {
+                    RestoreError::Failed(format!("swapping the restored databases in failed: {e}"))
+                })
         }
         Err(e) => Err(e),
     };
     if let Err(e) = swapped {
         let state = undo(&access, plan, maint, &run, &temps, &created_roles).await;
+        alive.release().await;
         return Err(match e {
             RestoreError::Failed(m) => RestoreError::Failed(format!("{m}. {state}")),
             other => other,
@@ -1141,6 +1353,7 @@ pub async fn execute(
             left_over.push(t.replaced.clone());
         }
     }
+    alive.release().await;
     Ok(Outcome {
         backup_id: plan.manifest.backup_id.to_string(),
         source: plan.manifest.target.clone(),
@@ -1391,6 +1604,31 @@ async fn globals_script(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn leftovers_of_dead_runs_are_cleaned_and_live_ones_left_alone() {
+        let rows: Vec<String> = [
+            "db|pgbackup_restore_dead01_1",
+            "db|pgbackup_restore_dead01_2",
+            "db|pgbackup_restore_live02_1",
+            "db|pgbackup_replaced_old03_1",
+            "live|pgbackup_restore_live02",
+            "role|app_owner|dead01",
+            "role|Odd|Name|dead01",
+            "role|reader|live02",
+        ]
+        .map(String::from)
+        .to_vec();
+        let l = classify_leftovers(&rows);
+        assert_eq!(
+            l.abandoned_databases,
+            ["pgbackup_restore_dead01_1", "pgbackup_restore_dead01_2"]
+        );
+        assert_eq!(l.abandoned_roles, ["app_owner", "Odd|Name"]);
+        assert_eq!(l.replaced, ["pgbackup_replaced_old03_1"]);
+        assert_eq!(l.running, ["live02"]);
+        assert_eq!(classify_leftovers(&[]), Leftovers::default());
+    }
+
     use super::*;
     use rstest::rstest;
 
@@ -1489,7 +1727,14 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
         };
         let (a, b) = (db("shop", true), db("Odd \"name\"", false));
         let (ta, tb) = (temporary("ab12", 1), temporary("ab12", 2));
-        let sql = swap_sql(&[(&a, &ta), (&b, &tb)]);
+        let sql = swap_sql(
+            &[(&a, &ta), (&b, &tb)],
+            &["ALTER ROLE \"r\" RESET pgbackup.restore_run;".into()],
+        );
+        assert!(
+            sql.starts_with("BEGIN;\nALTER ROLE \"r\" RESET pgbackup.restore_run;\n"),
+            "the marks go in the swap's own transaction: {sql}"
+        );
         assert!(
             sql.starts_with("BEGIN;\n") && sql.ends_with("COMMIT;\n"),
             "{sql}"

@@ -11,13 +11,14 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use tokio::sync::{Mutex, RwLock, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::backup::{self, BackupError, Ctx};
 use crate::config::S3Config;
 use crate::discovery::{Shared, Target};
 use crate::docker::DockerClient;
 use crate::labels::TargetId;
-use crate::layout::Kind;
+use crate::layout::{self, BackupId, Kind};
 use crate::metrics::{DbLabels, JobLabels, Metrics};
 use crate::prune;
 use crate::schedule::Schedule;
@@ -49,6 +50,18 @@ pub struct TargetState {
     pub running: Option<Running>,
     pub last: Option<JobResult>,
     pub last_success: Option<JobResult>,
+    /// What the last retention run found and kept (young leftovers, open uploads, backups it
+    /// could not count), so status shows it between prunes.
+    pub storage: Option<StorageNotes>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StorageNotes {
+    pub checked_at: DateTime<Utc>,
+    pub young_leftovers: usize,
+    pub open_uploads: usize,
+    pub oldest_kept: Option<DateTime<Utc>>,
+    pub unusable: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,6 +82,10 @@ pub enum RunError {
         trigger: Trigger,
         since: DateTime<Utc>,
     },
+    #[error("the controller is shutting down; no new backup starts")]
+    ShuttingDown,
+    #[error("the backup task failed: {0}")]
+    Crashed(String),
 }
 
 pub struct Runner {
@@ -78,6 +95,9 @@ pub struct Runner {
     pub tz: Tz,
     pub min_backups: u32,
     slots: Semaphore,
+    /// Cancelled on shutdown: running jobs stop, clean up and report.
+    cancel: CancellationToken,
+    active: std::sync::atomic::AtomicUsize,
     locks: Mutex<HashMap<TargetId, Arc<Mutex<()>>>>,
     pub state: RwLock<BTreeMap<String, TargetState>>,
     pub metrics: Metrics,
@@ -99,6 +119,8 @@ impl Runner {
             tz,
             min_backups,
             slots: Semaphore::new(concurrency),
+            cancel: CancellationToken::new(),
+            active: Default::default(),
             locks: Mutex::default(),
             state: RwLock::default(),
             metrics: Metrics::default(),
@@ -114,9 +136,38 @@ impl Runner {
             .clone()
     }
 
+    /// Cancels every running job and waits (up to `grace`) until each has cleaned up and
+    /// recorded its failure. New jobs are refused from now on. Returns how many were still
+    /// running when the grace ran out.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.cancel.cancel();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let n = self.active.load(std::sync::atomic::Ordering::SeqCst);
+            if n == 0 || tokio::time::Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs one job now. With `wait`, waits for a running job of the same target to end;
     /// without, refuses with [`RunError::Busy`].
     pub async fn run(
+        &self,
+        target: &Target,
+        kind: Kind,
+        trigger: Trigger,
+        wait: bool,
+    ) -> Result<JobResult, RunError> {
+        if self.cancel.is_cancelled() {
+            return Err(RunError::ShuttingDown);
+        }
+        let _active = Active::enter(&self.active);
+        self.run_counted(target, kind, trigger, wait).await
+    }
+
+    async fn run_counted(
         &self,
         target: &Target,
         kind: Kind,
@@ -165,23 +216,31 @@ impl Runner {
             s3: &self.s3,
             s3cfg: &self.s3cfg,
         };
-        let outcome = match kind {
-            Kind::Logical => {
-                match tokio::time::timeout(timeout, backup::logical(&ctx, target, started_at)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(timed_out(timeout)),
-                }
-            }
-            Kind::Physical => {
-                match tokio::time::timeout(timeout, backup::physical(&ctx, target, started_at))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(timed_out(timeout)),
-                }
+        let id = BackupId::unique(started_at, kind);
+        let job = async {
+            match kind {
+                Kind::Logical => backup::logical(&ctx, target, id).await,
+                Kind::Physical => backup::physical(&ctx, target, id).await,
             }
         };
+        // Whatever ends the job — its error, its timeout, a shutdown — the folder it was
+        // writing is removed before the result is reported: nothing is left behind.
+        let outcome = tokio::select! {
+            r = job => r,
+            _ = tokio::time::sleep(timeout) => Err(timed_out(timeout)),
+            _ = self.cancel.cancelled() => Err(BackupError::Refused(
+                "the controller is shutting down (SIGTERM): the backup was cancelled and nothing was committed".into(),
+            )),
+        };
+        if let (Err(e), Some(spec)) = (&outcome, target.settings())
+            && !matches!(e, BackupError::FolderTaken(_))
+        {
+            backup::discard(
+                &ctx,
+                &layout::backup_dir(&self.s3cfg.prefix, &spec.prefix, &id),
+            )
+            .await;
+        }
         let duration = clock.elapsed().as_secs_f64();
         self.metrics.running.dec();
         let labels = JobLabels {
@@ -270,6 +329,22 @@ impl Runner {
     }
 }
 
+/// Counts a running job for [`Runner::shutdown`], however its future ends.
+struct Active<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Active<'a> {
+    fn enter(n: &'a std::sync::atomic::AtomicUsize) -> Active<'a> {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Active(n)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 fn timed_out(timeout: Duration) -> BackupError {
     BackupError::Refused(format!(
         "the backup took longer than its timeout of {} (pgbackup.timeout) and was aborted",
@@ -292,6 +367,24 @@ impl Runner {
                 Utc::now(),
             )
             .await?;
+            let notes = StorageNotes {
+                checked_at: Utc::now(),
+                young_leftovers: plan.young_leftovers.len(),
+                open_uploads: plan.open_uploads.len(),
+                oldest_kept: plan
+                    .young_leftovers
+                    .iter()
+                    .filter_map(|l| l.last_modified)
+                    .chain(plan.open_uploads.iter().filter_map(|u| u.initiated))
+                    .min(),
+                unusable: plan.unusable.len(),
+            };
+            self.state
+                .write()
+                .await
+                .entry(scope.target.clone())
+                .or_default()
+                .storage = Some(notes);
             prune::execute(&self.s3, &self.s3cfg, &plan).await
         }
         .await;

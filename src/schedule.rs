@@ -53,10 +53,18 @@ impl Schedule {
             .build()
             .parse(s)
             .map_err(|e| e.to_string())?;
-        Ok(Schedule::Cron {
+        let schedule = Schedule::Cron {
             pattern: s.to_string(),
             cron: Box::new(cron),
-        })
+        };
+        // A pattern that is valid but matches no date (`0 0 31 2 *`) would silently never run.
+        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("valid")
+            .with_timezone(&Utc);
+        if schedule.next_after(start, Tz::UTC).is_none() {
+            return Err("it never fires (no date matches it)".into());
+        }
+        Ok(schedule)
     }
 
     /// The first run strictly after `now`, evaluated in `tz` (so `@daily` means local midnight
@@ -104,6 +112,8 @@ mod tests {
     #[case("not-a-cron")]
     #[case("* * * *")]
     #[case("0 0 0 1 1 * 2030")]
+    #[case("0 0 31 2 *")]
+    #[case("0 0 30 2 *")]
     #[case("61 * * * *")]
     #[case("@fortnightly")]
     #[case("")]

@@ -15,6 +15,12 @@ pub struct Report {
     pub timezone: String,
     pub docker: DockerView,
     pub targets: Vec<serde_json::Value>,
+    /// Containers not opted in whose labels look like ours (name → labels): likely typos.
+    #[serde(default)]
+    pub not_opted_in: std::collections::BTreeMap<String, Vec<String>>,
+    /// Physical restores whose switch was cut off (`project/service (old container …)`).
+    #[serde(default)]
+    pub unfinished_restores: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -63,6 +69,8 @@ pub fn report(
         timezone: tz.to_string(),
         docker,
         targets,
+        not_opted_in: Default::default(),
+        unfinished_restores: vec![],
     }
 }
 
@@ -103,6 +111,27 @@ pub fn render(r: &Report) -> String {
                 ));
             }
         }
+        let storage = &t["run"]["storage"];
+        let (young, open, unusable) = (
+            storage["young_leftovers"].as_u64().unwrap_or(0),
+            storage["open_uploads"].as_u64().unwrap_or(0),
+            storage["unusable"].as_u64().unwrap_or(0),
+        );
+        if young + open > 0 {
+            notes.push((
+                rows.len(),
+                format!(
+                    "storage: {young} uncommitted folders and {open} open uploads kept (oldest from {}): removed by prune once a day old",
+                    storage["oldest_kept"].as_str().unwrap_or("?")
+                ),
+            ));
+        }
+        if unusable > 0 {
+            notes.push((
+                rows.len(),
+                format!("storage: {unusable} backups not counted by retention (see pgctl prune --dry-run)"),
+            ));
+        }
         let dbs = match &settings["databases"] {
             serde_json::Value::String(s) if s == "all" => "all".to_string(),
             v => v["list"]
@@ -133,6 +162,18 @@ pub fn render(r: &Report) -> String {
         out.push_str(
             "note: no controller answered; showing labels read directly from Docker (no run state)\n",
         );
+    }
+    for u in &r.unfinished_restores {
+        let service = u.split(' ').next().unwrap_or(u);
+        out.push_str(&format!(
+            "warning: unfinished physical restore of {u}: finish it with `pgctl restore --resume {service}` or undo it with `pgctl restore --rollback {service}`\n"
+        ));
+    }
+    for (name, labels) in &r.not_opted_in {
+        out.push_str(&format!(
+            "warning: container {name} has {} but no pgbackup.enable=true: not backed up (a typo?)\n",
+            labels.join(", ")
+        ));
     }
     if !r.docker.connected {
         out.push_str(&format!(

@@ -231,6 +231,10 @@ pub async fn upload(
             })
         }
         Err(e) => {
+            let e = match e {
+                UploadError::S3(s3) => UploadError::S3(s3.diagnose_write(client, cfg, key).await),
+                other => other,
+            };
             abort(client, cfg, key, &upload_id).await;
             Err(e)
         }
@@ -281,6 +285,9 @@ pub async fn abort(client: &Client, cfg: &S3Config, key: &str, upload_id: &str) 
             }
             Err(e) => {
                 let err = classify(cfg, "AbortMultipartUpload", &e);
+                if matches!(err, S3Error::NotFound { .. }) {
+                    return; // already aborted (the drop guard and the job's clean-up both try)
+                }
                 if attempt == 7 || !err.is_transient() {
                     tracing::warn!(key, error = %err, "Could not abort a multipart upload; prune will remove it.");
                     return;
@@ -321,21 +328,28 @@ async fn upload_parts(
         let md5 = cfg.object_lock.then(|| content_md5(&data));
         let n = number;
         tasks.spawn(async move {
-            let mut req = client
-                .upload_part()
-                .bucket(&cfg2.bucket)
-                .key(&key2)
-                .upload_id(&id)
-                .part_number(n as i32)
-                .content_length(data.len() as i64)
-                .body(ByteStream::from(data));
-            if let Some(m) = md5 {
-                req = req.content_md5(m);
-            }
-            let out = req
-                .send()
-                .await
-                .map_err(|e| classify(&cfg2, "UploadPart", &e))?;
+            let out = with_retries(|| {
+                let mut req = client
+                    .upload_part()
+                    .bucket(&cfg2.bucket)
+                    .key(&key2)
+                    .upload_id(&id)
+                    .part_number(n as i32)
+                    .content_length(data.len() as i64)
+                    .body(ByteStream::from(data.clone()));
+                if let Some(m) = &md5 {
+                    req = req.content_md5(m);
+                }
+                let (client_cfg, len) = (&cfg2, data.len() as u64);
+                async move {
+                    req.customize()
+                        .config_override(single_attempt(client_cfg, len))
+                        .send()
+                        .await
+                        .map_err(|e| classify(client_cfg, "UploadPart", &e))
+                }
+            })
+            .await?;
             Ok(CompletedPart::builder()
                 .part_number(n as i32)
                 .set_e_tag(out.e_tag)
@@ -395,22 +409,66 @@ async fn join_next(
 /// A single PUT of a small object (also SHA256SUMS and manifest.json).
 pub async fn put(client: &Client, cfg: &S3Config, key: &str, data: Bytes) -> Result<(), S3Error> {
     let md5 = cfg.object_lock.then(|| content_md5(&data));
-    let mut req = client
-        .put_object()
-        .bucket(&cfg.bucket)
-        .key(key)
-        .content_length(data.len() as i64)
-        .body(ByteStream::from(data));
-    if let Some(m) = md5 {
-        req = req.content_md5(m);
+    let result = with_retries(|| {
+        let mut req = client
+            .put_object()
+            .bucket(&cfg.bucket)
+            .key(key)
+            .content_length(data.len() as i64)
+            .body(ByteStream::from(data.clone()));
+        if let Some(m) = &md5 {
+            req = req.content_md5(m);
+        }
+        if let Some(sc) = &cfg.storage_class {
+            req = req.storage_class(StorageClass::from(sc.as_str()));
+        }
+        let len = data.len() as u64;
+        async move {
+            req.customize()
+                .config_override(single_attempt(cfg, len))
+                .send()
+                .await
+                .map_err(|e| classify(cfg, "PutObject", &e))
+        }
+    })
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.diagnose_write(client, cfg, key).await),
     }
-    if let Some(sc) = &cfg.storage_class {
-        req = req.storage_class(StorageClass::from(sc.as_str()));
+}
+
+/// Attempts of one write: the first error that is not transient ends them at once (a full
+/// storage, a refusal), so it is what the backup reports, not a later attempt's timeout.
+const WRITE_ATTEMPTS: u32 = 3;
+
+/// One attempt per SDK call (we retry, in [`with_retries`]), with the size-scaled time limit.
+fn single_attempt(cfg: &S3Config, bytes: u64) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::new()
+        .timeout_config(crate::s3::upload_timeouts(cfg.timeout, bytes))
+        .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(1))
+}
+
+/// Runs a write up to [`WRITE_ATTEMPTS`] times with backoff while its error is transient.
+async fn with_retries<T, F, Fut>(mut attempt: F) -> Result<T, S3Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, S3Error>>,
+{
+    let mut delay = std::time::Duration::from_millis(500);
+    let mut n = 1;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if n < WRITE_ATTEMPTS && e.is_transient() => {
+                tracing::debug!(error = %e, attempt = n, "S3 write failed; retrying.");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+                n += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    req.send()
-        .await
-        .map_err(|e| classify(cfg, "PutObject", &e))?;
-    Ok(())
 }
 
 #[cfg(test)]

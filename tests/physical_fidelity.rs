@@ -181,7 +181,7 @@ fn physical_backups_under_wal_churn_restore_exactly_by_pgctl_and_by_hand() {
     let volume = format!("{}-by-hand", sc.project);
     let script = blocks
         .replace(
-            "s3://pgbackup/pgbackup/db/20261121T030000Z-physical",
+            "s3://pgbackup/pgbackup/db/20261121T030000.412Z-4f2a9c-physical",
             &folder,
         )
         .replace("db-restored", &volume);

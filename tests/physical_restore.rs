@@ -419,3 +419,112 @@ fn in_place_restore_and_standby_with_auto_conf() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("read-only"), "{}", stderr(&o));
 }
+
+/// Starts a physical restore with pgctl on the host whose `--post-sql` script sleeps, and kills
+/// pgctl (SIGKILL: no chance to roll back) once the new container runs the script.
+fn kill_mid_switch(stack: &Stack, s: &Scratch) {
+    let scripts = s.dir.join("slow-sql");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::write(scripts.join("10-slow.sql"), "SELECT pg_sleep(120);\n").unwrap();
+    let mut child = stack
+        .host_pgctl_cmd(&[
+            "restore",
+            "latest",
+            "--physical",
+            "--to",
+            &s.target(),
+            "--post-sql",
+            &scripts.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sleeping = wait_until(Duration::from_secs(120), || {
+        let o = run(Command::new("docker").args([
+            "exec",
+            &s.container(),
+            "psql",
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-tAc",
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(120)%'",
+        ]));
+        (stdout(&o).trim() == "1").then_some(())
+    });
+    assert!(
+        sleeping.is_some(),
+        "the new container ran the post-sql script"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_switch_cut_off_half_way_is_reported_then_rolled_back_or_finished() {
+    let stack = stack!();
+    let s = Scratch::new(&stack);
+    let original = s.text();
+    let old_volume = format!("{}_pgdata", s.project);
+    let old_id = s.container_id();
+    s.sql("CREATE TABLE t (v text); INSERT INTO t VALUES ('at-backup')");
+    backup(&stack, &s.target());
+    s.sql("INSERT INTO t VALUES ('after-backup')");
+    let journal = s.dir.join(".pgbackup-restore-pg.json");
+
+    // Cut off: the service runs on the new volume, the compose file still names the old one,
+    // the old container waits aside. Status says so, naming both ways out.
+    kill_mid_switch(&stack, &s);
+    assert!(journal.exists(), "the switch left its journal");
+    assert!(s.leftovers().contains("pgbackup-replaced"));
+    let status = ok(&stack.pgctl(&["status"]));
+    assert!(
+        status.contains(&format!("unfinished physical restore of {}", s.target()))
+            && status.contains(&format!("pgctl restore --rollback {}", s.target())),
+        "{status}"
+    );
+
+    // Rolled back: the old container, volume, data and compose file, nothing left over.
+    let out = ok(&stack.pgctl(&["restore", "--rollback", &s.target()]));
+    assert!(out.contains("rolled back"), "{out}");
+    assert_eq!(s.container_id(), old_id);
+    s.wait_healthy();
+    assert_eq!(s.sql(ROWS), "after-backup,at-backup");
+    assert_eq!(s.text(), original);
+    assert_eq!(s.volumes(), vec![old_volume.clone()]);
+    assert!(
+        !s.leftovers().contains("pgbackup-replaced"),
+        "{}",
+        s.leftovers()
+    );
+    assert!(!journal.exists());
+    let status = ok(&stack.pgctl(&["status"]));
+    assert!(!status.contains("unfinished physical restore"), "{status}");
+
+    // Cut off again, then finished: the restored data, the compose file rewritten, the old
+    // container gone, the old volume kept.
+    kill_mid_switch(&stack, &s);
+    let out = ok(&stack.pgctl(&["restore", "--resume", &s.target()]));
+    assert!(out.contains("finished the restore"), "{out}");
+    s.wait_healthy();
+    assert_eq!(s.sql(ROWS), "at-backup");
+    let new_volume = s.data_volume();
+    assert!(
+        new_volume.starts_with(&format!("{}_pgdata-restored-", s.project)),
+        "{new_volume}"
+    );
+    assert!(s.text().contains("pgdata-restored-"), "{}", s.text());
+    assert!(
+        !s.leftovers().contains("pgbackup-replaced"),
+        "{}",
+        s.leftovers()
+    );
+    assert!(s.volumes().contains(&old_volume));
+    assert!(!journal.exists());
+    // The rewritten compose file brings the same data up.
+    let o = s.compose(&["up", "-d", "--wait"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(s.sql(ROWS), "at-backup");
+}

@@ -4,10 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{stderr, stdout, wait_until};
-use serde_json::Value;
+use common::{stderr, stdout};
 
 #[test]
 fn object_lock_md5_storage_class_and_prefix() {
@@ -18,16 +15,7 @@ fn object_lock_md5_storage_class_and_prefix() {
         ("S3_PREFIX", "md5-test".into()),
     ]);
     let target = format!("{}/db", s.project);
-    let ready = wait_until(Duration::from_secs(30), || {
-        let o = common::host_pgctl(&["status", "--json", "--controller", &ctl.url]);
-        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
-        v["targets"]
-            .as_array()?
-            .iter()
-            .any(|t| t["target"] == target.as_str())
-            .then_some(())
-    });
-    assert!(ready.is_some(), "host controller lists {target}");
+    ctl.wait_lists(&target);
     let o = common::host_pgctl(&["backup", "--wait", "--controller", &ctl.url, &target]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
 

@@ -381,6 +381,22 @@ pub struct HostController {
     pub url: String,
 }
 
+impl HostController {
+    /// Waits until this controller's status lists `target`.
+    pub fn wait_lists(&self, target: &str) {
+        let listed = wait_until(Duration::from_secs(30), || {
+            let o = host_pgctl(&["status", "--json", "--controller", &self.url]);
+            let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+            v["targets"]
+                .as_array()?
+                .iter()
+                .any(|t| t["target"] == target)
+                .then_some(())
+        });
+        assert!(listed.is_some(), "the host controller lists {target}");
+    }
+}
+
 impl Drop for HostController {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -455,6 +471,27 @@ pub fn wait_ready(container: &str) {
     // The official entrypoint restarts the server once after init; let it settle.
     std::thread::sleep(Duration::from_secs(2));
     wait_until(Duration::from_secs(30), ready).expect("ready again");
+}
+
+impl Stack {
+    /// A standalone target holding [`BIG_TABLE`] (no compression, no roles: a backup that is
+    /// still uploading seconds after it started), listed by the sidecar; removed when the
+    /// returned guard drops.
+    pub fn big_target(&self, prefix: &str) -> (String, Cleanup) {
+        let name = unique(prefix);
+        let guard = Cleanup(name.clone());
+        self.start_pg(
+            &name,
+            &[
+                ("pgbackup.enable", "true"),
+                ("pgbackup.compression", "none"),
+                ("pgbackup.globals", "false"),
+            ],
+        );
+        psql(&name, "postgres", "postgres", BIG_TABLE);
+        wait_until(Duration::from_secs(15), || self.target(&name)).expect("listed");
+        (name, guard)
+    }
 }
 
 /// `pg_isready` over TCP inside the container.
