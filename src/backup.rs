@@ -1,22 +1,22 @@
 //! One logical backup of one target: list databases, stream every dump through the pipeline
-//! into S3, then `SHA256SUMS`, then `manifest.json` (the commit marker).
+//! into the store, then `SHA256SUMS`, then `manifest.json` (the commit marker).
 
 use std::sync::atomic::Ordering;
 
-use aws_sdk_s3::Client;
 use bytes::Bytes;
 use chrono::Utc;
 
 use crate::catalog;
-use crate::config::{S3Config, Secret};
+use crate::config::Secret;
 use crate::discovery::Target;
 use crate::docker::{Container, DockerClient};
 use crate::labels::{Databases, Format, Method, TargetSpec};
 use crate::layout::{self, BackupId, Kind};
 use crate::manifest::{self, Manifest, Object, ObjectKind, Postgres};
 use crate::pg::{self, Access, PgError};
+use crate::pipeline;
 use crate::restore::sql::DropTransactionTimeout;
-use crate::upload::{self, Counting, UploadError};
+use crate::store::{Store, UploadError};
 use tokio::io::{AsyncRead, ReadBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +59,7 @@ impl BackupError {
 
 pub struct Ctx<'a> {
     pub docker: &'a DockerClient,
-    pub s3: &'a Client,
-    pub s3cfg: &'a S3Config,
+    pub store: &'a dyn Store,
 }
 
 /// The password of a target for `connect` mode: `POSTGRES_PASSWORD`, or the file named by
@@ -233,24 +232,18 @@ async fn dump_object(
     args: &[String],
     label: &str,
     filter: bool,
-) -> Result<(u64, upload::Uploaded), BackupError> {
+) -> Result<(u64, pipeline::Uploaded), BackupError> {
     let mut stream = access.stream(program, args).await?;
     let mut filtered = Filtered::new(&mut stream, filter);
-    let (counting, raw) = Counting::new(&mut filtered);
+    let (counted, raw) = pipeline::counting(&mut filtered);
     // The pipeline borrows the stream; it is finished (exit code) once the upload is done.
-    let compressed = upload::compress(counting, spec.compression);
-    let uploaded = upload::upload(ctx.s3, ctx.s3cfg, key, compressed).await;
+    let compressed = pipeline::compress(counted, spec.compression);
+    let uploaded = pipeline::store_stream(ctx.store, key, compressed).await;
     drop(filtered);
     let exit = stream.finish().await?;
     if exit.code != 0 {
         if uploaded.is_ok() {
-            let _ = ctx
-                .s3
-                .delete_object()
-                .bucket(&ctx.s3cfg.bucket)
-                .key(key)
-                .send()
-                .await;
+            let _ = ctx.store.delete(key).await;
         }
         return Err(BackupError::Dump {
             database: label.to_string(),
@@ -304,7 +297,7 @@ pub async fn logical(
     let access = access_for(ctx, &c, spec).await?;
     let server = server_info(&access, "pg_dump").await?;
     let dbs = databases(&access, spec).await?;
-    let dir = layout::backup_dir(&ctx.s3cfg.prefix, &spec.prefix, &id);
+    let dir = layout::backup_dir(ctx.store.prefix(), &spec.prefix, &id);
     ensure_own_folder(ctx, spec, target).await?;
     ensure_new_folder(ctx, &dir).await?;
     let mut objects = Vec::new();
@@ -415,17 +408,16 @@ async fn upload_sums(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) -> Result<(),
         .iter()
         .map(|o| (o.name.clone(), o.sha256.clone()))
         .collect();
-    upload::put(
-        ctx.s3,
-        ctx.s3cfg,
-        &layout::join(&[dir, layout::SUMS]),
-        Bytes::from(layout::sums_file(&sums)),
-    )
-    .await
-    .map_err(|e| BackupError::Upload {
-        what: "writing SHA256SUMS".into(),
-        source: e.into(),
-    })
+    ctx.store
+        .put(
+            &layout::join(&[dir, layout::SUMS]),
+            Bytes::from(layout::sums_file(&sums)),
+        )
+        .await
+        .map_err(|e| BackupError::Upload {
+            what: "writing SHA256SUMS".into(),
+            source: e.into(),
+        })
 }
 
 /// Refuses to write into another target's folder: with a `pgbackup.prefix` of its own, the
@@ -441,8 +433,8 @@ async fn ensure_own_folder(
     if spec.prefix == target.target.to_string() {
         return Ok(());
     }
-    let dir = layout::target_dir(&ctx.s3cfg.prefix, &spec.prefix);
-    let owner = catalog::folder_owner(ctx.s3, ctx.s3cfg, &dir)
+    let dir = layout::target_dir(ctx.store.prefix(), &spec.prefix);
+    let owner = catalog::folder_owner(ctx.store, &dir)
         .await
         .map_err(|e| BackupError::Upload {
             what: format!("listing {dir}/"),
@@ -460,7 +452,7 @@ async fn ensure_own_folder(
 /// Refuses to write into a folder that already holds anything: ids are unique per run
 /// ([`BackupId::unique`]), so a non-empty folder is another writer's.
 async fn ensure_new_folder(ctx: &Ctx<'_>, dir: &str) -> Result<(), BackupError> {
-    let found = catalog::keys(ctx.s3, ctx.s3cfg, &format!("{dir}/"))
+    let found = catalog::keys(ctx.store, &format!("{dir}/"))
         .await
         .map_err(|e| BackupError::Upload {
             what: format!("listing {dir}/"),
@@ -481,7 +473,9 @@ async fn ensure_new_folder(ctx: &Ctx<'_>, dir: &str) -> Result<(), BackupError> 
 async fn check_uploaded(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) -> Result<(), BackupError> {
     for o in objects {
         let key = layout::join(&[dir, &o.name]);
-        let size = catalog::size_of(ctx.s3, ctx.s3cfg, &key)
+        let size = ctx
+            .store
+            .head(&key)
             .await
             .map_err(|e| BackupError::Upload {
                 what: format!("checking {key} before the commit"),
@@ -503,26 +497,22 @@ async fn check_uploaded(ctx: &Ctx<'_>, dir: &str, objects: &[Object]) -> Result<
 /// still open. Best effort (no manifest means nothing is listed; `prune` removes what remains).
 pub async fn discard(ctx: &Ctx<'_>, dir: &str) {
     let root = format!("{dir}/");
-    match catalog::keys(ctx.s3, ctx.s3cfg, &root).await {
+    match catalog::keys(ctx.store, &root).await {
         Ok(keys) => {
             for k in &keys {
-                let _ = ctx
-                    .s3
-                    .delete_object()
-                    .bucket(&ctx.s3cfg.bucket)
-                    .key(k)
-                    .send()
-                    .await;
+                let _ = ctx.store.delete(k).await;
             }
         }
         Err(e) => {
             tracing::warn!(dir, error = %e, "Could not list a failed backup's objects; prune will remove them.")
         }
     }
-    match catalog::uploads(ctx.s3, ctx.s3cfg, &root).await {
+    match ctx.store.uploads(&root).await {
         Ok(open) => {
-            for (key, upload_id, _) in open {
-                upload::abort(ctx.s3, ctx.s3cfg, &key, &upload_id).await;
+            for u in open {
+                if let Err(e) = ctx.store.abort(&u.key, &u.upload_id).await {
+                    tracing::warn!(key = u.key, error = %e, "Could not abort an upload; prune will.");
+                }
             }
         }
         Err(e) => {
@@ -534,17 +524,16 @@ pub async fn discard(ctx: &Ctx<'_>, dir: &str) {
 /// Writes `manifest.json`, last: its presence is what makes the backup exist.
 async fn commit_manifest(ctx: &Ctx<'_>, dir: &str, m: Manifest) -> Result<Manifest, BackupError> {
     check_uploaded(ctx, dir, &m.objects).await?;
-    upload::put(
-        ctx.s3,
-        ctx.s3cfg,
-        &layout::join(&[dir, layout::MANIFEST]),
-        Bytes::from(m.to_json()),
-    )
-    .await
-    .map_err(|e| BackupError::Upload {
-        what: "committing manifest.json".into(),
-        source: e.into(),
-    })?;
+    ctx.store
+        .put(
+            &layout::join(&[dir, layout::MANIFEST]),
+            Bytes::from(m.to_json()),
+        )
+        .await
+        .map_err(|e| BackupError::Upload {
+            what: "committing manifest.json".into(),
+            source: e.into(),
+        })?;
     Ok(m)
 }
 
@@ -610,7 +599,7 @@ pub async fn physical(
         .ok_or_else(|| {
             BackupError::Refused(format!("cannot read the system identifier: {row:?}"))
         })?;
-    let dir = layout::backup_dir(&ctx.s3cfg.prefix, &spec.prefix, &id);
+    let dir = layout::backup_dir(ctx.store.prefix(), &spec.prefix, &id);
     ensure_own_folder(ctx, spec, target).await?;
     ensure_new_folder(ctx, &dir).await?;
     let mut objects = Vec::new();

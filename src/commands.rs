@@ -138,11 +138,11 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         Ok(v) => v,
         Err(code) => return code,
     };
-    if let Err(e) = restore::check_bucket_of(&args.backup, &cfg.s3.bucket) {
+    if let Err(e) = restore::check_bucket_of(&args.backup, &cfg.destination.location()) {
         eprintln!("pgctl: {e}");
         return exit::USAGE;
     }
-    let client = pgbackup::s3::client(&cfg.s3).await;
+    let store = pgbackup::store::open(&cfg.destination).await;
     let defaults = cfg.defaults();
     let req = Request {
         backup,
@@ -157,11 +157,20 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         },
     };
     if let Some(options) = args.physical {
-        return restore_physical(&docker, &client, &cfg, &req, options, args.dry_run, json).await;
+        return restore_physical(
+            &docker,
+            store.as_ref(),
+            &cfg,
+            &req,
+            options,
+            args.dry_run,
+            json,
+        )
+        .await;
     }
     let result = async {
         let (manifest, object) =
-            restore::resolve_backup(&docker, &client, &cfg.s3, &defaults, &req).await?;
+            restore::resolve_backup(&docker, store.as_ref(), &defaults, &req).await?;
         let plan = restore::plan(&docker, &defaults, manifest, object, &req).await?;
         if !json {
             eprint!("{plan}");
@@ -170,7 +179,7 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         if args.dry_run {
             return Ok(None);
         }
-        restore::execute(&docker, &client, &cfg.s3, &plan, progress(json).as_ref())
+        restore::execute(&docker, store.as_ref(), &plan, progress(json).as_ref())
             .await
             .map(Some)
     }
@@ -244,7 +253,7 @@ fn failed(e: RestoreError) -> i32 {
 
 async fn restore_physical(
     docker: &DockerClient,
-    client: &aws_sdk_s3::Client,
+    store: &dyn pgbackup::store::Store,
     cfg: &Config,
     req: &Request,
     options: physical::Options,
@@ -252,8 +261,7 @@ async fn restore_physical(
     json: bool,
 ) -> i32 {
     let result = async {
-        let (manifest, _) =
-            restore::resolve_backup(docker, client, &cfg.s3, &cfg.defaults(), req).await?;
+        let (manifest, _) = restore::resolve_backup(docker, store, &cfg.defaults(), req).await?;
         let plan = physical::prepare(docker, manifest, req.to.as_deref(), options).await?;
         if !json {
             eprint!("{plan}");
@@ -261,7 +269,7 @@ async fn restore_physical(
         if dry_run {
             return Ok(None);
         }
-        physical::execute(docker, client, &cfg.s3, &plan, progress(json).as_ref())
+        physical::execute(docker, store, &plan, progress(json).as_ref())
             .await
             .map(Some)
     }
@@ -301,14 +309,14 @@ async fn scopes(cfg: &Config, docker: &DockerClient, names: &[String]) -> Result
         }
         return Ok(running
             .iter()
-            .filter_map(|t| prune::scope_of(t, &cfg.s3.prefix))
+            .filter_map(|t| prune::scope_of(t, cfg.destination.prefix()))
             .collect());
     }
     let mut out = Vec::new();
     for name in names {
         let found: Vec<&Target> = running.iter().filter(|t| t.target.matches(name)).collect();
         match found.as_slice() {
-            [t] => match prune::scope_of(t, &cfg.s3.prefix) {
+            [t] => match prune::scope_of(t, cfg.destination.prefix()) {
                 Some(s) => out.push(s),
                 None => {
                     eprintln!(
@@ -322,7 +330,7 @@ async fn scopes(cfg: &Config, docker: &DockerClient, names: &[String]) -> Result
                 // Not running (or never labelled here): its folder with the environment's policy.
                 out.push(Scope {
                     target: name.clone(),
-                    dir: layout::target_dir(&cfg.s3.prefix, name),
+                    dir: layout::target_dir(cfg.destination.prefix(), name),
                     policy: cfg.keep.clone(),
                 })
             }
@@ -354,13 +362,13 @@ pub async fn prune(targets: Vec<String>, dry_run: bool, json: bool) -> i32 {
         eprintln!("pgctl: no targets to prune");
         return exit::OK;
     }
-    let client = pgbackup::s3::client(&cfg.s3).await;
+    let store = pgbackup::store::open(&cfg.destination).await;
     let now = Utc::now();
     let mut plans = Vec::new();
     let mut failed = false;
     for scope in &scopes {
         let plan =
-            match prune::plan(&client, &cfg.s3, scope, cfg.min_backups, cfg.timezone, now).await {
+            match prune::plan(store.as_ref(), scope, cfg.min_backups, cfg.timezone, now).await {
                 Ok(p) => p,
                 Err(e) => {
                     eprintln!("pgctl: {}: {e}", scope.target);
@@ -372,7 +380,7 @@ pub async fn prune(targets: Vec<String>, dry_run: bool, json: bool) -> i32 {
             print!("{}", prune::render(&plan, cfg.timezone, now));
         }
         if !dry_run {
-            match prune::execute(&client, &cfg.s3, &plan).await {
+            match prune::execute(store.as_ref(), &plan).await {
                 Ok(d) => {
                     if !json {
                         println!(
@@ -415,13 +423,13 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
         Ok(c) => c,
         Err(code) => return code,
     };
-    let client = pgbackup::s3::client(&cfg.s3).await;
+    let store = pgbackup::store::open(&cfg.destination).await;
     // A manifest that cannot be read is a damaged backup: reported, counted, exit 1.
     let mut unreadable = Vec::new();
     // With a key naming one object: that object only (it must be one of the backup's).
     let mut only: Option<String> = None;
     let manifests: Vec<Manifest> = if all {
-        match pgbackup::catalog::committed(&client, &cfg.s3, None).await {
+        match pgbackup::catalog::committed(store.as_ref(), None).await {
             Ok((m, problems)) => {
                 unreadable = problems;
                 m
@@ -433,15 +441,16 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
         }
     } else {
         let reference = backup.unwrap_or_default();
-        let backup: BackupRef = match restore::check_bucket_of(&reference, &cfg.s3.bucket)
-            .and_then(|()| reference.parse())
-        {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("pgctl: {e}");
-                return exit::USAGE;
-            }
-        };
+        let backup: BackupRef =
+            match restore::check_bucket_of(&reference, &cfg.destination.location())
+                .and_then(|()| reference.parse())
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("pgctl: {e}");
+                    return exit::USAGE;
+                }
+            };
         let docker = match connect_docker(&cfg).await {
             Ok(d) => d,
             Err(code) => return code,
@@ -454,7 +463,7 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
             clean: false,
             kind: pgbackup::layout::Kind::Logical,
         };
-        match restore::resolve_backup(&docker, &client, &cfg.s3, &cfg.defaults(), &req).await {
+        match restore::resolve_backup(&docker, store.as_ref(), &cfg.defaults(), &req).await {
             Ok((m, object)) => {
                 if let Some(name) = &object
                     && !m.objects.iter().any(|o| &o.name == name)
@@ -495,7 +504,7 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
     }
     for m in &manifests {
         let mut damage = Vec::new();
-        if let Err(e) = fetch::verify_sums(&client, &cfg.s3, m).await {
+        if let Err(e) = fetch::verify_sums(store.as_ref(), m).await {
             damage.push(e);
         }
         for o in m
@@ -503,7 +512,7 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
             .iter()
             .filter(|o| only.as_ref().is_none_or(|n| &o.name == n))
         {
-            if let Err(d) = fetch::verify_object(&client, &cfg.s3, m, o).await {
+            if let Err(d) = fetch::verify_object(store.as_ref(), m, o).await {
                 damage.push(d.to_string());
             }
         }

@@ -1,4 +1,4 @@
-//! Controller configuration (SPEC §4).
+//! Controller configuration: the environment variables of the README's "Configuration".
 //!
 //! [`Config::from_map`] is a pure function of a name → value map so every rule is unit-tested;
 //! [`Config::from_env`] is the thin shell that reads the process environment and resolves the
@@ -53,6 +53,7 @@ pub const DEFAULT_S3_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Every variable we read. `<NAME>_FILE` is accepted for each of them.
 pub const VARIABLES: &[&str] = &[
+    "PGBACKUP_DESTINATION",
     "S3_BUCKET",
     "S3_ENDPOINT",
     "S3_REGION",
@@ -76,7 +77,6 @@ pub const VARIABLES: &[&str] = &[
     "RETENTION_KEEP_YEARLY",
     "RETENTION_MIN_BACKUPS",
     "PGBACKUP_HTTP_ADDR",
-    "PGBACKUP_NOTIFY_URLS",
     "PGBACKUP_LOG_FORMAT",
     "PGBACKUP_SCOPE",
     "DOCKER_HOST",
@@ -86,6 +86,7 @@ pub const VARIABLES: &[&str] = &[
 /// can name the variable and the expected form (envy's own messages do neither well).
 #[derive(Debug, Deserialize, Default)]
 struct Raw {
+    pgbackup_destination: Option<String>,
     s3_bucket: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
@@ -109,7 +110,6 @@ struct Raw {
     retention_keep_yearly: Option<String>,
     retention_min_backups: Option<String>,
     pgbackup_http_addr: Option<String>,
-    pgbackup_notify_urls: Option<String>,
     pgbackup_log_format: Option<String>,
     pgbackup_scope: Option<String>,
     docker_host: Option<String>,
@@ -153,6 +153,41 @@ pub struct S3Config {
     pub timeout: Duration,
 }
 
+/// Where backups are kept (`PGBACKUP_DESTINATION`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An S3 bucket (the default), with the `S3_*` settings.
+    S3(S3Config),
+    /// A directory mounted into the sidecar.
+    Local(std::path::PathBuf),
+}
+
+impl Destination {
+    /// The key prefix target folders are under (`S3_PREFIX`; none on a directory).
+    pub fn prefix(&self) -> &str {
+        match self {
+            Destination::S3(c) => &c.prefix,
+            Destination::Local(_) => "",
+        }
+    }
+
+    /// Where backups are, for messages: `s3://bucket` or the directory.
+    pub fn location(&self) -> String {
+        match self {
+            Destination::S3(c) => format!("s3://{}", c.bucket),
+            Destination::Local(p) => p.display().to_string(),
+        }
+    }
+
+    /// The S3 settings, when the destination is S3.
+    pub fn s3(&self) -> Option<&S3Config> {
+        match self {
+            Destination::S3(c) => Some(c),
+            Destination::Local(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -161,7 +196,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub s3: S3Config,
+    pub destination: Destination,
     pub schedule: Schedule,
     pub concurrency: usize,
     pub run_on_startup: bool,
@@ -172,7 +207,6 @@ pub struct Config {
     pub min_backups: u32,
     /// `None` disables the HTTP server.
     pub http_addr: Option<SocketAddr>,
-    pub notify_urls: Vec<String>,
     pub log_format: LogFormat,
     pub docker_host: Option<String>,
 }
@@ -199,96 +233,10 @@ impl Config {
 
     /// Pure: builds and validates the configuration from a map of variables.
     pub fn from_map(map: &HashMap<String, String>) -> Result<Config, ConfigError> {
-        let raw = parse_raw(map)?;
+        let mut raw = parse_raw(map)?;
         // Label defaults first: the rest consumes `raw` field by field.
         let defaults = Defaults::from_raw(&raw)?;
-        let bucket = non_empty(raw.s3_bucket).ok_or_else(|| ConfigError::Missing {
-            name: "S3_BUCKET".into(),
-            hint: "set it to the name of the bucket that receives the backups".into(),
-        })?;
-        let endpoint = non_empty(raw.s3_endpoint);
-        if let Some(e) = &endpoint
-            && !reqwest::Url::parse(e).is_ok_and(|u| {
-                matches!(u.scheme(), "http" | "https")
-                    && u.host_str().is_some_and(|h| !h.is_empty())
-            })
-        {
-            return Err(invalid(
-                "S3_ENDPOINT",
-                e,
-                "an URL such as http://garage:3900 or https://s3.eu-central-003.backblazeb2.com",
-            ));
-        }
-        let credentials = match (
-            non_empty(raw.s3_access_key_id),
-            non_empty(raw.s3_secret_access_key),
-        ) {
-            (Some(id), Some(secret)) => Some((id, Secret(secret))),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError::Missing {
-                    name: "S3_SECRET_ACCESS_KEY".into(),
-                    hint: "S3_ACCESS_KEY_ID is set, so its secret is needed too (or unset both to use the AWS credential chain)".into(),
-                });
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::Missing {
-                    name: "S3_ACCESS_KEY_ID".into(),
-                    hint: "S3_SECRET_ACCESS_KEY is set, so its key id is needed too (or unset both to use the AWS credential chain)".into(),
-                });
-            }
-        };
-        // Path-style addressing is what self-hosted S3 (Garage, MinIO) serves without DNS set-up,
-        // so it is the default whenever a custom endpoint is configured.
-        let force_path_style = parse_bool(
-            "S3_FORCE_PATH_STYLE",
-            raw.s3_force_path_style,
-            endpoint.is_some(),
-        )?;
-        let prefix = match non_empty(raw.s3_prefix) {
-            None => String::new(),
-            Some(p) => {
-                let trimmed = p.trim_matches('/').to_string();
-                if trimmed
-                    .split('/')
-                    .any(|s| s.is_empty() || s == "." || s == "..")
-                {
-                    return Err(invalid(
-                        "S3_PREFIX",
-                        &p,
-                        "a key prefix such as backups/prod (no empty, . or .. segments)",
-                    ));
-                }
-                trimmed
-            }
-        };
-        let storage_class = non_empty(raw.s3_storage_class);
-        if let Some(sc) = &storage_class
-            && !sc
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
-        {
-            return Err(invalid(
-                "S3_STORAGE_CLASS",
-                sc,
-                "an S3 storage class such as STANDARD, STANDARD_IA or GLACIER_IR",
-            ));
-        }
-        let object_lock = parse_bool("S3_OBJECT_LOCK", raw.s3_object_lock, false)?;
-        let timeout = match non_empty(raw.s3_timeout) {
-            None => DEFAULT_S3_TIMEOUT,
-            Some(v) => humantime::parse_duration(&v)
-                .ok()
-                .filter(|d| *d >= Duration::from_secs(1))
-                .ok_or_else(|| {
-                    invalid(
-                        "S3_TIMEOUT",
-                        &v,
-                        "a duration of at least 1s such as 30s or 2m",
-                    )
-                })?,
-        };
-
+        let destination = destination(&mut raw)?;
         let concurrency = parse_num("PGBACKUP_CONCURRENCY", raw.pgbackup_concurrency, 2, 1)?;
         let run_on_startup = parse_bool(
             "PGBACKUP_RUN_ON_STARTUP",
@@ -321,46 +269,13 @@ impl Config {
                 )
             })?),
         };
-        let notify_urls = match non_empty(raw.pgbackup_notify_urls) {
-            None => vec![],
-            Some(v) => {
-                let urls: Vec<String> = v
-                    .split([',', ' ', '\n'])
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect();
-                if let Some(bad) = urls
-                    .iter()
-                    .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
-                {
-                    // Name only the offending entry's scheme-less form: URLs may carry tokens.
-                    return Err(invalid(
-                        "PGBACKUP_NOTIFY_URLS",
-                        &redact_url(bad),
-                        "a comma-separated list of http:// or https:// URLs",
-                    ));
-                }
-                urls
-            }
-        };
         let log_format = match non_empty(raw.pgbackup_log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => return Err(invalid("PGBACKUP_LOG_FORMAT", other, "text or json")),
         };
         Ok(Config {
-            s3: S3Config {
-                bucket,
-                endpoint,
-                region: non_empty(raw.s3_region),
-                credentials,
-                force_path_style,
-                prefix,
-                storage_class,
-                object_lock,
-                timeout,
-            },
+            destination,
             schedule: defaults.schedule,
             concurrency: concurrency as usize,
             run_on_startup,
@@ -370,7 +285,6 @@ impl Config {
             scope: defaults.scope,
             min_backups,
             http_addr,
-            notify_urls,
             log_format,
             docker_host: non_empty(raw.docker_host),
         })
@@ -547,38 +461,160 @@ fn parse_num(name: &str, v: Option<String>, default: u64, min: u64) -> Result<u6
     }
 }
 
-/// Keeps scheme and host only, so a token in a path or query never reaches a log.
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host = rest.split(['/', '?']).next().unwrap_or("");
-            let host = host.rsplit('@').next().unwrap_or(host);
-            format!("{scheme}://{host}/…")
-        }
-        None => "<not an URL>".to_string(),
+/// `PGBACKUP_DESTINATION`: unset or `s3` for the S3 bucket of the `S3_*` settings, or an
+/// absolute path (`/backups`, also `file:///backups`) of a directory mounted into the sidecar.
+fn destination(raw: &mut Raw) -> Result<Destination, ConfigError> {
+    let value = non_empty(raw.pgbackup_destination.take());
+    let Some(v) = value.filter(|v| v != "s3") else {
+        return Ok(Destination::S3(s3_config(raw)?));
+    };
+    let path = v.strip_prefix("file://").unwrap_or(&v);
+    let p = Path::new(path);
+    if !p.is_absolute()
+        || p.components().any(|c| {
+            matches!(
+                c,
+                std::path::Component::ParentDir | std::path::Component::CurDir
+            )
+        })
+    {
+        return Err(invalid(
+            "PGBACKUP_DESTINATION",
+            &v,
+            "s3, or the absolute path of a directory mounted into the sidecar such as /backups",
+        ));
     }
+    Ok(Destination::Local(p.to_path_buf()))
+}
+
+fn s3_config(raw: &mut Raw) -> Result<S3Config, ConfigError> {
+    let bucket = non_empty(raw.s3_bucket.take()).ok_or_else(|| ConfigError::Missing {
+        name: "S3_BUCKET".into(),
+        hint: "set it to the name of the bucket that receives the backups".into(),
+    })?;
+    let endpoint = non_empty(raw.s3_endpoint.take());
+    if let Some(e) = &endpoint
+        && !reqwest::Url::parse(e).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+        })
+    {
+        return Err(invalid(
+            "S3_ENDPOINT",
+            e,
+            "an URL such as http://garage:3900 or https://s3.eu-central-003.backblazeb2.com",
+        ));
+    }
+    let credentials = match (
+        non_empty(raw.s3_access_key_id.take()),
+        non_empty(raw.s3_secret_access_key.take()),
+    ) {
+        (Some(id), Some(secret)) => Some((id, Secret(secret))),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::Missing {
+                    name: "S3_SECRET_ACCESS_KEY".into(),
+                    hint: "S3_ACCESS_KEY_ID is set, so its secret is needed too (or unset both to use the AWS credential chain)".into(),
+                });
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::Missing {
+                    name: "S3_ACCESS_KEY_ID".into(),
+                    hint: "S3_SECRET_ACCESS_KEY is set, so its key id is needed too (or unset both to use the AWS credential chain)".into(),
+                });
+        }
+    };
+    // Path-style addressing is what self-hosted S3 (Garage, MinIO) serves without DNS set-up,
+    // so it is the default whenever a custom endpoint is configured.
+    let force_path_style = parse_bool(
+        "S3_FORCE_PATH_STYLE",
+        raw.s3_force_path_style.take(),
+        endpoint.is_some(),
+    )?;
+    let prefix = match non_empty(raw.s3_prefix.take()) {
+        None => String::new(),
+        Some(p) => {
+            let trimmed = p.trim_matches('/').to_string();
+            if trimmed
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..")
+            {
+                return Err(invalid(
+                    "S3_PREFIX",
+                    &p,
+                    "a key prefix such as backups/prod (no empty, . or .. segments)",
+                ));
+            }
+            trimmed
+        }
+    };
+    let storage_class = non_empty(raw.s3_storage_class.take());
+    if let Some(sc) = &storage_class
+        && !sc
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+    {
+        return Err(invalid(
+            "S3_STORAGE_CLASS",
+            sc,
+            "an S3 storage class such as STANDARD, STANDARD_IA or GLACIER_IR",
+        ));
+    }
+    let object_lock = parse_bool("S3_OBJECT_LOCK", raw.s3_object_lock.take(), false)?;
+    let timeout = match non_empty(raw.s3_timeout.take()) {
+        None => DEFAULT_S3_TIMEOUT,
+        Some(v) => humantime::parse_duration(&v)
+            .ok()
+            .filter(|d| *d >= Duration::from_secs(1))
+            .ok_or_else(|| {
+                invalid(
+                    "S3_TIMEOUT",
+                    &v,
+                    "a duration of at least 1s such as 30s or 2m",
+                )
+            })?,
+    };
+
+    Ok(S3Config {
+        bucket,
+        endpoint,
+        region: non_empty(raw.s3_region.take()),
+        credentials,
+        force_path_style,
+        prefix,
+        storage_class,
+        object_lock,
+        timeout,
+    })
 }
 
 /// A printable, secret-free view of the configuration for `status` and the start-up log.
 pub fn describe(cfg: &Config) -> BTreeMap<&'static str, String> {
     let mut m = BTreeMap::new();
-    m.insert("bucket", cfg.s3.bucket.clone());
-    m.insert(
-        "endpoint",
-        cfg.s3.endpoint.clone().unwrap_or_else(|| "AWS".to_string()),
-    );
-    m.insert("prefix", cfg.s3.prefix.clone());
-    m.insert(
-        "s3_timeout",
-        humantime::format_duration(cfg.s3.timeout).to_string(),
-    );
-    m.insert(
-        "credentials",
-        match &cfg.s3.credentials {
-            Some((id, _)) => format!("access key {id}"),
-            None => "AWS default chain".to_string(),
-        },
-    );
+    match &cfg.destination {
+        Destination::S3(s3) => {
+            m.insert("destination", "s3".to_string());
+            m.insert("bucket", s3.bucket.clone());
+            m.insert(
+                "endpoint",
+                s3.endpoint.clone().unwrap_or_else(|| "AWS".to_string()),
+            );
+            m.insert("prefix", s3.prefix.clone());
+            m.insert(
+                "s3_timeout",
+                humantime::format_duration(s3.timeout).to_string(),
+            );
+            m.insert(
+                "credentials",
+                match &s3.credentials {
+                    Some((id, _)) => format!("access key {id}"),
+                    None => "AWS default chain".to_string(),
+                },
+            );
+        }
+        Destination::Local(root) => {
+            m.insert("destination", root.display().to_string());
+        }
+    }
     m.insert("schedule", cfg.schedule.to_string());
     m.insert("timezone", cfg.timezone.to_string());
     m.insert("concurrency", cfg.concurrency.to_string());
@@ -590,6 +626,10 @@ mod tests {
     use super::*;
     use rstest::rstest;
 
+    fn s3(cfg: &Config) -> &S3Config {
+        cfg.destination.s3().expect("an S3 destination")
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
             .iter()
@@ -600,10 +640,10 @@ mod tests {
     #[test]
     fn minimal_config_uses_documented_defaults() {
         let cfg = Config::from_map(&map(&[("S3_BUCKET", "backups")])).unwrap();
-        assert_eq!(cfg.s3.bucket, "backups");
-        assert_eq!(cfg.s3.endpoint, None);
-        assert!(!cfg.s3.force_path_style);
-        assert_eq!(cfg.s3.credentials, None);
+        assert_eq!(s3(&cfg).bucket, "backups");
+        assert_eq!(s3(&cfg).endpoint, None);
+        assert!(!s3(&cfg).force_path_style);
+        assert_eq!(s3(&cfg).credentials, None);
         assert_eq!(cfg.schedule.to_string(), "@daily");
         assert_eq!(cfg.concurrency, 2);
         assert!(!cfg.run_on_startup);
@@ -625,11 +665,11 @@ mod tests {
             ("PGBACKUP_HTTP_ADDR", "off"),
         ]))
         .unwrap();
-        assert!(cfg.s3.force_path_style);
-        assert_eq!(cfg.s3.prefix, "prod/db");
+        assert!(s3(&cfg).force_path_style);
+        assert_eq!(s3(&cfg).prefix, "prod/db");
         assert_eq!(cfg.timezone, chrono_tz::Europe::Berlin);
         assert_eq!(cfg.http_addr, None);
-        let (id, secret) = cfg.s3.credentials.clone().unwrap();
+        let (id, secret) = s3(&cfg).credentials.clone().unwrap();
         assert_eq!((id.as_str(), secret.expose()), ("GK1", "s3cr3t"));
         assert!(
             !format!("{cfg:?}").contains("s3cr3t"),
@@ -681,7 +721,8 @@ mod tests {
     #[case(&[("S3_BUCKET", "b"), ("RETENTION_KEEP_DAILY", "-1")], "RETENTION_KEEP_DAILY")]
     #[case(&[("S3_BUCKET", "b"), ("RETENTION_MIN_BACKUPS", "0")], "RETENTION_MIN_BACKUPS")]
     #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_HTTP_ADDR", "8080")], "PGBACKUP_HTTP_ADDR")]
-    #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_NOTIFY_URLS", "ftp://x")], "PGBACKUP_NOTIFY_URLS")]
+    #[case(&[("PGBACKUP_DESTINATION", "backups")], "PGBACKUP_DESTINATION")]
+    #[case(&[("PGBACKUP_DESTINATION", "/backups/../etc")], "PGBACKUP_DESTINATION")]
     #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_LOG_FORMAT", "xml")], "PGBACKUP_LOG_FORMAT")]
     #[case(&[("S3_BUCKET", "b"), ("PGBACKUP_RESYNC_INTERVAL", "soon")], "PGBACKUP_RESYNC_INTERVAL")]
     fn bad_values_name_the_variable(#[case] pairs: &[(&str, &str)], #[case] variable: &str) {
@@ -713,7 +754,10 @@ mod tests {
         })
         .unwrap();
         let cfg = Config::from_map(&resolved).unwrap();
-        assert_eq!(cfg.s3.credentials.unwrap().1.expose(), "from-file");
+        assert_eq!(
+            s3(&cfg).credentials.as_ref().unwrap().1.expose(),
+            "from-file"
+        );
     }
 
     #[test]
@@ -737,25 +781,19 @@ mod tests {
     }
 
     #[test]
-    fn notify_urls_are_split_and_redacted_in_errors() {
-        let cfg = Config::from_map(&map(&[
-            ("S3_BUCKET", "b"),
-            (
-                "PGBACKUP_NOTIFY_URLS",
-                "https://hc-ping.com/abc, http://hook/x",
-            ),
-        ]))
-        .unwrap();
-        assert_eq!(cfg.notify_urls.len(), 2);
-        let err = Config::from_map(&map(&[
-            ("S3_BUCKET", "b"),
-            (
-                "PGBACKUP_NOTIFY_URLS",
-                "https://ok/x,hooks.example/secret-token",
-            ),
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(!err.contains("secret-token"), "{err}");
+    fn a_directory_destination_needs_no_s3_settings() {
+        for v in ["/backups", "file:///backups"] {
+            let cfg = Config::from_map(&map(&[("PGBACKUP_DESTINATION", v)])).unwrap();
+            assert_eq!(
+                cfg.destination,
+                Destination::Local("/backups".into()),
+                "{v}"
+            );
+        }
+        let cfg =
+            Config::from_map(&map(&[("PGBACKUP_DESTINATION", "s3"), ("S3_BUCKET", "b")])).unwrap();
+        assert_eq!(s3(&cfg).bucket, "b");
+        let err = Config::from_map(&map(&[("PGBACKUP_DESTINATION", "s3")])).unwrap_err();
+        assert!(err.to_string().contains("S3_BUCKET"), "{err}");
     }
 }

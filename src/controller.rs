@@ -9,7 +9,7 @@ use crate::config::{self, Config};
 use crate::discovery::{self, S3_PROBE_EVERY, Shared};
 use crate::docker::{DockerClient, DockerError};
 use crate::runner::{self, Runner};
-use crate::s3::{self, S3Error};
+use crate::store::{self, SharedStore, StoreError};
 use crate::{exit, http};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum StartupError {
     #[error("start-up check failed: {0}")]
     Docker(#[from] DockerError),
     #[error("start-up check failed: {0}")]
-    S3(#[from] S3Error),
+    Store(#[from] StoreError),
     #[error(
         "cannot listen on PGBACKUP_HTTP_ADDR={addr}: {source}; choose a free address or set it to off"
     )]
@@ -40,6 +40,14 @@ impl StartupError {
 /// How long start-up waits for an S3 endpoint that is still starting (refusals fail at once).
 const S3_PATIENCE: Duration = Duration::from_secs(30);
 
+/// How long each periodic check of the store may wait.
+fn probe_patience(cfg: &Config) -> Duration {
+    cfg.destination
+        .s3()
+        .map(|s3| s3.timeout * 2)
+        .unwrap_or(Duration::from_secs(10))
+}
+
 /// How long a shutdown waits for running jobs to cancel, clean up and record their failure.
 /// Below compose.yaml's `stop_grace_period` (60 s) so Docker never kills a job mid-cleanup.
 pub const STOP_GRACE: Duration = Duration::from_secs(45);
@@ -61,7 +69,7 @@ pub async fn run(cfg: Config) -> Result<(), StartupError> {
 
 struct Started {
     docker: DockerClient,
-    s3: aws_sdk_s3::Client,
+    store: SharedStore,
     listener: Option<tokio::net::TcpListener>,
 }
 
@@ -70,9 +78,9 @@ async fn startup(cfg: &Config) -> Result<Started, StartupError> {
     let docker = DockerClient::connect_scoped(cfg.docker_host.as_deref(), &cfg.scope).await?;
     tracing::info!(host = docker.host(), scope = %docker.scope(), own_project = docker.own_project().unwrap_or("(none)"),
         "Docker daemon reachable; acting on the containers in scope (PGBACKUP_SCOPE).");
-    let s3 = s3::client(&cfg.s3).await;
-    s3::check_bucket(&s3, &cfg.s3, S3_PATIENCE).await?;
-    tracing::info!(bucket = %cfg.s3.bucket, "S3 bucket reachable with the configured credentials.");
+    let store = store::open(&cfg.destination).await;
+    store.probe(S3_PATIENCE).await?;
+    tracing::info!(destination = %store.location(), "Backup destination reachable and writable.");
 
     let listener = match cfg.http_addr {
         Some(addr) => Some(
@@ -87,7 +95,7 @@ async fn startup(cfg: &Config) -> Result<Started, StartupError> {
     };
     Ok(Started {
         docker,
-        s3,
+        store,
         listener,
     })
 }
@@ -95,7 +103,7 @@ async fn startup(cfg: &Config) -> Result<Started, StartupError> {
 async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<Output = ()>) {
     let Started {
         docker,
-        s3,
+        store,
         listener,
     } = started;
     for u in crate::physical::unfinished(&docker).await {
@@ -107,8 +115,7 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
     let (changed_tx, changed_rx) = watch::channel(0u64);
     let runner = Arc::new(Runner::new(
         docker.clone(),
-        s3,
-        cfg.s3.clone(),
+        store,
         cfg.timezone,
         cfg.concurrency,
         cfg.min_backups,
@@ -130,9 +137,9 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
         cfg.run_on_startup,
         shutdown_rx.clone(),
     ));
-    let probe = tokio::spawn(probe_s3(
-        runner.s3.clone(),
-        cfg.s3.clone(),
+    let probe = tokio::spawn(probe_store(
+        runner.store.clone(),
+        probe_patience(&cfg),
         shared.clone(),
         shutdown_rx.clone(),
     ));
@@ -164,11 +171,11 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
     tracing::info!("pgbackup controller stopped.");
 }
 
-/// Checks the bucket every [`S3_PROBE_EVERY`] for `/healthz`, logging when it stops and starts
+/// Checks the store every [`S3_PROBE_EVERY`] for `/healthz`, logging when it stops and starts
 /// answering.
-async fn probe_s3(
-    client: aws_sdk_s3::Client,
-    cfg: crate::config::S3Config,
+async fn probe_store(
+    store: SharedStore,
+    patience: Duration,
     shared: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -178,14 +185,16 @@ async fn probe_s3(
             _ = shutdown.changed() => return,
         }
         let result = tokio::select! {
-            r = s3::check_bucket(&client, &cfg, cfg.timeout * 2) => r,
+            r = store.probe(patience) => r,
             _ = shutdown.changed() => return,
         };
         let mut st = shared.s3.write().await;
         match (&result, st.last_error.is_some()) {
-            (Ok(()), true) => tracing::info!(bucket = %cfg.bucket, "S3 answers again."),
+            (Ok(()), true) => {
+                tracing::info!(destination = %store.location(), "The backup destination answers again.")
+            }
             (Err(e), false) => {
-                tracing::warn!(bucket = %cfg.bucket, error = %e, "S3 check failed; /healthz reports it.")
+                tracing::warn!(destination = %store.location(), error = %e, "Backup destination check failed; /healthz reports it.")
             }
             _ => {}
         }

@@ -1,4 +1,4 @@
-//! Reading stored objects back: S3 → byte count + SHA-256 → decompression, streamed. The
+//! Reading stored objects back: store → byte count + SHA-256 → decompression, streamed. The
 //! checks are settled only at the end of the stream ([`Checked::verdict`]), so a consumer that
 //! must not act on bad data holds its last step until then (see `restore`).
 
@@ -7,15 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
-use aws_sdk_s3::Client;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
-use crate::config::S3Config;
 use crate::labels::Compression;
 use crate::manifest::{Manifest, Object};
-use crate::s3::classify;
-use crate::upload::BoxRead;
+use crate::store::{BoxRead, Store};
 
 /// What the bytes that passed add up to.
 #[derive(Debug, Default, Clone)]
@@ -122,33 +119,20 @@ pub fn compression_of(m: &Manifest) -> Result<Compression, String> {
 }
 
 /// Opens one object of a backup as a stream of its stored bytes.
-pub async fn open(
-    client: &Client,
-    cfg: &S3Config,
-    m: &Manifest,
-    o: &Object,
-) -> Result<impl AsyncRead + Unpin + Send + use<>, Damage> {
-    Ok(get(client, cfg, m, &o.name).await?.into_async_read())
+pub async fn open(store: &dyn Store, m: &Manifest, o: &Object) -> Result<BoxRead<'static>, Damage> {
+    get(store, m, &o.name).await
 }
 
 /// The stored bytes of `name` in the backup's folder.
-async fn get(
-    client: &Client,
-    cfg: &S3Config,
-    m: &Manifest,
-    name: &str,
-) -> Result<aws_sdk_s3::primitives::ByteStream, Damage> {
-    let obj = client
-        .get_object()
-        .bucket(&cfg.bucket)
-        .key(format!("{}/{name}", m.prefix))
-        .send()
+async fn get(store: &dyn Store, m: &Manifest, name: &str) -> Result<BoxRead<'static>, Damage> {
+    let (_, body) = store
+        .get(&format!("{}/{name}", m.prefix))
         .await
         .map_err(|e| Damage::Unreadable {
             name: name.to_string(),
-            reason: classify(cfg, "GetObject", &e).to_string(),
+            reason: e.to_string(),
         })?;
-    Ok(obj.body)
+    Ok(body)
 }
 
 /// Decompresses a stream of stored bytes. zstd frames carry their own checksum, which the
@@ -173,16 +157,14 @@ pub fn decompress<'a>(input: impl AsyncRead + Unpin + Send + 'a, c: Compression)
 
 /// Checks `SHA256SUMS` against the manifest: the same objects, with the same SHA-256 each (what
 /// `sha256sum -c` will check for someone restoring with standard tools).
-pub async fn verify_sums(client: &Client, cfg: &S3Config, m: &Manifest) -> Result<(), String> {
-    let body = get(client, cfg, m, crate::layout::SUMS)
-        .await
-        .map_err(|e| e.to_string())?
-        .collect()
-        .await
-        .map_err(|e| format!("reading {}: {e}", crate::layout::SUMS))?
-        .into_bytes();
+pub async fn verify_sums(store: &dyn Store, m: &Manifest) -> Result<(), String> {
+    let key = format!("{}/{}", m.prefix, crate::layout::SUMS);
+    let body = crate::store::read_small(store, &key, SUMS_MAX).await?;
     sums_problem(&String::from_utf8_lossy(&body), m).map_or(Ok(()), Err)
 }
+
+/// The largest `SHA256SUMS` read: one line of about 100 bytes per object.
+const SUMS_MAX: u64 = 16 << 20;
 
 /// How `SHA256SUMS` text disagrees with the manifest, if it does. Pure.
 pub fn sums_problem(text: &str, m: &Manifest) -> Option<String> {
@@ -219,13 +201,8 @@ pub fn sums_problem(text: &str, m: &Manifest) -> Option<String> {
 }
 
 /// Reads one object to the end and checks its size and SHA-256 against the manifest.
-pub async fn verify_object(
-    client: &Client,
-    cfg: &S3Config,
-    m: &Manifest,
-    o: &Object,
-) -> Result<(), Damage> {
-    let body = open(client, cfg, m, o).await?;
+pub async fn verify_object(store: &dyn Store, m: &Manifest, o: &Object) -> Result<(), Damage> {
+    let body = open(store, m, o).await?;
     let (mut checked, tallies) = Checked::new(body);
     tokio::io::copy(&mut checked, &mut tokio::io::sink())
         .await
@@ -337,7 +314,7 @@ mod tests {
             Compression::None,
         ] {
             let mut stored = Vec::new();
-            crate::upload::compress(&raw[..], c)
+            crate::pipeline::compress(&raw[..], c)
                 .read_to_end(&mut stored)
                 .await
                 .unwrap();

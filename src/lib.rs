@@ -18,16 +18,16 @@ pub mod manifest;
 pub mod metrics;
 pub mod pg;
 pub mod physical;
+pub mod pipeline;
 pub mod prune;
 pub mod restore;
 pub mod retention;
 pub mod runner;
-pub mod s3;
 pub mod schedule;
 pub mod scope;
 pub mod status;
+pub mod store;
 pub mod table;
-pub mod upload;
 
 /// Documented exit codes (README "Exit codes").
 pub mod exit {

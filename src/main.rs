@@ -553,9 +553,8 @@ async fn cmd_list(target: Option<String>, json: bool) -> i32 {
             return exit::USAGE;
         }
     };
-    let client = pgbackup::s3::client(&cfg.s3).await;
-    let (mut manifests, problems) = match pgbackup::catalog::committed(&client, &cfg.s3, None).await
-    {
+    let store = pgbackup::store::open(&cfg.destination).await;
+    let (mut manifests, problems) = match pgbackup::catalog::committed(store.as_ref(), None).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgctl: {e}");

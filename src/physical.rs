@@ -24,7 +24,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::Client;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthStatusEnum, MountType,
 };
@@ -32,13 +31,13 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use crate::compose::{self, Edit};
-use crate::config::S3Config;
 use crate::docker::{DockerClient, ExecInput};
 use crate::fetch;
 use crate::layout::Kind;
 use crate::manifest::{Manifest, Object, ObjectKind};
 use crate::pg::{self, Access};
 use crate::restore::{ChunkSink, Progress, RestoreError};
+use crate::store::Store;
 use crate::table::human_bytes;
 
 /// How long the restored server may take to become healthy and answer.
@@ -844,8 +843,7 @@ impl ChunkSink for ExecSink {
 /// the image's postgres user as owner, and writes the option files.
 async fn unpack(
     docker: &DockerClient,
-    client: &Client,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     plan: &Plan,
     helper: &str,
     progress: &dyn Progress,
@@ -855,8 +853,7 @@ async fn unpack(
     let (out, input) = docker.exec_with_stdin(helper, &tar, &[], Some("0")).await?;
     let mut sink = ExecSink(input);
     let streamed = crate::restore::stream_object(
-        client,
-        s3cfg,
+        store,
         &plan.manifest,
         &plan.object,
         "tar",
@@ -1033,15 +1030,14 @@ struct Undo {
 /// Runs the plan; on failure or interruption puts the service back as it was.
 pub async fn execute(
     docker: &DockerClient,
-    client: &Client,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     plan: &Plan,
     progress: &dyn Progress,
 ) -> Result<Outcome, RestoreError> {
     let started = Instant::now();
     let mut undo = Undo::default();
     let result = {
-        let work = steps(docker, client, s3cfg, plan, progress, &mut undo);
+        let work = steps(docker, store, plan, progress, &mut undo);
         tokio::select! {
             r = work => r,
             _ = interrupted() => Err(RestoreError::Failed("interrupted".into())),
@@ -1090,8 +1086,7 @@ async fn interrupted() {
 
 async fn steps(
     docker: &DockerClient,
-    client: &Client,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     plan: &Plan,
     progress: &dyn Progress,
     undo: &mut Undo,
@@ -1099,7 +1094,7 @@ async fn steps(
     let s = &plan.service;
     let labels = helper_labels(s);
     let Some(new_volume) = &plan.new_volume else {
-        return in_place(docker, client, s3cfg, plan, progress, undo).await;
+        return in_place(docker, store, plan, progress, undo).await;
     };
     // 1. The new volume, filled while the service keeps running.
     docker
@@ -1109,7 +1104,7 @@ async fn steps(
     let helper = docker
         .start_helper(&s.image, &[(new_volume, &s.mount, false)], labels)
         .await?;
-    let unpacked = unpack(docker, client, s3cfg, plan, &helper, progress).await;
+    let unpacked = unpack(docker, store, plan, &helper, progress).await;
     let _ = docker.remove_container(&helper).await;
     unpacked?;
     tracing::info!(volume = %new_volume, "Backup unpacked and verified; switching the service.");
@@ -1177,8 +1172,7 @@ async fn steps(
 
 async fn in_place(
     docker: &DockerClient,
-    client: &Client,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     plan: &Plan,
     progress: &dyn Progress,
     undo: &mut Undo,
@@ -1186,7 +1180,7 @@ async fn in_place(
     let s = &plan.service;
     // Read it once first: damage must show before the old data is deleted.
     progress.start("verify", plan.object.size);
-    let verified = fetch::verify_object(client, s3cfg, &plan.manifest, &plan.object).await;
+    let verified = fetch::verify_object(store, &plan.manifest, &plan.object).await;
     progress.finish();
     verified.map_err(|e| RestoreError::Failed(format!("{e}: nothing was changed")))?;
     docker.stop_container(&s.container_id).await?;
@@ -1203,7 +1197,7 @@ async fn in_place(
         )
         .await?;
         undo.wiped = true;
-        unpack(docker, client, s3cfg, plan, &helper, progress).await
+        unpack(docker, store, plan, &helper, progress).await
     }
     .await;
     let _ = docker.remove_container(&helper).await;

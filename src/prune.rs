@@ -4,19 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::catalog;
-use crate::config::S3Config;
 use crate::discovery::Target;
 use crate::layout::{self, BackupId, Kind, MANIFEST, SUMS};
 use crate::manifest::Manifest;
 use crate::retention::{self, Decision, KeepPolicy};
-use crate::s3::{S3Error, classify};
+use crate::store::{Store, StoreError};
 
 /// Uncommitted leftovers and multipart uploads younger than this may belong to a backup that is
 /// still running; they are left alone.
@@ -131,44 +129,32 @@ fn unusable_reason(m: &Manifest, target: &str, id: &BackupId, keys: &[String]) -
 /// (no manifest, nothing written for [`LEFTOVER_AGE`]) and stale multipart uploads. Every
 /// manifest is read: only one that parses, names this target and whose objects exist counts.
 pub async fn plan(
-    client: &Client,
-    cfg: &S3Config,
+    store: &dyn Store,
     scope: &Scope,
     min_backups: u32,
     tz: Tz,
     now: DateTime<Utc>,
-) -> Result<TargetPlan, S3Error> {
+) -> Result<TargetPlan, StoreError> {
     let root = format!("{}/", scope.dir);
     let mut folders: BTreeMap<BackupId, Folder> = BTreeMap::new();
-    let mut pages = client
-        .list_objects_v2()
-        .bucket(&cfg.bucket)
-        .prefix(&root)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| classify(cfg, "ListObjectsV2", &e))?;
-        for o in page.contents() {
-            let Some(key) = o.key() else { continue };
-            // Only this target's own folders: another target's prefix may nest below it.
-            let Some((dir, id, name)) = layout::parse_key(key) else {
-                continue;
-            };
-            if dir != scope.dir {
-                continue;
-            }
-            let f = folders.entry(id).or_default();
-            f.keys.push(key.to_string());
-            f.has_manifest |= name == MANIFEST;
-            let modified = o.last_modified().and_then(catalog::to_utc);
-            f.newest = f.newest.max(modified);
+    for o in store.list(&root).await? {
+        // Only this target's own folders: another target's prefix may nest below it.
+        let Some((dir, id, name)) = layout::parse_key(&o.key) else {
+            continue;
+        };
+        if dir != scope.dir {
+            continue;
         }
+        let f = folders.entry(id).or_default();
+        f.has_manifest |= name == MANIFEST;
+        f.newest = f.newest.max(o.modified);
+        f.keys.push(o.key);
     }
     let mut usable = BTreeSet::new();
     let mut unusable = Vec::new();
     for (id, f) in folders.iter().filter(|(_, f)| f.has_manifest) {
         let key = layout::join(&[&scope.dir, &id.to_string(), MANIFEST]);
-        let reason = match catalog::read_manifest(client, cfg, &key).await {
+        let reason = match catalog::read_manifest(store, &key).await {
             Ok(m) => unusable_reason(&m, &scope.target, id, &f.keys),
             Err(e) => Some(format!("manifest unreadable ({e}); not counted")),
         };
@@ -200,19 +186,17 @@ pub async fn plan(
             last_modified: f.newest,
         })
         .partition(|l| old(l.last_modified));
-    let (stale_uploads, open_uploads): (Vec<StaleUpload>, Vec<StaleUpload>) =
-        catalog::uploads(client, cfg, &root)
-            .await?
-            .into_iter()
-            .filter(|(key, _, _)| {
-                layout::parse_key(key).is_some_and(|(dir, _, _)| dir == scope.dir)
-            })
-            .map(|(key, upload_id, initiated)| StaleUpload {
-                key,
-                upload_id,
-                initiated,
-            })
-            .partition(|u| old(u.initiated));
+    let (stale_uploads, open_uploads): (Vec<StaleUpload>, Vec<StaleUpload>) = store
+        .uploads(&root)
+        .await?
+        .into_iter()
+        .filter(|u| layout::parse_key(&u.key).is_some_and(|(dir, _, _)| dir == scope.dir))
+        .map(|u| StaleUpload {
+            key: u.key,
+            upload_id: u.upload_id,
+            initiated: u.initiated,
+        })
+        .partition(|u| old(u.initiated));
     Ok(TargetPlan {
         target: scope.target.clone(),
         dir: scope.dir.clone(),
@@ -239,29 +223,18 @@ fn deletion_order(mut keys: Vec<String>) -> Vec<String> {
     keys
 }
 
-async fn delete(client: &Client, cfg: &S3Config, key: &str) -> Result<(), S3Error> {
-    client
-        .delete_object()
-        .bucket(&cfg.bucket)
-        .key(key)
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| classify(cfg, "DeleteObject", &e))
-}
-
 /// Deletes one folder: the manifest alone first, then the rest a few at a time.
-async fn delete_folder(client: &Client, cfg: &S3Config, keys: Vec<String>) -> Result<(), S3Error> {
+async fn delete_folder(store: &dyn Store, keys: Vec<String>) -> Result<(), StoreError> {
     let mut keys = deletion_order(keys).into_iter();
     let rest: Vec<String> = match keys.next() {
         Some(first) => {
-            delete(client, cfg, &first).await?;
+            store.delete(&first).await?;
             keys.collect()
         }
         None => return Ok(()),
     };
-    let results: Vec<Result<(), S3Error>> = futures_util::stream::iter(rest)
-        .map(|k| async move { delete(client, cfg, &k).await })
+    let results: Vec<Result<(), StoreError>> = futures_util::stream::iter(rest)
+        .map(|k| async move { store.delete(&k).await })
         .buffer_unordered(16)
         .collect()
         .await;
@@ -276,31 +249,24 @@ pub struct Done {
     pub uploads_aborted: usize,
 }
 
-/// Carries out a plan. Stops at the first S3 error (what was deleted stays deleted; a backup
+/// Carries out a plan. Stops at the first storage error (what was deleted stays deleted; a backup
 /// whose manifest went is no longer listed, and its rest is a leftover for the next prune).
-pub async fn execute(client: &Client, cfg: &S3Config, plan: &TargetPlan) -> Result<Done, S3Error> {
+pub async fn execute(store: &dyn Store, plan: &TargetPlan) -> Result<Done, StoreError> {
     let mut done = Done::default();
     for d in plan.removed() {
         if let Some(keys) = plan.folders.get(&d.id) {
-            delete_folder(client, cfg, keys.clone()).await?;
+            delete_folder(store, keys.clone()).await?;
             done.backups_deleted += 1;
         }
     }
     for l in &plan.leftovers {
         if let Some(keys) = plan.folders.get(&l.id) {
-            delete_folder(client, cfg, keys.clone()).await?;
+            delete_folder(store, keys.clone()).await?;
             done.leftovers_deleted += 1;
         }
     }
     for u in &plan.stale_uploads {
-        client
-            .abort_multipart_upload()
-            .bucket(&cfg.bucket)
-            .key(&u.key)
-            .upload_id(&u.upload_id)
-            .send()
-            .await
-            .map_err(|e| classify(cfg, "AbortMultipartUpload", &e))?;
+        store.abort(&u.key, &u.upload_id).await?;
         done.uploads_aborted += 1;
     }
     Ok(done)

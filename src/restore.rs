@@ -16,13 +16,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use aws_sdk_s3::Client;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::catalog;
-use crate::config::{Defaults, S3Config};
+use crate::config::Defaults;
 use crate::discovery::Target;
 use crate::docker::{Container, DockerClient, DockerError, ExecExit, ExecInput};
 use crate::fetch::{self, Checked, Damage};
@@ -30,6 +29,7 @@ use crate::labels::{Format, TargetId};
 use crate::layout::{self, BackupId, Kind};
 use crate::manifest::{Manifest, Object, ObjectKind};
 use crate::pg::{self, Access, PgError, PgStream};
+use crate::store::Store;
 
 pub mod sql;
 
@@ -94,16 +94,22 @@ impl FromStr for BackupRef {
 
 /// An `s3://bucket/…` reference must name the configured bucket: pgbackup reads only
 /// `S3_BUCKET`, and silently reading another key there would restore the wrong thing.
-pub fn check_bucket_of(reference: &str, bucket: &str) -> Result<(), String> {
-    match reference
+pub fn check_bucket_of(reference: &str, location: &str) -> Result<(), String> {
+    let Some(b) = reference
         .trim()
         .strip_prefix("s3://")
         .and_then(|r| r.split('/').next())
-    {
-        Some(b) if b != bucket => Err(format!(
+    else {
+        return Ok(());
+    };
+    match location.strip_prefix("s3://") {
+        Some(bucket) if b == bucket => Ok(()),
+        Some(bucket) => Err(format!(
             "{reference:?} is in bucket {b:?}, but pgbackup reads S3_BUCKET={bucket:?}: set S3_BUCKET (and its credentials) to that bucket, or copy the backup into this one"
         )),
-        _ => Ok(()),
+        None => Err(format!(
+            "{reference:?} is in bucket {b:?}, but pgbackup reads the directory {location} (PGBACKUP_DESTINATION): name the backup by its key or id"
+        )),
     }
 }
 
@@ -429,7 +435,7 @@ async fn outside_scope(docker: &DockerClient, name: &str) -> Option<String> {
 /// `pgbackup.prefix` when it runs with labels, else `project/service` as named.
 async fn source_dir(
     docker: &DockerClient,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     defaults: &Defaults,
     name: &str,
 ) -> Result<(String, String), RestoreError> {
@@ -438,36 +444,33 @@ async fn source_dir(
             && let Some(spec) = t.settings()
         {
             return Ok((
-                layout::target_dir(&s3cfg.prefix, &spec.prefix),
+                layout::target_dir(store.prefix(), &spec.prefix),
                 t.target.to_string(),
             ));
         }
         if let Some(t) = TargetId::of(&c.labels, &c.name) {
             return Ok((
-                layout::target_dir(&s3cfg.prefix, &t.to_string()),
+                layout::target_dir(store.prefix(), &t.to_string()),
                 t.to_string(),
             ));
         }
     }
-    Ok((layout::target_dir(&s3cfg.prefix, name), name.to_string()))
+    Ok((layout::target_dir(store.prefix(), name), name.to_string()))
 }
 
-async fn by_key(
-    client: &Client,
-    s3cfg: &S3Config,
-    dir: &str,
-    id: &BackupId,
-) -> Result<Manifest, RestoreError> {
+async fn by_key(store: &dyn Store, dir: &str, id: &BackupId) -> Result<Manifest, RestoreError> {
     let key = layout::join(&[dir, &id.to_string(), layout::MANIFEST]);
-    let found = catalog::exists(client, s3cfg, &key)
+    let found = store
+        .head(&key)
         .await
+        .map(|s| s.is_some())
         .map_err(|e| RestoreError::Failed(e.to_string()))?;
     if !found {
         return Err(RestoreError::Usage(format!(
             "{dir}/{id} is not a committed backup (no manifest.json): see `pgctl list`"
         )));
     }
-    catalog::read_manifest(client, s3cfg, &key)
+    catalog::read_manifest(store, &key)
         .await
         .map_err(RestoreError::Failed)
 }
@@ -475,12 +478,11 @@ async fn by_key(
 /// Finds the manifest `req.backup` names. Only committed backups are ever found.
 pub async fn resolve_backup(
     docker: &DockerClient,
-    client: &Client,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     defaults: &Defaults,
     req: &Request,
 ) -> Result<(Manifest, Option<String>), RestoreError> {
-    let s3err = |e: crate::s3::S3Error| RestoreError::Failed(e.to_string());
+    let s3err = |e: crate::store::StoreError| RestoreError::Failed(e.to_string());
     match &req.backup {
         BackupRef::Latest => {
             let source = req.from.as_deref().or(req.to.as_deref()).ok_or_else(|| {
@@ -488,8 +490,8 @@ pub async fn resolve_backup(
                     "`latest` needs a target: pass --from TARGET (whose backups) or --to TARGET (restores its own latest)".into(),
                 )
             })?;
-            let (dir, id) = source_dir(docker, s3cfg, defaults, source).await?;
-            let m = catalog::latest(client, s3cfg, &dir, req.kind, Some(&id))
+            let (dir, id) = source_dir(docker, store, defaults, source).await?;
+            let m = catalog::latest(store, &dir, req.kind, Some(&id))
                 .await
                 .map_err(s3err)?
                 .ok_or_else(|| {
@@ -500,19 +502,15 @@ pub async fn resolve_backup(
                 })?;
             Ok((m, None))
         }
-        BackupRef::Key { dir, id, object } => {
-            Ok((by_key(client, s3cfg, dir, id).await?, object.clone()))
-        }
+        BackupRef::Key { dir, id, object } => Ok((by_key(store, dir, id).await?, object.clone())),
         BackupRef::Id(id) => {
             if let Some(from) = &req.from {
-                let (dir, _) = source_dir(docker, s3cfg, defaults, from).await?;
-                return Ok((by_key(client, s3cfg, &dir, id).await?, None));
+                let (dir, _) = source_dir(docker, store, defaults, from).await?;
+                return Ok((by_key(store, &dir, id).await?, None));
             }
-            let mut keys = catalog::manifest_keys(client, s3cfg, None)
-                .await
-                .map_err(s3err)?;
+            let mut keys = catalog::manifest_keys(store, None).await.map_err(s3err)?;
             keys.retain(|(k, _)| k == id);
-            let (found, problems) = catalog::read_manifests(client, s3cfg, &keys).await;
+            let (found, problems) = catalog::read_manifests(store, &keys).await;
             if let Some(p) = problems.first() {
                 return Err(RestoreError::Failed(p.clone()));
             }
@@ -986,8 +984,7 @@ pub trait ChunkSink: Send {
 /// Streams one object of `m` (S3 → size + SHA-256 → decompression) into `sink`, then checks the
 /// manifest's size and checksum. `what` names the destination in errors.
 pub async fn stream_object(
-    client: &Client,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     m: &Manifest,
     object: &Object,
     what: &str,
@@ -995,7 +992,7 @@ pub async fn stream_object(
     progress: &dyn Progress,
 ) -> Result<(), RestoreError> {
     let compression = fetch::compression_of(m).map_err(RestoreError::Failed)?;
-    let body = fetch::open(client, s3cfg, m, object)
+    let body = fetch::open(store, m, object)
         .await
         .map_err(|e| RestoreError::Failed(e.to_string()))?;
     let (checked, tallies) = Checked::new(body);
@@ -1261,8 +1258,7 @@ $pgbackup$;
 /// when that was checked).
 pub async fn execute(
     docker: &DockerClient,
-    client: &Client,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     plan: &Plan,
     progress: &dyn Progress,
 ) -> Result<Outcome, RestoreError> {
@@ -1294,7 +1290,7 @@ pub async fn execute(
 
     let loaded = async {
         if let Some(g) = &plan.globals {
-            let (script, created, skip) = globals_script(client, s3cfg, plan, g, &access).await?;
+            let (script, created, skip) = globals_script(store, plan, g, &access).await?;
             skipped = skip;
             let what = format!("restoring roles from {}", g.name);
             let mut s = Psql::start(docker, &plan.container, &plan.user, maint, &what).await?;
@@ -1311,7 +1307,7 @@ pub async fn execute(
             created_roles = created;
         }
         for (d, t) in plan.databases.iter().zip(&temps) {
-            load(docker, client, s3cfg, plan, d, t, maint, progress).await?;
+            load(docker, store, plan, d, t, maint, progress).await?;
             tracing::info!(database = %d.database, temporary = %t.load, bytes = d.object.size,
                 "Database loaded; it takes its name when every database of the backup is loaded.");
         }
@@ -1373,8 +1369,7 @@ pub async fn execute(
 #[allow(clippy::too_many_arguments)]
 async fn load(
     docker: &DockerClient,
-    client: &Client,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     plan: &Plan,
     d: &DbPlan,
     t: &Temporary,
@@ -1396,8 +1391,7 @@ async fn load(
     let streamed = match plan.manifest.format {
         Format::Plain | Format::Tar => {
             stream_object(
-                client,
-                s3cfg,
+                store,
                 &plan.manifest,
                 &d.object,
                 &label,
@@ -1414,8 +1408,7 @@ async fn load(
             };
             let feed = async {
                 let r = stream_object(
-                    client,
-                    s3cfg,
+                    store,
                     &plan.manifest,
                     &d.object,
                     &conv.what,
@@ -1564,8 +1557,7 @@ async fn undo(
 
 /// Reads the globals object whole, verifies it and keeps what applies to this server.
 async fn globals_script(
-    client: &Client,
-    s3cfg: &S3Config,
+    store: &dyn Store,
     plan: &Plan,
     g: &Object,
     access: &Access,
@@ -1578,7 +1570,7 @@ async fn globals_script(
     }
     let m = &plan.manifest;
     let compression = fetch::compression_of(m).map_err(RestoreError::Failed)?;
-    let body = fetch::open(client, s3cfg, m, g)
+    let body = fetch::open(store, m, g)
         .await
         .map_err(|e| RestoreError::Failed(e.to_string()))?;
     let (checked, tallies) = Checked::new(body);

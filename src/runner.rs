@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
@@ -14,7 +13,6 @@ use tokio::sync::{Mutex, RwLock, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::{self, BackupError, Ctx};
-use crate::config::S3Config;
 use crate::discovery::{Shared, Target};
 use crate::docker::DockerClient;
 use crate::labels::TargetId;
@@ -22,6 +20,7 @@ use crate::layout::{self, BackupId, Kind};
 use crate::metrics::{DbLabels, JobLabels, Metrics};
 use crate::prune;
 use crate::schedule::Schedule;
+use crate::store::SharedStore;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -90,8 +89,7 @@ pub enum RunError {
 
 pub struct Runner {
     pub docker: DockerClient,
-    pub s3: Client,
-    pub s3cfg: S3Config,
+    pub store: SharedStore,
     pub tz: Tz,
     pub min_backups: u32,
     slots: Semaphore,
@@ -106,16 +104,14 @@ pub struct Runner {
 impl Runner {
     pub fn new(
         docker: DockerClient,
-        s3: Client,
-        s3cfg: S3Config,
+        store: SharedStore,
         tz: Tz,
         concurrency: usize,
         min_backups: u32,
     ) -> Runner {
         Runner {
             docker,
-            s3,
-            s3cfg,
+            store,
             tz,
             min_backups,
             slots: Semaphore::new(concurrency),
@@ -213,8 +209,7 @@ impl Runner {
             .unwrap_or(Duration::from_secs(7200));
         let ctx = Ctx {
             docker: &self.docker,
-            s3: &self.s3,
-            s3cfg: &self.s3cfg,
+            store: self.store.as_ref(),
         };
         let id = BackupId::unique(started_at, kind);
         let job = async {
@@ -237,7 +232,7 @@ impl Runner {
         {
             backup::discard(
                 &ctx,
-                &layout::backup_dir(&self.s3cfg.prefix, &spec.prefix, &id),
+                &layout::backup_dir(self.store.prefix(), &spec.prefix, &id),
             )
             .await;
         }
@@ -354,13 +349,12 @@ fn timed_out(timeout: Duration) -> BackupError {
 
 impl Runner {
     async fn prune(&self, target: &Target) {
-        let Some(scope) = prune::scope_of(target, &self.s3cfg.prefix) else {
+        let Some(scope) = prune::scope_of(target, self.store.prefix()) else {
             return;
         };
         let result = async {
             let plan = prune::plan(
-                &self.s3,
-                &self.s3cfg,
+                self.store.as_ref(),
                 &scope,
                 self.min_backups,
                 self.tz,
@@ -385,7 +379,7 @@ impl Runner {
                 .entry(scope.target.clone())
                 .or_default()
                 .storage = Some(notes);
-            prune::execute(&self.s3, &self.s3cfg, &plan).await
+            prune::execute(self.store.as_ref(), &plan).await
         }
         .await;
         match result {

@@ -166,7 +166,7 @@ pub fn render(r: &Report) -> String {
     for u in &r.unfinished_restores {
         let service = u.split(' ').next().unwrap_or(u);
         out.push_str(&format!(
-            "warning: unfinished physical restore of {u}: finish it with `pgctl restore --resume {service}` or undo it with `pgctl restore --rollback {service}`\n"
+            "warning: unfinished physical restore of {u}: cut off, or running now; once no `pgctl restore` runs for it, finish it with `pgctl restore --resume {service}` or undo it with `pgctl restore --rollback {service}`\n"
         ));
     }
     for (name, labels) in &r.not_opted_in {

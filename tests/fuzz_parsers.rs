@@ -89,7 +89,7 @@ proptest! {
         let _ = s.parse::<BackupRef>();
         let _ = t.parse::<BackupRef>();
         let _ = s.parse::<BackupId>();
-        let _ = pgbackup::restore::check_bucket_of(&s, "pgbackup");
+        let _ = pgbackup::restore::check_bucket_of(&s, "s3://pgbackup");
     }
 
     #[test]

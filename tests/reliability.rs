@@ -12,18 +12,12 @@ use serde_json::Value;
 
 /// Every key under `dir/` in the stack's bucket.
 fn keys_under(cfg: &S3Config, dir: &str) -> Vec<String> {
-    let client = common::block_on(pgbackup::s3::client(cfg));
-    common::block_on(pgbackup::catalog::keys(&client, cfg, &format!("{dir}/"))).unwrap()
+    common::keys(cfg, &format!("{dir}/"))
 }
 
 /// Open multipart uploads under `dir/`.
 fn uploads_under(cfg: &S3Config, dir: &str) -> Vec<String> {
-    let client = common::block_on(pgbackup::s3::client(cfg));
-    common::block_on(pgbackup::catalog::uploads(&client, cfg, &format!("{dir}/")))
-        .unwrap()
-        .into_iter()
-        .map(|(k, _, _)| k)
-        .collect()
+    common::uploads_under(cfg, &format!("{dir}/"))
 }
 
 /// A standalone target with `labels` (and `pgbackup.enable`), listed by the sidecar.
@@ -185,15 +179,17 @@ fn an_unreadable_manifest_is_never_counted_and_never_the_reason_to_delete() {
         0x654321,
     );
     common::put(&cfg, &format!("{dir}/{young}/app.dump.zst"), vec![1; 10]);
-    let client = common::block_on(pgbackup::s3::client(&cfg));
     let upload_key = format!("{dir}/{young}/big.dump.zst");
-    common::block_on(
-        client
+    common::block_on(async {
+        common::s3_store(&cfg)
+            .await
+            .sdk()
             .create_multipart_upload()
             .bucket(&cfg.bucket)
             .key(&upload_key)
-            .send(),
-    )
+            .send()
+            .await
+    })
     .unwrap();
 
     let o = s.pgctl(&["prune", "--dry-run", &name]);

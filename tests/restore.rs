@@ -618,8 +618,7 @@ fn two_year_history(cfg: &pgbackup::config::S3Config, root: &str) -> Vec<DateTim
 
 fn folders(cfg: &pgbackup::config::S3Config, dir: &str) -> Vec<String> {
     common::block_on(async {
-        let client = pgbackup::s3::client(cfg).await;
-        pgbackup::catalog::folders(&client, cfg, dir)
+        pgbackup::catalog::folders(&common::s3_store(cfg).await, dir)
             .await
             .unwrap()
             .iter()
@@ -714,12 +713,7 @@ fn prune_two_year_history_keeps_the_planned_set_only() {
         days.len(),
         "the other target is untouched"
     );
-    let manifests = common::block_on(async {
-        let client = pgbackup::s3::client(&cfg).await;
-        pgbackup::catalog::keys(&client, &cfg, &format!("{root}/a/"))
-            .await
-            .unwrap()
-    });
+    let manifests = common::keys(&cfg, &format!("{root}/a/"));
     assert_eq!(
         manifests.len(),
         expected.len() * 2 + 1,

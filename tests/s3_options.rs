@@ -20,12 +20,7 @@ fn object_lock_md5_storage_class_and_prefix() {
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
 
     let cfg = common::s3_config(&s);
-    let keys = common::block_on(pgbackup::catalog::keys(
-        &common::block_on(pgbackup::s3::client(&cfg)),
-        &cfg,
-        "md5-test/",
-    ))
-    .unwrap();
+    let keys = common::keys(&cfg, "md5-test/");
     assert!(
         keys.iter().any(|k| k.starts_with(&format!("md5-test/{target}/")) && k.ends_with("/manifest.json")),
         "{keys:?}"

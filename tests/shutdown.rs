@@ -61,9 +61,7 @@ fn sigterm_mid_backup_cancels_the_job_cleans_up_and_logs_the_failure() {
         logs.contains("cancelled") && logs.contains("Backup failed"),
         "the failure is logged: {logs}"
     );
-    let client = common::block_on(pgbackup::s3::client(&cfg));
-    let keys =
-        common::block_on(pgbackup::catalog::keys(&client, &cfg, &format!("{name}/"))).unwrap();
+    let keys = common::keys(&cfg, &format!("{name}/"));
     assert!(keys.is_empty(), "objects left: {keys:?}");
     let left: Vec<String> = common::open_uploads(&cfg)
         .into_iter()

@@ -218,7 +218,24 @@ pub fn s3_config(stack: &Stack) -> pgbackup::config::S3Config {
     .collect();
     pgbackup::config::Config::from_map(&map)
         .expect("test S3 config")
-        .s3
+        .destination
+        .s3()
+        .expect("an S3 destination")
+        .clone()
+}
+
+/// The stack's bucket through pgbackup's own store (what the sidecar reads and writes).
+pub async fn s3_store(cfg: &pgbackup::config::S3Config) -> pgbackup::store::s3::S3Store {
+    pgbackup::store::s3::S3Store::new(cfg).await
+}
+
+/// Every key under `prefix` in the stack's bucket.
+pub fn keys(cfg: &pgbackup::config::S3Config, prefix: &str) -> Vec<String> {
+    block_on(async {
+        pgbackup::catalog::keys(&s3_store(cfg).await, prefix)
+            .await
+            .unwrap()
+    })
 }
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -235,39 +252,22 @@ pub fn download(
     prefix: &str,
     dir: &std::path::Path,
 ) -> Vec<String> {
-    block_on(async {
-        let client = pgbackup::s3::client(cfg).await;
-        let keys = pgbackup::catalog::keys(&client, cfg, &format!("{prefix}/"))
-            .await
-            .unwrap();
-        let mut names = vec![];
-        for k in keys {
-            let obj = client
-                .get_object()
-                .bucket(&cfg.bucket)
-                .key(&k)
-                .send()
-                .await
-                .unwrap();
-            let bytes = obj.body.collect().await.unwrap().into_bytes();
-            let name = k.rsplit('/').next().unwrap().to_string();
-            std::fs::write(dir.join(&name), &bytes).unwrap();
-            names.push(name);
-        }
-        names
-    })
+    let mut names = vec![];
+    for k in keys(cfg, &format!("{prefix}/")) {
+        let name = k.rsplit('/').next().unwrap().to_string();
+        std::fs::write(dir.join(&name), get(cfg, &k)).unwrap();
+        names.push(name);
+    }
+    names
 }
 
 /// Writes one object (for tests that damage or fabricate backups).
 pub fn put(cfg: &pgbackup::config::S3Config, key: &str, data: Vec<u8>) {
+    use pgbackup::store::Store;
     block_on(async {
-        let client = pgbackup::s3::client(cfg).await;
-        client
-            .put_object()
-            .bucket(&cfg.bucket)
-            .key(key)
-            .body(data.into())
-            .send()
+        s3_store(cfg)
+            .await
+            .put(key, data.into())
             .await
             .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
     })
@@ -276,17 +276,14 @@ pub fn put(cfg: &pgbackup::config::S3Config, key: &str, data: Vec<u8>) {
 /// Writes many small objects, 32 at a time.
 pub fn put_many(cfg: &pgbackup::config::S3Config, objects: Vec<(String, Vec<u8>)>) {
     use futures_util::StreamExt;
+    use pgbackup::store::Store;
     block_on(async {
-        let client = pgbackup::s3::client(cfg).await;
-        let client = &client;
+        let store = s3_store(cfg).await;
+        let store = &store;
         futures_util::stream::iter(objects)
             .map(|(key, data)| async move {
-                client
-                    .put_object()
-                    .bucket(&cfg.bucket)
-                    .key(&key)
-                    .body(data.into())
-                    .send()
+                store
+                    .put(&key, data.into())
                     .await
                     .unwrap_or_else(|e| panic!("put {key}: {e:?}"));
             })
@@ -297,34 +294,38 @@ pub fn put_many(cfg: &pgbackup::config::S3Config, objects: Vec<(String, Vec<u8>)
 }
 
 pub fn get(cfg: &pgbackup::config::S3Config, key: &str) -> Vec<u8> {
+    use pgbackup::store::Store;
+    use tokio::io::AsyncReadExt;
     block_on(async {
-        let client = pgbackup::s3::client(cfg).await;
-        let obj = client
-            .get_object()
-            .bucket(&cfg.bucket)
-            .key(key)
-            .send()
+        let (_, mut body) = s3_store(cfg)
+            .await
+            .get(key)
             .await
             .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
-        obj.body.collect().await.unwrap().into_bytes().to_vec()
+        let mut out = Vec::new();
+        body.read_to_end(&mut out).await.unwrap();
+        out
+    })
+}
+
+/// Open uploads under `prefix` (must be none after any failure).
+pub fn uploads_under(cfg: &pgbackup::config::S3Config, prefix: &str) -> Vec<String> {
+    use pgbackup::store::Store;
+    block_on(async {
+        s3_store(cfg)
+            .await
+            .uploads(prefix)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.key)
+            .collect()
     })
 }
 
 /// Multipart uploads still open in the bucket (must be none after any failure).
 pub fn open_uploads(cfg: &pgbackup::config::S3Config) -> Vec<String> {
-    block_on(async {
-        let client = pgbackup::s3::client(cfg).await;
-        let r = client
-            .list_multipart_uploads()
-            .bucket(&cfg.bucket)
-            .send()
-            .await
-            .unwrap();
-        r.uploads()
-            .iter()
-            .filter_map(|u| u.key().map(String::from))
-            .collect()
-    })
+    uploads_under(cfg, "")
 }
 
 /// `psql -XAt` in a container; panics on failure.
