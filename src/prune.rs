@@ -314,7 +314,7 @@ pub fn render(plan: &TargetPlan, tz: Tz, now: DateTime<Utc>) -> String {
             "abort".into(),
             u.key.clone(),
             when(u.initiated),
-            "stale multipart upload".into(),
+            "stale upload (an interrupted write)".into(),
         ]);
     }
     for x in &plan.unusable {
@@ -350,7 +350,7 @@ pub fn render(plan: &TargetPlan, tz: Tz, now: DateTime<Utc>) -> String {
             u.key.clone(),
             when(u.initiated),
             format!(
-                "open multipart upload, {} old: may be a backup still running",
+                "open upload, {} old: may be a backup still running",
                 age(u.initiated)
             ),
         ]);

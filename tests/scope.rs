@@ -5,55 +5,19 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{stderr, stdout, unique, wait_until};
+use common::{stderr, stdout, wait_until};
 use serde_json::Value;
-
-/// A second project: a `db` service (like the test stack's) and a sidecar with default scope
-/// on the same Garage, removed when dropped.
-struct Other {
-    project: String,
-    dir: std::path::PathBuf,
-}
-
-impl Other {
-    fn compose(&self, args: &[&str]) -> std::process::Output {
-        common::run(
-            Command::new("docker")
-                .args(["compose", "-p", &self.project, "-f", "compose.yaml"])
-                .args(args)
-                .current_dir(&self.dir),
-        )
-    }
-
-    fn pgctl(&self, args: &[&str]) -> std::process::Output {
-        let mut full = vec!["exec", "-T", "backup", "pgctl"];
-        full.extend_from_slice(args);
-        self.compose(&full)
-    }
-}
-
-impl Drop for Other {
-    fn drop(&mut self) {
-        let _ = self.compose(&["down", "-v", "-t", "1"]);
-    }
-}
 
 #[test]
 fn a_sidecar_acts_only_on_its_own_compose_project() {
     let s = stack!();
-    let scratch = std::env::var("PGBACKUP_E2E_SCRATCH")
-        .unwrap_or_else(|_| "/tmp/pgbackup-e2e-scratch".into());
-    let project = unique("scope").to_lowercase();
-    let dir = std::path::Path::new(&scratch).join(&project);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sidecar_image =
-        common::docker(&["inspect", "-f", "{{.Config.Image}}", &s.container("backup")]);
-    std::fs::write(
-        dir.join("compose.yaml"),
-        format!(
+    // A second project: a `db` service (like the test stack's) and a sidecar with default
+    // scope on the same Garage.
+    let other = common::Project::new(
+        "scope",
+        &format!(
             r#"services:
   db:
     image: {pg}
@@ -84,15 +48,11 @@ networks:
     name: {network}
 "#,
             pg = common::postgres_image(),
-            sidecar = sidecar_image,
+            sidecar = s.sidecar_image(),
             network = s.network(),
         ),
-    )
-    .unwrap();
-    let other = Other {
-        project: project.clone(),
-        dir,
-    };
+    );
+    let project = other.project.clone();
     let o = other.compose(&["up", "-d", "--wait"]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
 

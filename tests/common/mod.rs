@@ -515,3 +515,54 @@ impl Stack {
         wait_ready(name);
     }
 }
+
+/// A second compose project in the scratch directory (the way a user's own stack sits next to
+/// others on one host), from `compose` text; `down -v` and its directory removed when dropped.
+pub struct Project {
+    pub project: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl Project {
+    pub fn new(prefix: &str, compose: &str) -> Project {
+        let scratch = std::env::var("PGBACKUP_E2E_SCRATCH")
+            .unwrap_or_else(|_| "/tmp/pgbackup-e2e-scratch".into());
+        let project = unique(prefix).to_lowercase();
+        let dir = std::path::Path::new(&scratch).join(&project);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("compose.yaml"), compose).unwrap();
+        Project { project, dir }
+    }
+
+    pub fn compose(&self, args: &[&str]) -> Output {
+        run(Command::new("docker")
+            .args(["compose", "-p", &self.project, "-f", "compose.yaml"])
+            .args(args)
+            .current_dir(&self.dir))
+    }
+
+    /// `pgctl ARGS` in the project's `backup` service.
+    pub fn pgctl(&self, args: &[&str]) -> Output {
+        let mut full = vec!["exec", "-T", "backup", "pgctl"];
+        full.extend_from_slice(args);
+        self.compose(&full)
+    }
+
+    pub fn container(&self, service: &str) -> String {
+        format!("{}-{service}-1", self.project)
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.compose(&["down", "-v", "-t", "1"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Stack {
+    /// The image the stack's sidecar runs (the one under test).
+    pub fn sidecar_image(&self) -> String {
+        docker(&["inspect", "-f", "{{.Config.Image}}", &self.container("backup")])
+    }
+}
