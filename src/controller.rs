@@ -155,7 +155,7 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
     if left > 0 {
         tracing::warn!(
             jobs = left,
-            "Jobs still cleaning up at shutdown; prune removes what they leave."
+            "Jobs did not finish cleaning up within the grace period and were aborted; prune removes what they left."
         );
     }
     let _ = disco.await;

@@ -175,15 +175,12 @@ async fn backups(State(s): State<AppState>, Json(req): Json<BackupRequest>) -> i
         let kind = req.kind;
         let wait = req.wait;
         async move {
-            // Its own task: a client that goes away (Ctrl-C on `pgctl backup`) does not cut the
-            // job off half-way; it ends, cleans up and is recorded like any other.
-            let job = {
-                let t = t.clone();
-                tokio::spawn(async move { runner.run(&t, kind, Trigger::Manual, wait).await })
-            };
-            let r = job
+            // A task the runner owns: a client that goes away (Ctrl-C on `pgctl backup`) does
+            // not cut the job off half-way; it ends, cleans up and is recorded like any other.
+            let r = runner
+                .submit(t.clone(), kind, Trigger::Manual, wait)
                 .await
-                .unwrap_or_else(|e| Err(RunError::Crashed(e.to_string())));
+                .unwrap_or_else(|_| Err(RunError::Crashed("the job was aborted".into())));
             match r {
                 Ok(res) => outcome(&t.target.to_string(), res),
                 Err(e) => BackupOutcome {

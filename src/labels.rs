@@ -1,4 +1,4 @@
-//! `pgbackup.*` labels (SPEC §3) → a typed per-target [`TargetSpec`]. Pure.
+//! `pgbackup.*` labels (README "Labels") → a typed per-target [`TargetSpec`]. Pure.
 //!
 //! Every label is validated; all problems of one container are collected so the user fixes them
 //! in one go. A bad label only marks its own target invalid.

@@ -1,4 +1,4 @@
-//! Storage layout (SPEC §6): `[S3_PREFIX/]<target prefix>/<backup-id>/<object>`, backup ids,
+//! Storage layout (README "Storage layout"): `[S3_PREFIX/]<target prefix>/<backup-id>/<object>`, backup ids,
 //! object names. Pure.
 
 use std::fmt;

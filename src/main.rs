@@ -23,7 +23,8 @@ mod commands;
 ///
 /// Configuration comes from the environment (see the README); every variable also accepts
 /// <NAME>_FILE. Exit codes: 0 ok, 1 operation failed, 2 usage or configuration error,
-/// 3 Docker or S3 unreachable or refused at start-up.
+/// 3 Docker or the backup destination unreachable or refused at start-up, 4 refused before
+/// changing anything (a restore over data without --clean, an incompatible Postgres version).
 #[derive(Parser)]
 #[command(name = "pgctl", version, about, long_about)]
 struct Cli {
@@ -60,7 +61,7 @@ enum Command {
         #[arg(long, value_name = "URL")]
         controller: Option<String>,
     },
-    /// List committed backups (newest last), read from S3.
+    /// List committed backups (newest last), read from the backup destination.
     List {
         /// Only this target (`project/service`, or just the service).
         target: Option<String>,

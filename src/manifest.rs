@@ -1,4 +1,4 @@
-//! `manifest.json`, the commit marker of a backup, written last (SPEC §6). Pure.
+//! `manifest.json`, the commit marker of a backup, written last (README "Storage layout"). Pure.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

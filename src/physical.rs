@@ -1,4 +1,4 @@
-//! Physical restore (SPEC §5, §7): a base backup unpacked into a NEW named volume, the service's
+//! Physical restore (README "Physical restore"): a base backup unpacked into a NEW named volume, the service's
 //! container recreated on it, and the compose file's volume reference rewritten — the old
 //! volume is never touched.
 //!

@@ -1,4 +1,4 @@
-//! Logical restore, all or nothing (SPEC §5, §7): S3 → SHA-256 + size → decompression →
+//! Logical restore, all or nothing (README "Restoring"): the store → SHA-256 + size → decompression →
 //! (`pg_restore --create -f -` for custom archives) → [`sql::Rewriter`] → `psql` in the target.
 //!
 //! Roles are restored first, in one transaction. Then every database of the backup is loaded

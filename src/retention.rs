@@ -1,4 +1,4 @@
-//! Retention (restic semantics, SPEC §7): which backups of one target and kind to keep, and why.
+//! Retention (restic semantics, README "Retention"): which backups of one target and kind to keep, and why.
 //! Pure: the planner sees backup times and a policy, never S3, so it is tested with fixed
 //! histories.
 

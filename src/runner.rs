@@ -1,6 +1,8 @@
 //! Runs backup jobs: at most `PGBACKUP_CONCURRENCY` at once, never two of one target, each
-//! within its timeout; records results for status and metrics. The scheduler decides when
-//! (pure planning in [`plan`] and [`due`]), the runner how.
+//! within its timeout; a failed scheduled backup is tried again after [`RETRY_DELAYS`];
+//! records results for status and metrics. Every job is a task in the runner's own `JoinSet`,
+//! which a shutdown drains. The scheduler decides when (pure planning in [`plan`] and
+//! [`due`]), the runner how.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,7 +11,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
-use tokio::sync::{Mutex, RwLock, Semaphore, watch};
+use tokio::sync::{Mutex, RwLock, Semaphore, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::{self, BackupError, Ctx};
@@ -96,6 +99,8 @@ pub struct Runner {
     /// Cancelled on shutdown: running jobs stop, clean up and report.
     cancel: CancellationToken,
     active: std::sync::atomic::AtomicUsize,
+    /// Every job started through [`Runner::submit`]: owned here, drained by a shutdown.
+    jobs: std::sync::Mutex<JoinSet<()>>,
     locks: Mutex<HashMap<TargetId, Arc<Mutex<()>>>>,
     pub state: RwLock<BTreeMap<String, TargetState>>,
     pub metrics: Metrics,
@@ -117,6 +122,7 @@ impl Runner {
             slots: Semaphore::new(concurrency),
             cancel: CancellationToken::new(),
             active: Default::default(),
+            jobs: std::sync::Mutex::new(JoinSet::new()),
             locks: Mutex::default(),
             state: RwLock::default(),
             metrics: Metrics::default(),
@@ -132,19 +138,44 @@ impl Runner {
             .clone()
     }
 
+    /// Starts a job as a task the runner owns (a client that goes away does not cut it off
+    /// half-way); its result arrives on the returned channel.
+    pub fn submit(
+        self: &Arc<Self>,
+        target: Target,
+        kind: Kind,
+        trigger: Trigger,
+        wait: bool,
+    ) -> oneshot::Receiver<Result<JobResult, RunError>> {
+        let (tx, rx) = oneshot::channel();
+        let runner = self.clone();
+        let mut jobs = self.jobs.lock().expect("job set lock");
+        // Finished jobs are reaped here, so the set holds only running ones.
+        while jobs.try_join_next().is_some() {}
+        jobs.spawn(async move {
+            let _ = tx.send(runner.run(&target, kind, trigger, wait).await);
+        });
+        rx
+    }
+
     /// Cancels every running job and waits (up to `grace`) until each has cleaned up and
-    /// recorded its failure. New jobs are refused from now on. Returns how many were still
-    /// running when the grace ran out.
+    /// recorded its failure; a job still running then is aborted (dropping it aborts its
+    /// uploads). New jobs are refused from now on. Returns how many had to be aborted.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.cancel.cancel();
-        let deadline = tokio::time::Instant::now() + grace;
-        loop {
-            let n = self.active.load(std::sync::atomic::Ordering::SeqCst);
-            if n == 0 || tokio::time::Instant::now() >= deadline {
-                return n;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut jobs = std::mem::take(&mut *self.jobs.lock().expect("job set lock"));
+        let drained =
+            tokio::time::timeout(grace, async { while jobs.join_next().await.is_some() {} }).await;
+        let left = if drained.is_ok() { 0 } else { jobs.len() };
+        jobs.shutdown().await;
+        // Jobs run directly (`run` outside `submit`) are counted too.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.active.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        left
     }
 
     /// Runs one job now. With `wait`, waits for a running job of the same target to end;
@@ -187,7 +218,7 @@ impl Runner {
                 });
             }
         };
-        let _permit = self.slots.acquire().await.expect("semaphore open");
+        let mut permit = Some(self.slots.acquire().await.expect("semaphore open"));
         let started_at = Utc::now();
         let key = target.target.to_string();
         self.state
@@ -207,35 +238,29 @@ impl Runner {
             .settings()
             .map(|s| s.timeout)
             .unwrap_or(Duration::from_secs(7200));
-        let ctx = Ctx {
-            docker: &self.docker,
-            store: self.store.as_ref(),
+        let retries = match trigger {
+            Trigger::Manual => 0,
+            Trigger::Schedule | Trigger::Startup => RETRY_DELAYS.len(),
         };
-        let id = BackupId::unique(started_at, kind);
-        let job = async {
-            match kind {
-                Kind::Logical => backup::logical(&ctx, target, id).await,
-                Kind::Physical => backup::physical(&ctx, target, id).await,
+        let mut attempt = 0;
+        let outcome = loop {
+            let r = self.attempt(target, kind, timeout).await;
+            drop(permit.take());
+            match r {
+                Err(e) if attempt < retries && retryable(&e) && !self.cancel.is_cancelled() => {
+                    let delay = RETRY_DELAYS[attempt];
+                    attempt += 1;
+                    tracing::warn!(target_id = %key, kind = %kind, attempt, retry_in = %humantime::format_duration(delay),
+                        "Backup attempt failed; trying again: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.cancel.cancelled() => break Err(e),
+                    }
+                    permit = Some(self.slots.acquire().await.expect("semaphore open"));
+                }
+                r => break r,
             }
         };
-        // Whatever ends the job — its error, its timeout, a shutdown — the folder it was
-        // writing is removed before the result is reported: nothing is left behind.
-        let outcome = tokio::select! {
-            r = job => r,
-            _ = tokio::time::sleep(timeout) => Err(timed_out(timeout)),
-            _ = self.cancel.cancelled() => Err(BackupError::Refused(
-                "the controller is shutting down (SIGTERM): the backup was cancelled and nothing was committed".into(),
-            )),
-        };
-        if let (Err(e), Some(spec)) = (&outcome, target.settings())
-            && !matches!(e, BackupError::FolderTaken(_))
-        {
-            backup::discard(
-                &ctx,
-                &layout::backup_dir(self.store.prefix(), &spec.prefix, &id),
-            )
-            .await;
-        }
         let duration = clock.elapsed().as_secs_f64();
         self.metrics.running.dec();
         let labels = JobLabels {
@@ -337,6 +362,66 @@ impl<'a> Active<'a> {
 impl Drop for Active<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits before the second and third attempt of a failed scheduled (or start-up) backup: a
+/// restarting database, a network blip or a busy endpoint usually passes within minutes, and a
+/// daily schedule should not wait a day for the next try. Manual backups are not retried (the
+/// person asking sees the error at once).
+pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(300)];
+
+/// Whether another attempt may succeed: failures of the dump, the database connection, the
+/// upload or a container that is not running (yet). Not: invalid labels, a folder another
+/// target owns, a timeout, a refusal, a shutdown — trying again would fail the same way. Pure.
+pub fn retryable(e: &BackupError) -> bool {
+    matches!(
+        e,
+        BackupError::Dump { .. }
+            | BackupError::Pg(_)
+            | BackupError::Upload { .. }
+            | BackupError::NotRunning(_)
+    )
+}
+
+impl Runner {
+    /// One attempt of a job under a fresh backup id. Whatever ends it — its error, its
+    /// timeout, a shutdown — the folder it was writing is removed before it returns: nothing
+    /// is left behind.
+    async fn attempt(
+        &self,
+        target: &Target,
+        kind: Kind,
+        timeout: Duration,
+    ) -> Result<crate::manifest::Manifest, BackupError> {
+        let ctx = Ctx {
+            docker: &self.docker,
+            store: self.store.as_ref(),
+        };
+        let id = BackupId::unique(Utc::now(), kind);
+        let job = async {
+            match kind {
+                Kind::Logical => backup::logical(&ctx, target, id).await,
+                Kind::Physical => backup::physical(&ctx, target, id).await,
+            }
+        };
+        let outcome = tokio::select! {
+            r = job => r,
+            _ = tokio::time::sleep(timeout) => Err(timed_out(timeout)),
+            _ = self.cancel.cancelled() => Err(BackupError::Refused(
+                "the controller is shutting down (SIGTERM): the backup was cancelled and nothing was committed".into(),
+            )),
+        };
+        if let (Err(e), Some(spec)) = (&outcome, target.settings())
+            && !matches!(e, BackupError::FolderTaken(_))
+        {
+            backup::discard(
+                &ctx,
+                &layout::backup_dir(self.store.prefix(), &spec.prefix, &id),
+            )
+            .await;
+        }
+        outcome
     }
 }
 
@@ -471,10 +556,7 @@ pub async fn schedule_loop(
         let _ = tokio::time::timeout(Duration::from_secs(30), changed.changed()).await;
         for t in shared.registry.read().await.targets() {
             if t.settings().is_some() {
-                let r = runner.clone();
-                tokio::spawn(async move {
-                    let _ = r.run(&t, Kind::Logical, Trigger::Startup, false).await;
-                });
+                drop(runner.submit(t, Kind::Logical, Trigger::Startup, false));
             }
         }
     }
@@ -484,10 +566,9 @@ pub async fn schedule_loop(
         planned = plan(&planned, &targets, now, runner.tz);
         for key in due(&planned, now) {
             if let Some(t) = find(&targets, &key.0).cloned() {
-                let r = runner.clone();
-                let kind = key.1;
+                let rx = runner.submit(t.clone(), key.1, Trigger::Schedule, false);
                 tokio::spawn(async move {
-                    if let Err(e) = r.run(&t, kind, Trigger::Schedule, false).await {
+                    if let Ok(Err(e)) = rx.await {
                         tracing::warn!(target_id = %t.target, "Scheduled backup skipped: {e}.");
                     }
                 });
@@ -525,6 +606,33 @@ pub async fn schedule_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_failures_that_may_pass_are_retried() {
+        let upload = BackupError::Upload {
+            what: "x".into(),
+            source: crate::store::UploadError::TooLarge,
+        };
+        let dump = BackupError::Dump {
+            database: "app".into(),
+            code: 1,
+            stderr: "connection reset".into(),
+        };
+        for (e, again) in [
+            (dump, true),
+            (upload, true),
+            (BackupError::NotRunning("c".into()), true),
+            (BackupError::Invalid("t".into()), false),
+            (BackupError::FolderTaken("f".into()), false),
+            (timed_out(Duration::from_secs(5)), false),
+            (BackupError::Refused("shutting down".into()), false),
+        ] {
+            assert_eq!(retryable(&e), again, "{e}");
+        }
+        // Three attempts in all, the waits growing, within minutes.
+        assert!(RETRY_DELAYS.windows(2).all(|w| w[0] < w[1]));
+        assert!(RETRY_DELAYS.iter().sum::<Duration>() <= Duration::from_secs(600));
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

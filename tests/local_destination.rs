@@ -1,5 +1,5 @@
-//! End-to-end: backups on a local directory instead of S3 (`PGBACKUP_DESTINATION=/backups`, a
-//! bind mount in a user's own compose project): backup, list, verify, `sha256sum -c` with
+//! End-to-end: backups on a local directory instead of S3, with the README's `backup` service
+//! ("Backups on a local directory") as written, in a compose project of its own: backup, list, verify, `sha256sum -c` with
 //! standard tools, restore, retention; a sidecar killed mid-write leaves nothing listed and
 //! nothing under a final name, and the next prune removes what it left once it is old.
 
@@ -42,9 +42,17 @@ fn ids(p: &common::Project) -> Vec<String> {
 }
 
 #[test]
-fn backups_on_a_local_directory_list_verify_restore_and_prune_and_a_kill_leaves_nothing_listed()
-{
+fn backups_on_a_local_directory_list_verify_restore_and_prune_and_a_kill_leaves_nothing_listed() {
     let s = stack!();
+    let readme = common::readme_blocks("Backups on a local directory", "yaml");
+    let service = readme[0].replace(
+        "image: pgbackup:local",
+        &format!("image: {}", s.sidecar_image()),
+    );
+    assert!(
+        service.contains("PGBACKUP_DESTINATION: /backups"),
+        "{service}"
+    );
     let p = common::Project::new(
         "local",
         &format!(
@@ -63,17 +71,8 @@ fn backups_on_a_local_directory_list_verify_restore_and_prune_and_a_kill_leaves_
       test: ["CMD-SHELL", "pg_isready -q -h 127.0.0.1"]
       interval: 2s
       retries: 60
-  backup:
-    image: {sidecar}
-    environment:
-      PGBACKUP_DESTINATION: /backups
-      PGBACKUP_RUN_ON_STARTUP: "false"
-    volumes:
-      - /var/run/docker.sock:/var/run/docker.sock
-      - ./backups:/backups
-"#,
+{service}"#,
             pg = common::postgres_image(),
-            sidecar = s.sidecar_image(),
         ),
     );
     let root: PathBuf = p.dir.join("backups");
@@ -120,7 +119,12 @@ fn backups_on_a_local_directory_list_verify_restore_and_prune_and_a_kill_leaves_
     assert!(ok(&p.pgctl(&["verify", "latest", "--from", &target])).starts_with("ok"));
 
     // Restore: the data at backup time comes back, with its grants.
-    psql(&db, "app", "app", "DELETE FROM t; INSERT INTO t VALUES ('after')");
+    psql(
+        &db,
+        "app",
+        "app",
+        "DELETE FROM t; INSERT INTO t VALUES ('after')",
+    );
     ok(&p.pgctl(&["restore", "latest", "--to", "db", "--clean"]));
     assert_eq!(psql(&db, "app", "app", "SELECT v FROM t"), "at-backup");
     assert_eq!(

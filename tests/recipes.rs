@@ -14,25 +14,7 @@ use common::{Cleanup, Stack, run, stderr, stdout, unique};
 
 /// The ```sh blocks under the README heading `### {heading}`, in order.
 fn readme_blocks(heading: &str) -> Vec<String> {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
-        .find(&format!("\n### {heading}\n"))
-        .unwrap_or_else(|| panic!("README has no section {heading:?}"));
-    let section = &readme[start + 1..];
-    let end = section[4..]
-        .find("\n#")
-        .map(|e| e + 4)
-        .unwrap_or(section.len());
-    let mut blocks = Vec::new();
-    let mut rest = &section[..end];
-    while let Some(a) = rest.find("```sh\n") {
-        let body = &rest[a + 6..];
-        let b = body.find("```").expect("closed block");
-        blocks.push(body[..b].to_string());
-        rest = &body[b..];
-    }
-    blocks
+    common::readme_blocks(heading, "sh")
 }
 
 const COMPOSE: &str = "name: PROJECT

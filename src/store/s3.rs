@@ -205,7 +205,7 @@ impl S3Store {
                     UploadError::Store(s) => UploadError::Store(self.diagnose_write(s, key).await),
                     other => other,
                 };
-                self.abort_retrying(key, &upload_id).await;
+                let _ = self.abort_retrying(key, &upload_id).await;
                 Err(e)
             }
         }
@@ -302,23 +302,44 @@ impl S3Store {
 
     /// Aborts a multipart upload, retrying for about a minute (the endpoint may be the very
     /// thing that failed). If it still fails, `prune` removes the upload later.
-    async fn abort_retrying(&self, key: &str, upload_id: &str) {
+    async fn abort_retrying(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
         let mut delay = Duration::from_secs(1);
-        for attempt in 1..=7 {
-            match self.abort(key, upload_id).await {
+        let mut attempt = 1;
+        loop {
+            match self.abort_once(key, upload_id).await {
                 Ok(()) => {
                     tracing::info!(key, "Multipart upload aborted.");
-                    return;
+                    return Ok(());
                 }
-                Err(err) => {
-                    if attempt == 7 || !err.is_transient() {
-                        tracing::warn!(key, error = %err, "Could not abort a multipart upload; prune will remove it.");
-                        return;
-                    }
+                Err(err) if attempt < 7 && err.is_transient() => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(20));
+                    attempt += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(key, error = %err, "Could not abort a multipart upload; prune will remove it.");
+                    return Err(err);
                 }
             }
+        }
+    }
+
+    async fn abort_once(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.cfg.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match self.classify("AbortMultipartUpload", &e) {
+                // Already aborted (the drop guard and the job's clean-up both try).
+                StoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
         }
     }
 
@@ -493,22 +514,7 @@ impl Store for S3Store {
     }
 
     async fn abort(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
-        match self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.cfg.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) => match self.classify("AbortMultipartUpload", &e) {
-                // Already aborted (the drop guard and the job's clean-up both try).
-                StoreError::NotFound { .. } => Ok(()),
-                other => Err(other),
-            },
-        }
+        self.abort_retrying(key, upload_id).await
     }
 
     async fn probe(&self, patience: Duration) -> Result<(), StoreError> {
@@ -541,7 +547,9 @@ impl Drop for AbortGuard {
             std::mem::take(&mut self.upload_id),
         );
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { store.abort_retrying(&key, &id).await });
+            rt.spawn(async move {
+                let _ = store.abort_retrying(&key, &id).await;
+            });
         }
     }
 }

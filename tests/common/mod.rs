@@ -563,6 +563,35 @@ impl Drop for Project {
 impl Stack {
     /// The image the stack's sidecar runs (the one under test).
     pub fn sidecar_image(&self) -> String {
-        docker(&["inspect", "-f", "{{.Config.Image}}", &self.container("backup")])
+        docker(&[
+            "inspect",
+            "-f",
+            "{{.Config.Image}}",
+            &self.container("backup"),
+        ])
     }
+}
+
+/// The ```{lang} blocks under the README heading `### {heading}`, in order.
+pub fn readme_blocks(heading: &str, lang: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find(&format!("\n### {heading}\n"))
+        .unwrap_or_else(|| panic!("README has no section {heading:?}"));
+    let section = &readme[start + 1..];
+    let end = section[4..]
+        .find("\n#")
+        .map(|e| e + 4)
+        .unwrap_or(section.len());
+    let fence = format!("```{lang}\n");
+    let mut blocks = Vec::new();
+    let mut rest = &section[..end];
+    while let Some(a) = rest.find(&fence) {
+        let body = &rest[a + fence.len()..];
+        let b = body.find("```").expect("closed block");
+        blocks.push(body[..b].to_string());
+        rest = &body[b..];
+    }
+    blocks
 }
