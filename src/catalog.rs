@@ -1,7 +1,7 @@
 //! Reading what is stored: committed backups are the folders that hold a `manifest.json`.
 
-use crate::layout::{self, BackupId, Kind, MANIFEST};
-use crate::manifest::Manifest;
+use crate::model::layout::{self, BackupId, Kind, MANIFEST};
+use crate::model::manifest::Manifest;
 use crate::store::{Store, StoreError};
 
 /// Every key under `prefix` (any number of objects).

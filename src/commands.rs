@@ -12,8 +12,8 @@ use pgbackup::discovery::Target;
 use pgbackup::docker::DockerClient;
 use pgbackup::exit;
 use pgbackup::fetch;
-use pgbackup::layout;
-use pgbackup::manifest::Manifest;
+use pgbackup::model::layout;
+use pgbackup::model::manifest::Manifest;
 use pgbackup::physical;
 use pgbackup::prune::{self, Scope};
 use pgbackup::restore::{self, BackupRef, Progress, Quiet, Request, RestoreError};
@@ -461,7 +461,7 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
             to: None,
             db: None,
             clean: false,
-            kind: pgbackup::layout::Kind::Logical,
+            kind: pgbackup::model::layout::Kind::Logical,
         };
         match restore::resolve_backup(&docker, store.as_ref(), &cfg.defaults(), &req).await {
             Ok((m, object)) => {

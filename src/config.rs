@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::retention::KeepPolicy;
+use crate::model::KeepPolicy;
 use crate::schedule::Schedule;
 use crate::scope;
 

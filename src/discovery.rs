@@ -15,7 +15,8 @@ use tokio::sync::{RwLock, watch};
 
 use crate::config::Defaults;
 use crate::docker::{Container, ContainerEvent, DockerClient, DockerError};
-use crate::labels::{self, LabelError, TargetId, TargetSpec};
+use crate::labels::{self, LabelError, TargetSpec};
+use crate::model::TargetId;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Target {

@@ -170,10 +170,11 @@ impl DockerClient {
         setting: &scope::Setting,
     ) -> Result<DockerClient, DockerError> {
         let mut client = DockerClient::connect(host).await?;
-        client.own_project = client
-            .own_container()
-            .await
-            .and_then(|me| me.config?.labels?.remove(scope::COMPOSE_PROJECT));
+        client.own_project = client.own_container().await.and_then(|me| {
+            me.config?
+                .labels?
+                .remove(crate::model::target::COMPOSE_PROJECT)
+        });
         client.scope = setting.resolve(client.own_project.as_deref());
         Ok(client)
     }

@@ -10,8 +10,8 @@ use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
-use crate::labels::Compression;
-use crate::manifest::{Manifest, Object};
+use crate::model::Compression;
+use crate::model::manifest::{Manifest, Object};
 use crate::store::{BoxRead, Store};
 
 /// What the bytes that passed add up to.
@@ -158,7 +158,7 @@ pub fn decompress<'a>(input: impl AsyncRead + Unpin + Send + 'a, c: Compression)
 /// Checks `SHA256SUMS` against the manifest: the same objects, with the same SHA-256 each (what
 /// `sha256sum -c` will check for someone restoring with standard tools).
 pub async fn verify_sums(store: &dyn Store, m: &Manifest) -> Result<(), String> {
-    let key = format!("{}/{}", m.prefix, crate::layout::SUMS);
+    let key = format!("{}/{}", m.prefix, crate::model::layout::SUMS);
     let body = crate::store::read_small(store, &key, SUMS_MAX).await?;
     sums_problem(&String::from_utf8_lossy(&body), m).map_or(Ok(()), Err)
 }
@@ -173,18 +173,24 @@ pub fn sums_problem(text: &str, m: &Manifest) -> Option<String> {
         let Some((sha, name)) = line.split_once("  ") else {
             return Some(format!(
                 "{}: {line:?} is not a `sha256sum` line",
-                crate::layout::SUMS
+                crate::model::layout::SUMS
             ));
         };
         listed.insert(name.to_string(), sha.to_string());
     }
     for o in &m.objects {
         match listed.remove(&o.name) {
-            None => return Some(format!("{} does not list {}", crate::layout::SUMS, o.name)),
+            None => {
+                return Some(format!(
+                    "{} does not list {}",
+                    crate::model::layout::SUMS,
+                    o.name
+                ));
+            }
             Some(sha) if sha != o.sha256 => {
                 return Some(format!(
                     "{} gives {} the SHA-256 {sha}, the manifest {}",
-                    crate::layout::SUMS,
+                    crate::model::layout::SUMS,
                     o.name,
                     o.sha256
                 ));
@@ -195,7 +201,7 @@ pub fn sums_problem(text: &str, m: &Manifest) -> Option<String> {
     listed.keys().next().map(|extra| {
         format!(
             "{} lists {extra}, which the manifest does not hold",
-            crate::layout::SUMS
+            crate::model::layout::SUMS
         )
     })
 }
@@ -216,7 +222,7 @@ pub async fn verify_object(store: &dyn Store, m: &Manifest, o: &Object) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::ObjectKind;
+    use crate::model::manifest::ObjectKind;
     use tokio::io::AsyncReadExt;
 
     fn object(data: &[u8]) -> Object {

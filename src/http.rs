@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::discovery::Shared;
-use crate::layout::Kind;
+use crate::model::layout::Kind;
 use crate::runner::{JobResult, RunError, Runner, Trigger};
 use crate::status;
 

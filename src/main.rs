@@ -470,9 +470,9 @@ async fn cmd_backup(
         targets,
         all,
         kind: if physical {
-            pgbackup::layout::Kind::Physical
+            pgbackup::model::layout::Kind::Physical
         } else {
-            pgbackup::layout::Kind::Logical
+            pgbackup::model::layout::Kind::Logical
         },
         wait,
     };
@@ -579,7 +579,10 @@ async fn cmd_list(target: Option<String>, json: bool) -> i32 {
     exit::OK
 }
 
-fn render_list(manifests: &[pgbackup::manifest::Manifest], now: chrono::DateTime<Utc>) -> String {
+fn render_list(
+    manifests: &[pgbackup::model::manifest::Manifest],
+    now: chrono::DateTime<Utc>,
+) -> String {
     let mut rows = vec![vec![
         "ID".to_string(),
         "TARGET".into(),
@@ -591,7 +594,7 @@ fn render_list(manifests: &[pgbackup::manifest::Manifest], now: chrono::DateTime
         rows.push(vec![
             m.backup_id.to_string(),
             m.target.clone(),
-            if m.kind == pgbackup::layout::Kind::Physical {
+            if m.kind == pgbackup::model::layout::Kind::Physical {
                 "(whole cluster)".to_string()
             } else {
                 m.databases.join(",")

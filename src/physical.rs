@@ -33,8 +33,8 @@ use tokio::io::AsyncWriteExt;
 use crate::compose::{self, Edit};
 use crate::docker::{DockerClient, ExecInput};
 use crate::fetch;
-use crate::layout::Kind;
-use crate::manifest::{Manifest, Object, ObjectKind};
+use crate::model::layout::Kind;
+use crate::model::manifest::{Manifest, Object, ObjectKind};
 use crate::pg::{self, Access};
 use crate::restore::{ChunkSink, Progress, RestoreError};
 use crate::store::Store;
@@ -1286,7 +1286,7 @@ pub async fn unfinished(docker: &DockerClient) -> Vec<String> {
         .iter()
         .filter(|c| c.name.ends_with(journal::ASIDE_SUFFIX))
         .map(|c| {
-            let who = crate::labels::TargetId::of(&c.labels, &c.name)
+            let who = crate::model::TargetId::of(&c.labels, &c.name)
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| c.name.clone());
             format!("{who} (old container {})", c.name)
@@ -1301,7 +1301,7 @@ pub async fn find_journal(docker: &DockerClient, name: &str) -> Result<Journal, 
         .iter()
         .filter(|c| c.name.ends_with(journal::ASIDE_SUFFIX))
         .filter(|c| {
-            crate::labels::TargetId::of(&c.labels, &c.name)
+            crate::model::TargetId::of(&c.labels, &c.name)
                 .is_some_and(|t| t.to_string() == name || t.service == name)
         })
         .collect();

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader};
 use tokio_util::io::InspectReader;
 
-use crate::labels::Compression;
+use crate::model::Compression;
 use crate::store::{Store, UploadError};
 
 pub use crate::store::BoxRead;

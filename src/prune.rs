@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use crate::catalog;
 use crate::discovery::Target;
-use crate::layout::{self, BackupId, Kind, MANIFEST, SUMS};
-use crate::manifest::Manifest;
-use crate::retention::{self, Decision, KeepPolicy};
+use crate::model::KeepPolicy;
+use crate::model::layout::{self, BackupId, Kind, MANIFEST, SUMS};
+use crate::model::manifest::Manifest;
+use crate::retention::{self, Decision};
 use crate::store::{Store, StoreError};
 
 /// Uncommitted leftovers and multipart uploads younger than this may belong to a backup that is

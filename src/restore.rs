@@ -25,9 +25,9 @@ use crate::config::Defaults;
 use crate::discovery::Target;
 use crate::docker::{Container, DockerClient, DockerError, ExecExit, ExecInput};
 use crate::fetch::{self, Checked, Damage};
-use crate::labels::{Format, TargetId};
-use crate::layout::{self, BackupId, Kind};
-use crate::manifest::{Manifest, Object, ObjectKind};
+use crate::model::layout::{self, BackupId, Kind};
+use crate::model::manifest::{Manifest, Object, ObjectKind};
+use crate::model::{Format, TargetId};
 use crate::pg::{self, Access, PgError, PgStream};
 use crate::store::Store;
 

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::{self, BackupError, Ctx};
 use crate::discovery::{Shared, Target};
 use crate::docker::DockerClient;
-use crate::labels::TargetId;
-use crate::layout::{self, BackupId, Kind};
 use crate::metrics::{DbLabels, JobLabels, Metrics};
+use crate::model::TargetId;
+use crate::model::layout::{self, BackupId, Kind};
 use crate::prune;
 use crate::schedule::Schedule;
 use crate::store::SharedStore;
@@ -393,7 +393,7 @@ impl Runner {
         target: &Target,
         kind: Kind,
         timeout: Duration,
-    ) -> Result<crate::manifest::Manifest, BackupError> {
+    ) -> Result<crate::model::manifest::Manifest, BackupError> {
         let ctx = Ctx {
             docker: &self.docker,
             store: self.store.as_ref(),

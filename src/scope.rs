@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 /// The label Compose puts on every container of a project.
-pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+use crate::model::target::COMPOSE_PROJECT;
 
 /// `PGBACKUP_SCOPE` as written.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

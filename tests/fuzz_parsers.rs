@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use pgbackup::config::{Config, Defaults, VARIABLES};
-use pgbackup::labels::{self, KNOWN, TargetId};
-use pgbackup::layout::{BackupId, Kind};
-use pgbackup::manifest::Manifest;
+use pgbackup::labels::{self, KNOWN};
+use pgbackup::model::TargetId;
+use pgbackup::model::layout::{BackupId, Kind};
+use pgbackup::model::manifest::Manifest;
 use pgbackup::restore::BackupRef;
 use pgbackup::restore::sql::{Rewrite, Rewriter};
 use pgbackup::scope;

@@ -98,9 +98,9 @@ fn a_prefix_naming_another_targets_folder_is_refused_and_retention_keeps_to_its_
     let first = common::fixture::backup_manifest(&s, &owner);
     let cfg = common::s3_config(&s);
     let dir = folder_of(&first).rsplit_once('/').unwrap().0.to_string();
-    let foreign_id = pgbackup::layout::BackupId::tagged(
+    let foreign_id = pgbackup::model::layout::BackupId::tagged(
         chrono::Utc::now() + chrono::Duration::hours(1),
-        pgbackup::layout::Kind::Logical,
+        pgbackup::model::layout::Kind::Logical,
         0xabcdef,
     );
     let mut foreign = first.clone();
@@ -160,9 +160,9 @@ fn an_unreadable_manifest_is_never_counted_and_never_the_reason_to_delete() {
     let cfg = common::s3_config(&s);
     let dir = folder_of(&older).rsplit_once('/').unwrap().0.to_string();
     // The newest folder's manifest is damaged (a truncated upload by a broken tool, a bit flip).
-    let bad_id = pgbackup::layout::BackupId::tagged(
+    let bad_id = pgbackup::model::layout::BackupId::tagged(
         chrono::Utc::now() + chrono::Duration::hours(1),
-        pgbackup::layout::Kind::Logical,
+        pgbackup::model::layout::Kind::Logical,
         0x123456,
     );
     common::put(
@@ -173,9 +173,9 @@ fn an_unreadable_manifest_is_never_counted_and_never_the_reason_to_delete() {
 
     // And what a running backup looks like from outside: a folder without a manifest and an open
     // multipart upload, both minutes old. Prune keeps them and says so, with their age.
-    let young = pgbackup::layout::BackupId::tagged(
+    let young = pgbackup::model::layout::BackupId::tagged(
         chrono::Utc::now(),
-        pgbackup::layout::Kind::Logical,
+        pgbackup::model::layout::Kind::Logical,
         0x654321,
     );
     common::put(&cfg, &format!("{dir}/{young}/app.dump.zst"), vec![1; 10]);
@@ -583,9 +583,9 @@ fn bad_input_gets_a_message_naming_the_value_and_what_to_do() {
     // A manifest far larger than any pgbackup writes is refused, not read into memory.
     let cfg = common::s3_config(&s);
     let dir = folder.rsplit_once('/').unwrap().0.to_string();
-    let huge_id = pgbackup::layout::BackupId::tagged(
+    let huge_id = pgbackup::model::layout::BackupId::tagged(
         chrono::Utc::now() + chrono::Duration::hours(2),
-        pgbackup::layout::Kind::Logical,
+        pgbackup::model::layout::Kind::Logical,
         0x777777,
     );
     common::put(

@@ -547,9 +547,9 @@ fn latest_skips_newer_uncommitted_backup_among_many_objects() {
     );
 }
 
-fn fake_manifest(target: &str, dir: &str, t: DateTime<Utc>) -> pgbackup::manifest::Manifest {
-    use pgbackup::layout::{BackupId, Kind};
-    use pgbackup::manifest::*;
+fn fake_manifest(target: &str, dir: &str, t: DateTime<Utc>) -> pgbackup::model::manifest::Manifest {
+    use pgbackup::model::layout::{BackupId, Kind};
+    use pgbackup::model::manifest::*;
     let id = BackupId::new(t, Kind::Logical);
     Manifest {
         format_version: FORMAT_VERSION,
@@ -558,8 +558,8 @@ fn fake_manifest(target: &str, dir: &str, t: DateTime<Utc>) -> pgbackup::manifes
         target: target.into(),
         prefix: format!("{dir}/{id}"),
         container: "gone".into(),
-        method: pgbackup::labels::Method::Exec,
-        format: pgbackup::labels::Format::Custom,
+        method: pgbackup::model::Method::Exec,
+        format: pgbackup::model::Format::Custom,
         compression: "none".into(),
         postgres: Postgres {
             server_version: "17.0".into(),

@@ -1,6 +1,6 @@
 use super::*;
-use crate::labels::{Format, Method};
-use crate::manifest::{Physical, Postgres, Tool};
+use crate::model::manifest::{Physical, Postgres, Tool};
+use crate::model::{Format, Method};
 
 fn inspect() -> ContainerInspectResponse {
     serde_json::from_value(serde_json::json!({

@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::labels::{Format, Method};
-use crate::layout::{BackupId, Kind};
+use super::layout::{BackupId, Kind};
+use crate::model::{Format, Method};
 
 pub const FORMAT_VERSION: u32 = 1;
 
