@@ -7,17 +7,17 @@ use std::time::Duration;
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use pgbackup::app::table::human_bytes;
 use pgbackup::config::Config;
 use pgbackup::discovery::Target;
-use pgbackup::docker::DockerClient;
+use pgbackup::engine::docker::DockerClient;
 use pgbackup::exit;
-use pgbackup::fetch;
 use pgbackup::model::layout;
 use pgbackup::model::manifest::Manifest;
-use pgbackup::physical;
-use pgbackup::prune::{self, Scope};
+use pgbackup::pipeline::fetch;
+use pgbackup::restore::physical;
 use pgbackup::restore::{self, BackupRef, Progress, Quiet, Request, RestoreError};
-use pgbackup::table::human_bytes;
+use pgbackup::retention::prune::{self, Scope};
 
 /// The configuration, or the exit code after saying what is wrong.
 pub fn load_config() -> Result<Config, i32> {
@@ -429,7 +429,7 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
     // With a key naming one object: that object only (it must be one of the backup's).
     let mut only: Option<String> = None;
     let manifests: Vec<Manifest> = if all {
-        match pgbackup::catalog::committed(store.as_ref(), None).await {
+        match pgbackup::store::catalog::committed(store.as_ref(), None).await {
             Ok((m, problems)) => {
                 unreadable = problems;
                 m

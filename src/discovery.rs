@@ -14,8 +14,8 @@ use serde::Serialize;
 use tokio::sync::{RwLock, watch};
 
 use crate::config::Defaults;
-use crate::docker::{Container, ContainerEvent, DockerClient, DockerError};
-use crate::labels::{self, LabelError, TargetSpec};
+use crate::config::labels::{self, LabelError, TargetSpec};
+use crate::engine::docker::{Container, ContainerEvent, DockerClient, DockerError};
 use crate::model::TargetId;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -3,30 +3,17 @@
 //! Pure modules (`config`, `labels`, `schedule`, `retention`, `status`) decide; `docker`, `s3`
 //! and `http` are the only ones doing I/O; `controller` wires them together.
 
-pub mod backup;
-pub mod catalog;
-pub mod compose;
+pub mod app;
 pub mod config;
-pub mod controller;
 pub mod discovery;
-pub mod docker;
-pub mod fetch;
-pub mod http;
-pub mod labels;
-pub mod metrics;
+pub mod engine;
+pub mod job;
 pub mod model;
-pub mod pg;
-pub mod physical;
 pub mod pipeline;
-pub mod prune;
 pub mod restore;
 pub mod retention;
-pub mod runner;
 pub mod schedule;
-pub mod scope;
-pub mod status;
 pub mod store;
-pub mod table;
 
 /// Documented exit codes (README "Exit codes").
 pub mod exit {

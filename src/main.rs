@@ -11,11 +11,11 @@ use anyhow::Context;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 
+use pgbackup::app::status::{self, DockerView, Report};
 use pgbackup::config::{self, Config, Defaults, LogFormat};
 use pgbackup::discovery::Registry;
-use pgbackup::docker::DockerClient;
-use pgbackup::status::{self, DockerView, Report};
-use pgbackup::{controller, exit, http};
+use pgbackup::engine::docker::DockerClient;
+use pgbackup::{app::controller, app::http, exit};
 
 mod commands;
 
@@ -245,7 +245,7 @@ fn main() -> ExitCode {
                         to,
                         db,
                         clean,
-                        physical: physical.then_some(pgbackup::physical::Options {
+                        physical: physical.then_some(pgbackup::restore::physical::Options {
                             in_place,
                             yes,
                             standby,
@@ -446,7 +446,7 @@ async fn direct_report(docker_host: Option<&str>, defaults: &Defaults) -> anyhow
         Utc::now(),
         defaults.timezone,
     );
-    report.unfinished_restores = pgbackup::physical::unfinished(&docker).await;
+    report.unfinished_restores = pgbackup::restore::physical::unfinished(&docker).await;
     Ok(report)
 }
 
@@ -519,7 +519,7 @@ async fn cmd_backup(
                     o.target,
                     r["backup_id"].as_str().unwrap_or(""),
                     r["databases"].as_array().map(|a| a.len()).unwrap_or(0),
-                    pgbackup::table::human_bytes(r["bytes"].as_u64().unwrap_or(0)),
+                    pgbackup::app::table::human_bytes(r["bytes"].as_u64().unwrap_or(0)),
                     r["duration_seconds"].as_f64().unwrap_or(0.0)
                 ),
                 _ => println!(
@@ -555,13 +555,14 @@ async fn cmd_list(target: Option<String>, json: bool) -> i32 {
         }
     };
     let store = pgbackup::store::open(&cfg.destination).await;
-    let (mut manifests, problems) = match pgbackup::catalog::committed(store.as_ref(), None).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("pgctl: {e}");
-            return exit::FAILED;
-        }
-    };
+    let (mut manifests, problems) =
+        match pgbackup::store::catalog::committed(store.as_ref(), None).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("pgctl: {e}");
+                return exit::FAILED;
+            }
+        };
     if let Some(t) = &target {
         manifests.retain(|m| &m.target == t || m.target.rsplit('/').next() == Some(t.as_str()));
     }
@@ -599,11 +600,11 @@ fn render_list(
             } else {
                 m.databases.join(",")
             },
-            pgbackup::table::human_bytes(m.size()),
+            pgbackup::app::table::human_bytes(m.size()),
             human_age(now - m.finished_at),
         ]);
     }
-    let mut out: String = pgbackup::table::lines(&rows)
+    let mut out: String = pgbackup::app::table::lines(&rows)
         .iter()
         .map(|l| format!("{l}\n"))
         .collect();

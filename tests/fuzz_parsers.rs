@@ -7,14 +7,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use pgbackup::config::labels::{self, KNOWN};
+use pgbackup::config::scope;
 use pgbackup::config::{Config, Defaults, VARIABLES};
-use pgbackup::labels::{self, KNOWN};
 use pgbackup::model::TargetId;
 use pgbackup::model::layout::{BackupId, Kind};
 use pgbackup::model::manifest::Manifest;
 use pgbackup::restore::BackupRef;
 use pgbackup::restore::sql::{Rewrite, Rewriter};
-use pgbackup::scope;
 use proptest::prelude::*;
 
 /// Strings people (and typos) put in labels and variables: printable, unicode, control chars.
@@ -121,7 +121,7 @@ proptest! {
             text.insert_str(at, &insert);
         }
         let files = vec![(PathBuf::from("/p/compose.yaml"), PathBuf::from("/p/compose.yaml"), text)];
-        if let Ok(edit) = pgbackup::compose::plan_edit(&files, "db", "/var/lib/postgresql/data", |old, _| format!("{old}-restored")) {
+        if let Ok(edit) = pgbackup::restore::physical::compose::plan_edit(&files, "db", "/var/lib/postgresql/data", |old, _| format!("{old}-restored")) {
             prop_assert!(edit.after.contains(&edit.new_key));
         }
     }

@@ -618,7 +618,7 @@ fn two_year_history(cfg: &pgbackup::config::S3Config, root: &str) -> Vec<DateTim
 
 fn folders(cfg: &pgbackup::config::S3Config, dir: &str) -> Vec<String> {
     common::block_on(async {
-        pgbackup::catalog::folders(&common::s3_store(cfg).await, dir)
+        pgbackup::store::catalog::folders(&common::s3_store(cfg).await, dir)
             .await
             .unwrap()
             .iter()

@@ -6,6 +6,7 @@
 //! store. A write is all or nothing: an object is either absent or whole, so a manifest written
 //! last commits a backup on every store alike.
 
+pub mod catalog;
 pub mod local;
 pub mod memory;
 pub mod s3;

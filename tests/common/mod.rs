@@ -232,7 +232,7 @@ pub async fn s3_store(cfg: &pgbackup::config::S3Config) -> pgbackup::store::s3::
 /// Every key under `prefix` in the stack's bucket.
 pub fn keys(cfg: &pgbackup::config::S3Config, prefix: &str) -> Vec<String> {
     block_on(async {
-        pgbackup::catalog::keys(&s3_store(cfg).await, prefix)
+        pgbackup::store::catalog::keys(&s3_store(cfg).await, prefix)
             .await
             .unwrap()
     })

@@ -13,10 +13,10 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::app::status;
 use crate::discovery::Shared;
+use crate::job::runner::{JobResult, RunError, Runner, Trigger};
 use crate::model::layout::Kind;
-use crate::runner::{JobResult, RunError, Runner, Trigger};
-use crate::status;
 
 #[derive(Clone)]
 struct AppState {
@@ -93,7 +93,7 @@ async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
         s.runner.tz,
     );
     report.not_opted_in = s.shared.near_misses.read().await.clone();
-    report.unfinished_restores = crate::physical::unfinished(&s.runner.docker).await;
+    report.unfinished_restores = crate::restore::physical::unfinished(&s.runner.docker).await;
     let runs = s.runner.state.read().await;
     for t in report.targets.iter_mut() {
         if let Some(st) = t["target"].as_str().and_then(|k| runs.get(k)) {

@@ -20,17 +20,18 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use crate::catalog;
 use crate::config::Defaults;
 use crate::discovery::Target;
-use crate::docker::{Container, DockerClient, DockerError, ExecExit, ExecInput};
-use crate::fetch::{self, Checked, Damage};
+use crate::engine::docker::{Container, DockerClient, DockerError, ExecExit, ExecInput};
+use crate::engine::pg::{self, Access, PgError, PgStream};
 use crate::model::layout::{self, BackupId, Kind};
 use crate::model::manifest::{Manifest, Object, ObjectKind};
 use crate::model::{Format, TargetId};
-use crate::pg::{self, Access, PgError, PgStream};
+use crate::pipeline::fetch::{self, Checked, Damage};
 use crate::store::Store;
+use crate::store::catalog;
 
+pub mod physical;
 pub mod sql;
 
 /// Globals (roles) are read whole before anything runs; they are small.
@@ -203,7 +204,7 @@ impl fmt::Display for Plan {
                 Format::Tar => "tar",
             },
             m.postgres.major,
-            crate::table::human_bytes(m.size()),
+            crate::app::table::human_bytes(m.size()),
             self.target,
             self.container.name,
             self.server_major,

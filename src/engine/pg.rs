@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::process::{Child, ChildStdout};
 
 use crate::config::Secret;
-use crate::docker::{DockerClient, DockerError, ExecExit, ExecStream};
+use crate::engine::docker::{DockerClient, DockerError, ExecExit, ExecStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -153,7 +153,7 @@ pub fn psql_script_argv(user: &str, database: &str) -> Vec<String> {
 /// when it ends: on [`Held::release`], or when pgctl dies and the exec connection closes, so
 /// nothing it holds can outlive pgctl.
 pub struct Held {
-    input: crate::docker::ExecInput,
+    input: crate::engine::docker::ExecInput,
     output: tokio::task::JoinHandle<()>,
 }
 

@@ -2,6 +2,8 @@
 //! Pure: the planner sees backup times and a policy, never S3, so it is tested with fixed
 //! histories.
 
+pub mod prune;
+
 use chrono::Datelike;
 use chrono_tz::Tz;
 use serde::Serialize;

@@ -9,12 +9,12 @@ use chrono_tz::Tz;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::catalog;
 use crate::discovery::Target;
 use crate::model::KeepPolicy;
 use crate::model::layout::{self, BackupId, Kind, MANIFEST, SUMS};
 use crate::model::manifest::Manifest;
 use crate::retention::{self, Decision};
+use crate::store::catalog;
 use crate::store::{Store, StoreError};
 
 /// Uncommitted leftovers and multipart uploads younger than this may belong to a backup that is
@@ -360,7 +360,7 @@ pub fn render(plan: &TargetPlan, tz: Tz, now: DateTime<Utc>) -> String {
         out.push_str("  (no backups)\n");
         return out;
     }
-    for l in crate::table::lines(&rows) {
+    for l in crate::app::table::lines(&rows) {
         out.push_str("  ");
         out.push_str(&l);
         out.push('\n');

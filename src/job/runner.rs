@@ -15,13 +15,13 @@ use tokio::sync::{Mutex, RwLock, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{self, BackupError, Ctx};
+use crate::app::metrics::{DbLabels, JobLabels, Metrics};
 use crate::discovery::{Shared, Target};
-use crate::docker::DockerClient;
-use crate::metrics::{DbLabels, JobLabels, Metrics};
+use crate::engine::docker::DockerClient;
+use crate::job::backup::{self, BackupError, Ctx};
 use crate::model::TargetId;
 use crate::model::layout::{self, BackupId, Kind};
-use crate::prune;
+use crate::retention::prune;
 use crate::schedule::Schedule;
 use crate::store::SharedStore;
 

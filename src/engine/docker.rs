@@ -8,8 +8,8 @@ use bollard::Docker;
 use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
 use futures_util::{Stream, StreamExt};
 
-use crate::labels::ENABLE;
-use crate::scope::{self, Scope};
+use crate::config::labels::ENABLE;
+use crate::config::scope::{self, Scope};
 
 /// A short call (ping, list, inspect) that takes longer than this is treated as a transient
 /// failure; streams (events, exec output) have no overall limit of their own.

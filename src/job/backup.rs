@@ -6,17 +6,17 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use chrono::Utc;
 
-use crate::catalog;
 use crate::config::Secret;
+use crate::config::labels::TargetSpec;
 use crate::discovery::Target;
-use crate::docker::{Container, DockerClient};
-use crate::labels::TargetSpec;
+use crate::engine::docker::{Container, DockerClient};
+use crate::engine::pg::{self, Access, PgError};
 use crate::model::layout::{self, BackupId, Kind};
 use crate::model::manifest::{self, Manifest, Object, ObjectKind, Postgres};
 use crate::model::{Databases, Format, Method};
-use crate::pg::{self, Access, PgError};
 use crate::pipeline;
 use crate::restore::sql::DropTransactionTimeout;
+use crate::store::catalog;
 use crate::store::{Store, UploadError};
 use tokio::io::{AsyncRead, ReadBuf};
 

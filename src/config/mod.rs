@@ -4,6 +4,9 @@
 //! [`Config::from_env`] is the thin shell that reads the process environment and resolves the
 //! `<NAME>_FILE` variants (Docker secrets) into that map.
 
+pub mod labels;
+pub mod scope;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,7 +17,6 @@ use serde::Deserialize;
 
 use crate::model::KeepPolicy;
 use crate::schedule::Schedule;
-use crate::scope;
 
 /// A configuration error always names the variable and the expected form.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

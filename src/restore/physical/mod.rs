@@ -30,15 +30,15 @@ use bollard::models::{
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use crate::compose::{self, Edit};
-use crate::docker::{DockerClient, ExecInput};
-use crate::fetch;
+use crate::app::table::human_bytes;
+use crate::engine::docker::{DockerClient, ExecInput};
+use crate::engine::pg::{self, Access};
 use crate::model::layout::Kind;
 use crate::model::manifest::{Manifest, Object, ObjectKind};
-use crate::pg::{self, Access};
+use crate::pipeline::fetch;
 use crate::restore::{ChunkSink, Progress, RestoreError};
 use crate::store::Store;
-use crate::table::human_bytes;
+use compose::Edit;
 
 /// How long the restored server may take to become healthy and answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(600);
@@ -1272,6 +1272,7 @@ async fn rollback(docker: &DockerClient, plan: &Plan, undo: &Undo) -> String {
     format!("Rolled back: {}.", said.join("; "))
 }
 
+pub mod compose;
 pub mod journal;
 
 use journal::{Journal, Step};
@@ -1297,7 +1298,7 @@ pub async fn unfinished(docker: &DockerClient) -> Vec<String> {
 /// The journal of the unfinished switch of `name` (`project/service` or the service).
 pub async fn find_journal(docker: &DockerClient, name: &str) -> Result<Journal, RestoreError> {
     let aside = docker.list_named(journal::ASIDE_SUFFIX).await?;
-    let found: Vec<&crate::docker::Container> = aside
+    let found: Vec<&crate::engine::docker::Container> = aside
         .iter()
         .filter(|c| c.name.ends_with(journal::ASIDE_SUFFIX))
         .filter(|c| {

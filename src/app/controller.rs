@@ -7,10 +7,10 @@ use tokio::sync::watch;
 
 use crate::config::{self, Config};
 use crate::discovery::{self, S3_PROBE_EVERY, Shared};
-use crate::docker::{DockerClient, DockerError};
-use crate::runner::{self, Runner};
+use crate::engine::docker::{DockerClient, DockerError};
+use crate::job::runner::{self, Runner};
 use crate::store::{self, SharedStore, StoreError};
-use crate::{exit, http};
+use crate::{app::http, exit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -106,7 +106,7 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
         store,
         listener,
     } = started;
-    for u in crate::physical::unfinished(&docker).await {
+    for u in crate::restore::physical::unfinished(&docker).await {
         let service = u.split(' ').next().unwrap_or(&u).to_string();
         tracing::warn!(service = %service, "Unfinished physical restore of {u}: finish it with `pgctl restore --resume {service}` or undo it with `pgctl restore --rollback {service}`.");
     }

@@ -1,0 +1,5 @@
+//! Backup jobs: the runner (locks, slots, retries, the job set drained on shutdown) and one
+//! logical or physical backup (dumps through the pipeline into the store, manifest last).
+
+pub mod backup;
+pub mod runner;
