@@ -10,6 +10,7 @@ use futures_util::{Stream, StreamExt};
 
 use crate::config::labels::ENABLE;
 use crate::config::scope::{self, Scope};
+use crate::engine::container::{Copy, Inspected};
 
 /// A short call (ping, list, inspect) that takes longer than this is treated as a transient
 /// failure; streams (events, exec output) have no overall limit of their own.
@@ -170,11 +171,10 @@ impl DockerClient {
         setting: &scope::Setting,
     ) -> Result<DockerClient, DockerError> {
         let mut client = DockerClient::connect(host).await?;
-        client.own_project = client.own_container().await.and_then(|me| {
-            me.config?
-                .labels?
-                .remove(crate::model::target::COMPOSE_PROJECT)
-        });
+        client.own_project = client
+            .own_container()
+            .await
+            .and_then(|me| me.labels().remove(crate::model::target::COMPOSE_PROJECT));
         client.scope = setting.resolve(client.own_project.as_deref());
         Ok(client)
     }
@@ -612,23 +612,20 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(300);
 /// Container and volume lifecycle, for physical restores.
 impl DockerClient {
     /// Everything the engine knows about a container (config, host config, mounts, networks).
-    pub async fn inspect_full(
-        &self,
-        id: &str,
-    ) -> Result<bollard::models::ContainerInspectResponse, DockerError> {
+    pub async fn inspect_full(&self, id: &str) -> Result<Inspected, DockerError> {
         timed(
             "inspect_container",
             self.docker
                 .inspect_container(id, None::<InspectContainerOptions>),
         )
         .await
+        .map(Inspected)
     }
 
-    /// The container this process runs in (found by `HOSTNAME`), if it runs in one.
-    /// The container this process runs in: Docker sets the hostname to the container's short
+    /// The container this process runs in, if it runs in one: Docker sets the hostname to the container's short
     /// id; when the hostname was set by the user, the id in `/proc/self/mountinfo` (the
     /// container's own `/etc/hostname` bind mount) tells.
-    pub async fn own_container(&self) -> Option<bollard::models::ContainerInspectResponse> {
+    pub async fn own_container(&self) -> Option<Inspected> {
         if let Some(host) = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty())
             && let Ok(me) = self.inspect_full(&host).await
         {
@@ -691,7 +688,20 @@ impl DockerClient {
     }
 
     /// Creates a container named `name` (no start).
-    pub async fn create_container(
+    /// Creates the copy `copy` describes under `name` (not started; see [`Self::connect_networks`]).
+    pub async fn create_copy(&self, name: &str, copy: &Copy) -> Result<String, DockerError> {
+        self.create_container(name, copy.body.clone()).await
+    }
+
+    /// Connects a created copy to the networks beyond its primary one.
+    pub async fn connect_networks(&self, id: &str, copy: &Copy) -> Result<(), DockerError> {
+        for (network, endpoint) in &copy.networks {
+            self.connect_network(network, id, endpoint.clone()).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_container(
         &self,
         name: &str,
         body: bollard::models::ContainerCreateBody,
@@ -708,7 +718,7 @@ impl DockerClient {
         .map(|r| r.id)
     }
 
-    pub async fn connect_network(
+    async fn connect_network(
         &self,
         network: &str,
         container: &str,

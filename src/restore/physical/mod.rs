@@ -24,13 +24,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HealthStatusEnum, MountType,
-};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
 use crate::app::table::human_bytes;
+use crate::engine::container::{Health, Inspected};
 use crate::engine::docker::{DockerClient, ExecInput};
 use crate::engine::pg::{self, Access};
 use crate::model::layout::Kind;
@@ -161,36 +159,10 @@ pub struct Service {
     pub database: String,
 }
 
-fn env_of(inspect: &ContainerInspectResponse) -> HashMap<String, String> {
-    inspect
-        .config
-        .as_ref()
-        .and_then(|c| c.env.as_ref())
-        .map(|env| {
-            env.iter()
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Reads the facts a restore needs off a container's inspect output.
-pub fn service_of(
-    inspect: &ContainerInspectResponse,
-    fallback_data_dir: &str,
-) -> Result<Service, RestoreError> {
-    let name = inspect
-        .name
-        .as_deref()
-        .unwrap_or_default()
-        .trim_start_matches('/')
-        .to_string();
-    let labels = inspect
-        .config
-        .as_ref()
-        .and_then(|c| c.labels.clone())
-        .unwrap_or_default();
+pub fn service_of(inspect: &Inspected, fallback_data_dir: &str) -> Result<Service, RestoreError> {
+    let name = inspect.name();
+    let labels = inspect.labels();
     let (Some(project), Some(service)) = (
         labels.get("com.docker.compose.project"),
         labels.get("com.docker.compose.service"),
@@ -199,30 +171,26 @@ pub fn service_of(
             "container {name} is not part of a compose project (no com.docker.compose.* labels): a physical restore switches a compose service onto a new volume"
         )));
     };
-    let env = env_of(inspect);
+    let env = inspect.env();
     let data_dir = env
         .get("PGDATA")
         .cloned()
         .unwrap_or_else(|| fallback_data_dir.to_string());
     // The mount holding the data directory: the deepest one that contains it.
-    let mount = inspect
-        .mounts
+    let mounts = inspect.mounts();
+    let mount = mounts
         .iter()
-        .flatten()
         .filter(|m| {
-            m.destination.as_deref().is_some_and(|d| {
-                let d = d.trim_end_matches('/');
-                data_dir == d || data_dir.starts_with(&format!("{d}/"))
-            })
+            let d = m.destination.trim_end_matches('/');
+            data_dir == d || data_dir.starts_with(&format!("{d}/"))
         })
-        .max_by_key(|m| m.destination.as_deref().map(str::len).unwrap_or(0));
+        .max_by_key(|m| m.destination.len());
     let Some(mount) = mount else {
         return Err(RestoreError::Refused(format!(
             "the data directory {data_dir} of {name} is not on a volume: there is nothing to switch; give the service a named volume for it"
         )));
     };
-    let is_volume = mount.typ.as_deref() == Some("volume");
-    let volume = mount.name.clone().filter(|_| is_volume).ok_or_else(|| {
+    let volume = mount.name.clone().filter(|_| mount.is_volume).ok_or_else(|| {
         RestoreError::Refused(format!(
             "the data directory {data_dir} of {name} is a bind mount of {}: a physical restore switches named volumes only",
             mount.source.as_deref().unwrap_or("?")
@@ -237,24 +205,16 @@ pub fn service_of(
                 .collect()
         })
         .unwrap_or_default();
-    let running = inspect
-        .state
-        .as_ref()
-        .and_then(|s| s.running)
-        .unwrap_or(false);
+    let running = inspect.state().running;
     Ok(Service {
-        container_id: inspect.id.clone().unwrap_or_default(),
+        container_id: inspect.id().to_string(),
         container_name: name,
         project: project.clone(),
         service: service.clone(),
-        image: inspect
-            .config
-            .as_ref()
-            .and_then(|c| c.image.clone())
-            .unwrap_or_default(),
+        image: inspect.image(),
         running,
         data_dir,
-        mount: mount.destination.clone().unwrap_or_default(),
+        mount: mount.destination.clone(),
         volume,
         config_files,
         user: env
@@ -537,117 +497,6 @@ impl fmt::Display for Plan {
     }
 }
 
-/// Builds the create request for a copy of `inspect`'s container with the volume mounted at
-/// `mount` replaced by `new_volume`; returns it with the networks to connect after creation.
-pub fn recreate_body(
-    inspect: &ContainerInspectResponse,
-    mount: &str,
-    new_volume: &str,
-) -> (ContainerCreateBody, Vec<(String, EndpointSettings)>) {
-    let config = inspect.config.clone().unwrap_or_default();
-    let mut host = inspect.host_config.clone().unwrap_or_default();
-    let same = |a: &str| a.trim_end_matches('/') == mount.trim_end_matches('/');
-    let mut replaced = false;
-    if let Some(mounts) = host.mounts.as_mut() {
-        for m in mounts.iter_mut() {
-            if m.typ == Some(MountType::VOLUME) && m.target.as_deref().is_some_and(same) {
-                m.source = Some(new_volume.to_string());
-                replaced = true;
-            }
-        }
-    }
-    if let Some(binds) = host.binds.as_mut() {
-        for b in binds.iter_mut() {
-            let parts: Vec<&str> = b.splitn(3, ':').collect();
-            if parts.len() >= 2 && same(parts[1]) {
-                let mut new = vec![new_volume, parts[1]];
-                new.extend(parts.get(2));
-                *b = new.join(":");
-                replaced = true;
-            }
-        }
-    }
-    if !replaced {
-        // The volume came from the image's VOLUME or an anonymous mount: name it explicitly.
-        host.mounts
-            .get_or_insert_with(Vec::new)
-            .push(bollard::models::Mount {
-                target: Some(mount.to_string()),
-                source: Some(new_volume.to_string()),
-                typ: Some(MountType::VOLUME),
-                ..Default::default()
-            });
-    }
-    let short_id: String = inspect
-        .id
-        .clone()
-        .unwrap_or_default()
-        .chars()
-        .take(12)
-        .collect();
-    let clean = |e: &EndpointSettings| EndpointSettings {
-        ipam_config: e.ipam_config.clone(),
-        links: e.links.clone(),
-        aliases: e
-            .aliases
-            .as_ref()
-            .map(|a| a.iter().filter(|x| **x != short_id).cloned().collect()),
-        driver_opts: e.driver_opts.clone(),
-        ..Default::default()
-    };
-    let networks = inspect
-        .network_settings
-        .as_ref()
-        .and_then(|n| n.networks.clone())
-        .unwrap_or_default();
-    let primary = host.network_mode.clone().unwrap_or_default();
-    let mut endpoints = HashMap::new();
-    let mut others = Vec::new();
-    let mut names: Vec<&String> = networks.keys().collect();
-    names.sort();
-    for name in names {
-        let e = clean(&networks[name]);
-        if *name == primary {
-            endpoints.insert(name.clone(), e);
-        } else {
-            others.push((name.clone(), e));
-        }
-    }
-    // The engine picked the hostname from the old id: let it pick a new one.
-    let hostname = config.hostname.clone().filter(|h| *h != short_id);
-    let body = ContainerCreateBody {
-        hostname,
-        domainname: config.domainname,
-        user: config.user,
-        attach_stdin: config.attach_stdin,
-        attach_stdout: config.attach_stdout,
-        attach_stderr: config.attach_stderr,
-        exposed_ports: config.exposed_ports,
-        tty: config.tty,
-        open_stdin: config.open_stdin,
-        stdin_once: config.stdin_once,
-        env: config.env,
-        cmd: config.cmd,
-        healthcheck: config.healthcheck,
-        args_escaped: config.args_escaped,
-        image: config.image,
-        volumes: config.volumes,
-        working_dir: config.working_dir,
-        entrypoint: config.entrypoint,
-        network_disabled: config.network_disabled,
-        on_build: config.on_build,
-        labels: config.labels,
-        stop_signal: config.stop_signal,
-        stop_timeout: config.stop_timeout,
-        shell: config.shell,
-        host_config: Some(host),
-        networking_config: Some(bollard::models::NetworkingConfig {
-            endpoints_config: Some(endpoints),
-        }),
-    };
-    (body, others)
-}
-
 /// What a finished physical restore did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Outcome {
@@ -672,16 +521,10 @@ async fn own_mounts(docker: &DockerClient) -> Vec<(PathBuf, PathBuf)> {
     let Some(me) = docker.own_container().await else {
         return Vec::new();
     };
-    me.mounts
-        .iter()
-        .flatten()
-        .filter(|m| m.typ.as_deref() == Some("bind"))
-        .filter_map(|m| {
-            Some((
-                PathBuf::from(m.source.as_ref()?),
-                PathBuf::from(m.destination.as_ref()?),
-            ))
-        })
+    me.mounts()
+        .into_iter()
+        .filter(|m| m.is_bind)
+        .filter_map(|m| Some((PathBuf::from(m.source?), PathBuf::from(m.destination))))
         .collect()
 }
 
@@ -920,33 +763,22 @@ async fn wait_ready(docker: &DockerClient, id: &str, plan: &Plan) -> Result<(), 
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last;
     loop {
-        let i = docker.inspect_full(id).await?;
-        let state = i.state.unwrap_or_default();
+        let state = docker.inspect_full(id).await?.state();
         // A restart policy would bring a failing server back again and again: once is enough.
-        if state.running != Some(true)
-            || state.restarting == Some(true)
-            || i.restart_count.unwrap_or(0) > 0
-        {
+        if !state.running || state.restarting || state.restarts > 0 {
             let logs = docker.logs_tail(id, 15).await;
             return Err(RestoreError::Failed(format!(
                 "the restored server stopped (exit code {}); its last log lines:\n{logs}",
-                state.exit_code.unwrap_or(-1)
+                state.exit_code
             )));
         }
-        let health = state.health.and_then(|h| h.status);
-        if health == Some(HealthStatusEnum::UNHEALTHY) {
+        if state.health == Health::Unhealthy {
             let logs = docker.logs_tail(id, 15).await;
             return Err(RestoreError::Failed(format!(
                 "the restored server is unhealthy; its last log lines:\n{logs}"
             )));
         }
-        let healthy = matches!(
-            health,
-            None | Some(HealthStatusEnum::HEALTHY)
-                | Some(HealthStatusEnum::NONE)
-                | Some(HealthStatusEnum::EMPTY)
-        );
-        if healthy {
+        if matches!(state.health, Health::None | Health::Healthy) {
             match access
                 .query(
                     "postgres",
@@ -1133,7 +965,7 @@ async fn steps(
     j.record(Step::Unpacked).map_err(|e| journal_error(&j, e))?;
     undo.journal = Some(j.path());
     let inspect = docker.inspect_full(&s.container_id).await?;
-    let (body, others) = recreate_body(&inspect, &s.mount, new_volume);
+    let copy = inspect.copy_on_volume(&s.mount, new_volume);
     docker.stop_container(&s.container_id).await?;
     undo.old_stopped = true;
     j.record(Step::OldStopped)
@@ -1142,14 +974,12 @@ async fn steps(
     undo.old_renamed_to = Some(aside);
     j.record(Step::OldRenamed)
         .map_err(|e| journal_error(&j, e))?;
-    let id = docker.create_container(&s.container_name, body).await?;
+    let id = docker.create_copy(&s.container_name, &copy).await?;
     undo.new_container = Some(id.clone());
     j.new_container_id = Some(id.clone());
     j.record(Step::NewCreated)
         .map_err(|e| journal_error(&j, e))?;
-    for (network, endpoint) in others {
-        docker.connect_network(&network, &id, endpoint).await?;
-    }
+    docker.connect_networks(&id, &copy).await?;
     docker.start_container(&id).await?;
     wait_ready(docker, &id, plan).await?;
     post_sql(docker, &id, plan).await?;

@@ -2,40 +2,15 @@ use super::*;
 use crate::model::manifest::{Physical, Postgres, Tool};
 use crate::model::{Format, Method};
 
-fn inspect() -> ContainerInspectResponse {
-    serde_json::from_value(serde_json::json!({
-        "Id": "0123456789abcdef0123456789abcdef",
-        "Name": "/shop-db-1",
-        "State": {"Running": true, "Status": "running"},
-        "Config": {
-            "Hostname": "0123456789ab",
-            "Image": "postgres:17",
-            "Env": ["POSTGRES_USER=app", "POSTGRES_DB=shop", "PGDATA=/var/lib/postgresql/data"],
-            "Labels": {
-                "com.docker.compose.project": "shop",
-                "com.docker.compose.service": "db",
-                "com.docker.compose.project.config_files": "/srv/shop/compose.yaml,/srv/shop/compose.prod.yaml"
-            },
-            "Healthcheck": {"Test": ["CMD-SHELL", "pg_isready"]}
-        },
-        "HostConfig": {
-            "NetworkMode": "shop_default",
-            "RestartPolicy": {"Name": "unless-stopped"},
-            "Mounts": [
-                {"Type": "volume", "Source": "shop_db-data", "Target": "/var/lib/postgresql/data"},
-                {"Type": "bind", "Source": "/srv/shop/init", "Target": "/docker-entrypoint-initdb.d", "ReadOnly": true}
-            ]
-        },
-        "Mounts": [
-            {"Type": "volume", "Name": "shop_db-data", "Source": "/var/lib/docker/volumes/shop_db-data/_data", "Destination": "/var/lib/postgresql/data", "RW": true},
-            {"Type": "bind", "Source": "/srv/shop/init", "Destination": "/docker-entrypoint-initdb.d", "RW": false}
-        ],
-        "NetworkSettings": {"Networks": {
-            "shop_default": {"Aliases": ["shop-db-1", "db", "0123456789ab"], "IPAddress": "172.18.0.2", "EndpointID": "e1"},
-            "shop_backend": {"Aliases": ["db"], "IPAddress": "172.19.0.2"}
-        }}
-    }))
-    .expect("inspect JSON")
+fn inspect() -> Inspected {
+    Inspected::from_json(crate::engine::container::fixture_json()).unwrap()
+}
+
+/// The fixture with one change to its `docker inspect` JSON.
+fn inspect_with(change: impl FnOnce(&mut serde_json::Value)) -> Inspected {
+    let mut v = crate::engine::container::fixture_json();
+    change(&mut v);
+    Inspected::from_json(v).unwrap()
 }
 
 fn manifest(major: u32, kind: Kind) -> Manifest {
@@ -125,22 +100,19 @@ fn service_facts_from_inspect() {
 
 #[test]
 fn data_directory_on_a_bind_mount_or_outside_compose_is_refused() {
-    let mut i = inspect();
-    i.mounts.as_mut().unwrap()[0].typ = Some("bind".into());
+    let i = inspect_with(|v| v["Mounts"][0]["Type"] = "bind".into());
     let e = service_of(&i, "/x").unwrap_err();
     assert!(
         matches!(e, RestoreError::Refused(_)) && e.to_string().contains("bind mount"),
         "{e}"
     );
-    let mut i = inspect();
-    i.config.as_mut().unwrap().labels = Some(HashMap::new());
+    let i = inspect_with(|v| v["Config"]["Labels"] = serde_json::json!({}));
     let e = service_of(&i, "/x").unwrap_err();
     assert!(
         e.to_string().contains("not part of a compose project"),
         "{e}"
     );
-    let mut i = inspect();
-    i.mounts = Some(vec![]);
+    let i = inspect_with(|v| v["Mounts"] = serde_json::json!([]));
     assert!(
         service_of(&i, "/x")
             .unwrap_err()
@@ -353,60 +325,4 @@ fn refusals() {
     )
     .unwrap_err();
     assert_eq!(e.exit_code(), crate::exit::USAGE);
-}
-
-#[test]
-fn recreated_container_differs_only_in_the_data_volume() {
-    let i = inspect();
-    let (body, others) = recreate_body(&i, "/var/lib/postgresql/data/", "shop_db-data-restored-x");
-    let host = body.host_config.as_ref().unwrap();
-    let mounts = host.mounts.as_ref().unwrap();
-    assert_eq!(mounts[0].source.as_deref(), Some("shop_db-data-restored-x"));
-    assert_eq!(
-        mounts[1].source.as_deref(),
-        Some("/srv/shop/init"),
-        "other mounts untouched"
-    );
-    assert_eq!(
-        host.restart_policy,
-        i.host_config.as_ref().unwrap().restart_policy
-    );
-    assert_eq!(body.image.as_deref(), Some("postgres:17"));
-    assert_eq!(
-        body.labels,
-        i.config.as_ref().unwrap().labels,
-        "compose labels kept"
-    );
-    assert_eq!(body.healthcheck, i.config.as_ref().unwrap().healthcheck);
-    assert_eq!(body.hostname, None, "the old id as hostname is not copied");
-    let eps = body.networking_config.unwrap().endpoints_config.unwrap();
-    let primary = &eps["shop_default"];
-    assert_eq!(
-        primary.aliases.as_deref(),
-        Some(&["shop-db-1".to_string(), "db".to_string()][..])
-    );
-    assert_eq!(
-        primary.ip_address, None,
-        "addresses are the engine's to give"
-    );
-    assert_eq!(others.len(), 1);
-    assert_eq!(others[0].0, "shop_backend");
-    // Binds (older compose) are rewritten too; an anonymous data volume gets an explicit mount.
-    let mut i = inspect();
-    let h = i.host_config.as_mut().unwrap();
-    h.mounts = None;
-    h.binds = Some(vec!["shop_db-data:/var/lib/postgresql/data:rw".into()]);
-    let (body, _) = recreate_body(&i, "/var/lib/postgresql/data", "new");
-    assert_eq!(
-        body.host_config.unwrap().binds.unwrap(),
-        ["new:/var/lib/postgresql/data:rw"]
-    );
-    let mut i = inspect();
-    i.host_config.as_mut().unwrap().mounts = None;
-    let (body, _) = recreate_body(&i, "/var/lib/postgresql/data", "new");
-    let m = body.host_config.unwrap().mounts.unwrap();
-    assert_eq!(
-        (m[0].source.as_deref(), m[0].target.as_deref()),
-        (Some("new"), Some("/var/lib/postgresql/data"))
-    );
 }
