@@ -1,0 +1,355 @@
+//! Carrying out a logical restore: load every database into a temporary one, swap them all in
+//! one transaction, undo everything on any failure.
+
+use super::*;
+
+/// The swap, one transaction: every database being replaced is renamed out of the way (its
+/// sessions ended first), every loaded database takes its name. Either all of it commits or
+/// none of it does.
+pub fn swap_sql(pairs: &[(&DbPlan, &Temporary)], also: &[String]) -> String {
+    let mut s = String::from("BEGIN;\n");
+    for stmt in also {
+        s.push_str(stmt);
+        s.push('\n');
+    }
+    for (d, t) in pairs {
+        if d.exists {
+            let name = sql::quote_literal(&d.database);
+            let rename = sql::quote_literal(&format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                sql::quote_ident(&d.database),
+                t.replaced
+            ));
+            // Sessions on the database are ended first; one that reconnects before the rename
+            // makes it fail with object_in_use (after the server's own 5 s wait): end it, try again.
+            s.push_str(&format!(
+                "DO $pgbackup$
+DECLARE tries int := 0;
+BEGIN
+  LOOP
+    PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
+      WHERE datname = {name} AND pid <> pg_backend_pid();
+    BEGIN
+      EXECUTE {rename};
+      EXIT;
+    EXCEPTION WHEN object_in_use THEN
+      tries := tries + 1;
+      IF tries >= 5 THEN RAISE; END IF;
+      PERFORM pg_sleep(0.2);
+    END;
+  END LOOP;
+END
+$pgbackup$;
+"
+            ));
+        }
+        s.push_str(&format!(
+            "ALTER DATABASE {} RENAME TO {};\n",
+            t.load,
+            sql::quote_ident(&d.database)
+        ));
+    }
+    s.push_str("COMMIT;\n");
+    s
+}
+
+/// Runs the plan. On any error the target is left as it was before (and the error says so only
+/// when that was checked).
+pub async fn execute(
+    docker: &DockerClient,
+    store: &dyn Store,
+    plan: &Plan,
+    progress: &dyn Progress,
+) -> Result<Outcome, RestoreError> {
+    check(plan)?;
+    let started = std::time::Instant::now();
+    let access = exec_access(docker, &plan.container, &plan.user);
+    let maint = maintenance_db(plan);
+    let run = run_id();
+    let temps: Vec<Temporary> = (1..=plan.databases.len())
+        .map(|n| temporary(&run, n))
+        .collect();
+    let mut created_roles = Vec::new();
+    let mut skipped = Vec::new();
+    // Alive for as long as this run: the next restore knows it from an interrupted one.
+    let alive = pg::Held::open(
+        docker,
+        &plan.container.id,
+        &plan.user,
+        maint,
+        &format!("SET application_name = '{}';", liveness_name(&run)),
+    )
+    .await
+    .map_err(|e| {
+        RestoreError::Failed(format!(
+            "cannot open the restore's session: {e}. Nothing was changed"
+        ))
+    })?;
+    clean_abandoned(&access, maint, plan.server_major, &plan.leftovers).await;
+
+    let loaded = async {
+        if let Some(g) = &plan.globals {
+            let (script, created, skip) = globals_script(store, plan, g, &access).await?;
+            skipped = skip;
+            let what = format!("restoring roles from {}", g.name);
+            let mut s = Psql::start(docker, &plan.container, &plan.user, maint, &what).await?;
+            // One transaction: every role is created, or none is. Roles commit first: the
+            // databases' owners and grants need them. Each new role is marked with this run
+            // until the swap commits, so a crash in between cannot leave it unnoticed.
+            let marks: String = created.iter().map(|r| mark_role_sql(r, &run)).collect();
+            let body = format!("BEGIN;\n{script}\n{marks}COMMIT;\n");
+            if let Err(e) = s.input.write_all(body.as_bytes()).await {
+                let said = s.abort().await;
+                return Err(RestoreError::Failed(format!("{what} failed: {e} {said}")));
+            }
+            s.finish("").await?;
+            created_roles = created;
+        }
+        for (d, t) in plan.databases.iter().zip(&temps) {
+            load(docker, store, plan, d, t, maint, progress).await?;
+            tracing::info!(database = %d.database, temporary = %t.load, bytes = d.object.size,
+                "Database loaded; it takes its name when every database of the backup is loaded.");
+        }
+        Ok(())
+    }
+    .await;
+
+    let swapped = match loaded {
+        Ok(()) => {
+            let pairs: Vec<(&DbPlan, &Temporary)> = plan.databases.iter().zip(&temps).collect();
+            let unmark: Vec<String> = created_roles
+                .iter()
+                .map(|r| format!("ALTER ROLE {} RESET {ROLE_MARK};", sql::quote_ident(r)))
+                .collect();
+            access
+                .query(maint, &swap_sql(&pairs, &unmark))
+                .await
+                .map_err(|e| {
+                    RestoreError::Failed(format!("swapping the restored databases in failed: {e}"))
+                })
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = swapped {
+        let state = undo(&access, plan, maint, &run, &temps, &created_roles).await;
+        alive.release().await;
+        return Err(match e {
+            RestoreError::Failed(m) => RestoreError::Failed(format!("{m}. {state}")),
+            other => other,
+        });
+    }
+    // Committed. What was replaced is dropped now; a failure here loses nothing.
+    let mut left_over = Vec::new();
+    for (d, t) in plan.databases.iter().zip(&temps) {
+        if d.exists
+            && let Err(e) = drop_database(&access, maint, &t.replaced, plan.server_major).await
+        {
+            tracing::warn!(database = %t.replaced, "The replaced database could not be dropped: {e}");
+            left_over.push(t.replaced.clone());
+        }
+    }
+    alive.release().await;
+    Ok(Outcome {
+        backup_id: plan.manifest.backup_id.to_string(),
+        source: plan.manifest.target.clone(),
+        target: plan.target.clone(),
+        databases: plan.databases.iter().map(|d| d.database.clone()).collect(),
+        roles_created: created_roles,
+        skipped,
+        left_over,
+        bytes: plan.databases.iter().map(|d| d.object.size).sum::<u64>()
+            + plan.globals.as_ref().map(|g| g.size).unwrap_or(0),
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Loads one database into its temporary database: SQL (converted from a custom archive by
+/// pg_restore, in the target or in the sidecar) → [`sql::Rewriter`] → psql in the target.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn load(
+    docker: &DockerClient,
+    store: &dyn Store,
+    plan: &Plan,
+    d: &DbPlan,
+    t: &Temporary,
+    maint: &str,
+    progress: &dyn Progress,
+) -> Result<(), RestoreError> {
+    let what = format!("restoring database {:?} from {}", d.database, d.object.name);
+    let mut psql = Psql::start(docker, &plan.container, &plan.user, maint, &what).await?;
+    let mut sink = Rewriting {
+        rewriter: sql::Rewriter::new(sql::Rewrite {
+            from: d.database.clone(),
+            to: t.load.clone(),
+            drop_transaction_timeout: plan.server_major < 17,
+        }),
+        input: &mut psql.input,
+        buf: Vec::new(),
+    };
+    let label = format!("{} ({})", d.object.name, d.database);
+    let streamed = match plan.manifest.format {
+        Format::Plain | Format::Tar => {
+            stream_object(
+                store,
+                &plan.manifest,
+                &d.object,
+                &label,
+                &mut sink,
+                progress,
+            )
+            .await
+        }
+        Format::Custom => {
+            let mut conv = if plan.convert_in_sidecar {
+                Converter::in_sidecar()?
+            } else {
+                Converter::in_target(docker, &plan.container).await?
+            };
+            let feed = async {
+                let r = stream_object(
+                    store,
+                    &plan.manifest,
+                    &d.object,
+                    &conv.what,
+                    &mut conv.input,
+                    progress,
+                )
+                .await;
+                let _ = conv.input.0.shutdown().await;
+                r
+            };
+            let relay = async {
+                let mut buf = vec![0u8; CHUNK];
+                loop {
+                    let n = conv.output.read(&mut buf).await.map_err(|e| {
+                        RestoreError::Failed(format!("reading {}'s output failed: {e}", conv.what))
+                    })?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    sink.write(&buf[..n]).await.map_err(|e| {
+                        RestoreError::Failed(format!("psql stopped reading the restore: {e}"))
+                    })?;
+                }
+            };
+            let joined = tokio::try_join!(feed, relay).map(|_| ());
+            match joined {
+                Ok(()) => {
+                    let exit = conv.output.finish().await?;
+                    if exit.code != 0 {
+                        Err(RestoreError::Failed(format!(
+                            "{} failed (exit code {}): {}",
+                            conv.what, exit.code, exit.stderr
+                        )))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match streamed.and_then(|()| sink.finish()) {
+        Ok(rest) => psql.finish(&rest).await,
+        Err(e) => {
+            let said = psql.abort().await;
+            Err(match e {
+                RestoreError::Failed(m) if !said.is_empty() => {
+                    RestoreError::Failed(format!("{m}; psql said: {said}"))
+                }
+                other => other,
+            })
+        }
+    }
+}
+
+pub(super) async fn drop_database(
+    access: &Access,
+    maint: &str,
+    name: &str,
+    server_major: u32,
+) -> Result<(), PgError> {
+    let force = if server_major >= 13 {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
+    access
+        .query(
+            maint,
+            &format!("DROP DATABASE IF EXISTS {}{force}", sql::quote_ident(name)),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// After a failure: drops what the restore created (its temporary databases, then its roles,
+/// which own nothing any more) and checks the target. Returns a sentence saying what state the
+/// target is in — "Nothing was changed" only when that was verified.
+pub(super) async fn undo(
+    access: &Access,
+    plan: &Plan,
+    maint: &str,
+    run: &str,
+    temps: &[Temporary],
+    roles: &[String],
+) -> String {
+    for t in temps {
+        if let Err(e) = drop_database(access, maint, &t.load, plan.server_major).await {
+            tracing::warn!(database = %t.load, "Could not drop a temporary database: {e}");
+        }
+    }
+    for role in roles.iter().rev() {
+        if let Err(e) = access
+            .query(
+                maint,
+                &format!("DROP ROLE IF EXISTS {}", sql::quote_ident(role)),
+            )
+            .await
+        {
+            tracing::warn!(role = %role, "Could not drop a role the failed restore created: {e}");
+        }
+    }
+    let loads: Vec<String> = temps.iter().map(|t| sql::quote_literal(&t.load)).collect();
+    let replaced: Vec<String> = temps
+        .iter()
+        .map(|t| sql::quote_literal(&t.replaced))
+        .collect();
+    let wanted: Vec<String> = plan
+        .databases
+        .iter()
+        .filter(|d| d.exists)
+        .map(|d| sql::quote_literal(&d.database))
+        .collect();
+    let roles_q: Vec<String> = roles.iter().map(|r| sql::quote_literal(r)).collect();
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "NULL".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let check = format!(
+        "SELECT 'left:' || datname FROM pg_database WHERE datname IN ({})
+         UNION ALL SELECT 'moved:' || datname FROM pg_database WHERE datname IN ({})
+         UNION ALL SELECT 'missing:' || w FROM unnest(ARRAY[{}]::text[]) w
+           WHERE w IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = w)
+         UNION ALL SELECT 'role:' || rolname FROM pg_roles WHERE rolname IN ({})",
+        list(&loads),
+        list(&replaced),
+        list(&wanted),
+        list(&roles_q)
+    );
+    match access.query(maint, &check).await {
+        Ok(rows) if rows.is_empty() => format!("Nothing was changed in {}", plan.target),
+        Ok(rows) => format!(
+            "{} may have been changed; left behind: {} (drop or rename them by hand)",
+            plan.target,
+            rows.join(", ")
+        ),
+        Err(e) => format!(
+            "Could not check {} afterwards ({e}): look for databases named {LOAD_PREFIX}{run}_* and {REPLACED_PREFIX}{run}_*",
+            plan.target
+        ),
+    }
+}

@@ -1,0 +1,320 @@
+//! The restore plan: what will be replaced, created or refused, decided before anything
+//! changes, and printed for the user.
+
+use super::*;
+
+/// One database to restore and what the target holds under that name now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbPlan {
+    pub object: Object,
+    pub database: String,
+    pub exists: bool,
+    /// Tables, views, sequences, functions, types and schemas of its own.
+    pub objects: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub manifest: Manifest,
+    pub container: Container,
+    pub target: String,
+    pub user: String,
+    pub server_major: u32,
+    pub restore_tool: String,
+    /// The sidecar's own pg_restore, asked only when the target's cannot read the archive.
+    pub sidecar_tool: Option<String>,
+    /// Custom archives are turned into SQL by the sidecar's pg_restore (see `check`).
+    pub convert_in_sidecar: bool,
+    pub globals: Option<Object>,
+    pub databases: Vec<DbPlan>,
+    pub clean: bool,
+    /// Temporary databases of earlier restores that were interrupted.
+    /// What earlier restores left on this server.
+    pub leftovers: Leftovers,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.manifest;
+        writeln!(
+            f,
+            "restore {} of {} ({}, Postgres {}, {}) into {} ({}, Postgres {}, as {})",
+            m.backup_id,
+            m.target,
+            match m.format {
+                Format::Custom => "custom",
+                Format::Plain => "plain",
+                Format::Tar => "tar",
+            },
+            m.postgres.major,
+            crate::app::table::human_bytes(m.size()),
+            self.target,
+            self.container.name,
+            self.server_major,
+            self.user
+        )?;
+        if let Some(g) = &self.globals {
+            writeln!(
+                f,
+                "  roles      from {} (missing roles are created)",
+                g.name
+            )?;
+        }
+        if self.convert_in_sidecar {
+            writeln!(
+                f,
+                "  archives   read by the sidecar's {} (the target has {})",
+                self.sidecar_tool.as_deref().unwrap_or("pg_restore"),
+                self.restore_tool
+            )?;
+        }
+        for d in &self.databases {
+            let what = match (d.exists, d.objects) {
+                (false, _) => "created".to_string(),
+                (true, 0) => "exists, empty: replaced".to_string(),
+                (true, n) if self.clean => format!("exists, {n} objects: replaced (--clean)"),
+                (true, n) => format!("exists, {n} objects"),
+            };
+            writeln!(
+                f,
+                "  database   {:<20} from {} ({what})",
+                d.database, d.object.name
+            )?;
+        }
+        writeln!(
+            f,
+            "  method     each database is loaded into a new database; all take their names in one transaction at the end"
+        )?;
+        for db in &self.leftovers.abandoned_databases {
+            writeln!(
+                f,
+                "  cleanup    {db}: the temporary database of an interrupted restore (no session of it is alive), dropped first"
+            )?;
+        }
+        for role in &self.leftovers.abandoned_roles {
+            writeln!(
+                f,
+                "  cleanup    role {role}: created by an interrupted restore that never completed, dropped first"
+            )?;
+        }
+        for db in &self.leftovers.replaced {
+            writeln!(
+                f,
+                "  warning    {db} holds a database an earlier restore replaced and could not drop: drop it when you no longer need it (DROP DATABASE {})",
+                quote_ident(db)
+            )?;
+        }
+        for run in &self.leftovers.running {
+            writeln!(
+                f,
+                "  warning    another restore (run {run}) is running on this server now"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The refusals that need no I/O: overwriting without `--clean`, an archive the target's
+/// `pg_restore` is too old to read.
+pub fn check(plan: &Plan) -> Result<(), RestoreError> {
+    let dump_major = pg::major_of(&plan.manifest.postgres.dump_tool).unwrap_or(0);
+    let tool_major = pg::major_of(&plan.restore_tool).unwrap_or(0);
+    let sidecar_major = plan
+        .sidecar_tool
+        .as_deref()
+        .and_then(pg::major_of)
+        .unwrap_or(0);
+    if plan.manifest.format == Format::Custom
+        && tool_major < dump_major
+        && sidecar_major < dump_major
+    {
+        return Err(RestoreError::Refused(format!(
+            "backup {} was written by {} but {} has {} and the sidecar {}, neither of which can read it: nothing was changed. Use a pgbackup image with Postgres {dump_major} client tools, or restore into a server with Postgres {dump_major} or newer",
+            plan.manifest.backup_id,
+            plan.manifest.postgres.dump_tool,
+            plan.target,
+            plan.restore_tool,
+            plan.sidecar_tool.as_deref().unwrap_or("has no pg_restore")
+        )));
+    }
+    if plan.server_major < plan.manifest.postgres.major {
+        return Err(RestoreError::Refused(format!(
+            "backup {} is of a Postgres {} server but {} runs Postgres {}: nothing was changed. A logical backup restores into the same major or a newer one",
+            plan.manifest.backup_id, plan.manifest.postgres.major, plan.target, plan.server_major
+        )));
+    }
+    let busy: Vec<String> = plan
+        .databases
+        .iter()
+        .filter(|d| d.exists && d.objects > 0)
+        .map(|d| format!("{} ({} objects)", d.database, d.objects))
+        .collect();
+    if !busy.is_empty() && !plan.clean {
+        return Err(RestoreError::Refused(format!(
+            "{} already holds data in {}: nothing was changed. Pass --clean to replace it (each database is replaced as a whole by the backup's, after every database of the backup has loaded; on any failure the old data stays), or restore into another target with --to",
+            plan.target,
+            busy.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// SQL counting what a database holds of its own (schemas other than the system ones).
+pub(super) const OWN_OBJECTS: &str = "SELECT
+  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_')
++ (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_')
++ (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'
+       AND t.typrelid = 0 AND t.typcategory <> 'A')
++ (SELECT count(*) FROM pg_namespace
+     WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public') AND nspname !~ '^pg_')";
+
+/// Looks at the target and the backup and decides what will happen. Changes nothing.
+pub async fn plan(
+    docker: &DockerClient,
+    defaults: &Defaults,
+    manifest: Manifest,
+    object: Option<String>,
+    req: &Request,
+) -> Result<Plan, RestoreError> {
+    if manifest.kind == Kind::Physical || manifest.format == Format::Tar {
+        return Err(RestoreError::Usage(format!(
+            "{} is a physical base backup: restore it with `pgctl restore … --physical` (into a new volume the service is switched onto), or unpack base.tar into an empty data directory by hand",
+            manifest.backup_id
+        )));
+    }
+    let to = req.to.clone().unwrap_or_else(|| manifest.target.clone());
+    let source_project = manifest.target.split_once('/').map(|(p, _)| p.to_string());
+    let container = find_container(docker, &to, source_project.as_deref()).await?;
+    ensure_postgres(&container)?;
+    let user = user_of(&container, defaults);
+    let access = exec_access(docker, &container, &user);
+    let mut chosen: Vec<&Object> = manifest
+        .objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Database)
+        .collect();
+    let wanted = req.db.clone().or_else(|| {
+        object.as_ref().and_then(|name| {
+            manifest
+                .objects
+                .iter()
+                .find(|o| &o.name == name)
+                .and_then(|o| o.database.clone())
+        })
+    });
+    if let Some(name) = &object {
+        let Some(o) = manifest.objects.iter().find(|o| &o.name == name) else {
+            return Err(RestoreError::Usage(format!(
+                "backup {} has no object {name:?}; it holds {}",
+                manifest.backup_id,
+                names(&manifest)
+            )));
+        };
+        if let (Some(db), Some(of)) = (&req.db, &o.database)
+            && db != of
+        {
+            return Err(RestoreError::Usage(format!(
+                "{name} holds database {of:?} but --db asks for {db:?}: name the backup folder with --db {db}, or the object without --db"
+            )));
+        }
+    }
+    if let Some(db) = &wanted {
+        chosen.retain(|o| o.database.as_deref() == Some(db.as_str()));
+        if chosen.is_empty() {
+            return Err(RestoreError::Usage(format!(
+                "backup {} has no database {db:?}; it holds {}",
+                manifest.backup_id,
+                manifest.databases.join(", ")
+            )));
+        }
+    }
+    let globals = manifest
+        .objects
+        .iter()
+        .find(|o| o.kind == ObjectKind::Globals)
+        .cloned();
+    let version = access
+        .query("postgres", "SELECT current_setting('server_version_num')")
+        .await?;
+    let server_major = version
+        .first()
+        .and_then(|v| pg::major_of(v))
+        .ok_or_else(|| RestoreError::Failed(format!("cannot read the server version of {to}")))?;
+    let restore_tool = access.version("pg_restore").await?;
+    let dump_major = pg::major_of(&manifest.postgres.dump_tool).unwrap_or(0);
+    let target_reads = pg::major_of(&restore_tool).unwrap_or(0) >= dump_major;
+    let sidecar_tool = if manifest.format == Format::Custom && !target_reads {
+        pg::local_version("pg_restore").await.ok()
+    } else {
+        None
+    };
+    let convert_in_sidecar = manifest.format == Format::Custom
+        && !target_reads
+        && sidecar_tool
+            .as_deref()
+            .and_then(pg::major_of)
+            .is_some_and(|m| m >= dump_major);
+    let leftovers = leftovers_of(&access).await?;
+    let existing: BTreeSet<String> = access
+        .query("postgres", "SELECT datname FROM pg_database")
+        .await?
+        .into_iter()
+        .collect();
+    let mut databases = Vec::new();
+    for o in chosen {
+        let database = o.database.clone().unwrap_or_default();
+        let exists = existing.contains(&database);
+        let objects = if exists {
+            access
+                .query(&database, OWN_OBJECTS)
+                .await?
+                .first()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        databases.push(DbPlan {
+            object: o.clone(),
+            database,
+            exists,
+            objects,
+        });
+    }
+    let target = TargetId::of(&container.labels, &container.name)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| container.name.clone());
+    Ok(Plan {
+        manifest,
+        container,
+        target,
+        user,
+        server_major,
+        restore_tool,
+        sidecar_tool,
+        convert_in_sidecar,
+        globals,
+        databases,
+        clean: req.clean,
+        leftovers,
+    })
+}
+
+pub(super) fn names(m: &Manifest) -> String {
+    m.objects
+        .iter()
+        .map(|o| o.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(super) fn exec_access(docker: &DockerClient, c: &Container, user: &str) -> Access {
+    Access::Exec {
+        docker: docker.clone(),
+        container: c.id.clone(),
+        user: user.to_string(),
+    }
+}

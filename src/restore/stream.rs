@@ -1,0 +1,249 @@
+//! Streaming a stored object into the target: checked (size and SHA-256 settled at the end),
+//! decompressed, converted or rewritten, fed to `psql`. Shared by logical and physical restore.
+
+use super::*;
+
+/// Printed by psql after the last statement of a load ran: every statement before it succeeded.
+pub(super) const LOADED: &str = "pgbackup:loaded";
+
+/// One `psql` session inside the target, reading SQL from stdin (`ON_ERROR_STOP`).
+pub(super) struct Psql {
+    pub(super) input: ExecInput,
+    pub(super) output: JoinHandle<Result<(ExecExit, String), DockerError>>,
+    pub(super) what: String,
+}
+
+impl Psql {
+    /// Starts psql as `user` on `database` in `c`. `what` names it in errors.
+    pub(super) async fn start(
+        docker: &DockerClient,
+        c: &Container,
+        user: &str,
+        database: &str,
+        what: &str,
+    ) -> Result<Psql, RestoreError> {
+        let cmd = pg::psql_script_argv(user, database);
+        let (mut stream, input) = docker.exec_with_stdin(&c.id, &cmd, &[], None).await?;
+        // Drained concurrently: psql blocks when nobody reads what it prints.
+        let output = tokio::spawn(async move {
+            let mut tail = Vec::new();
+            let mut chunk = vec![0u8; 8192];
+            loop {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        tail.extend_from_slice(&chunk[..n]);
+                        if tail.len() > 4096 {
+                            tail.drain(..tail.len() - 4096);
+                        }
+                    }
+                }
+            }
+            let exit = stream.finish().await?;
+            Ok((exit, String::from_utf8_lossy(&tail).into_owned()))
+        });
+        Ok(Psql {
+            input,
+            output,
+            what: what.to_string(),
+        })
+    }
+
+    /// Sends `last`, then a marker; ends the input and checks that psql ran everything.
+    pub(super) async fn finish(mut self, last: &str) -> Result<(), RestoreError> {
+        let sent = async {
+            self.input.write_all(last.as_bytes()).await?;
+            self.input
+                .write_all(format!("\n\\echo {LOADED}\n").as_bytes())
+                .await?;
+            self.input.flush().await?;
+            self.input.shutdown().await
+        }
+        .await;
+        drop(self.input);
+        let (exit, out) = self
+            .output
+            .await
+            .map_err(|e| RestoreError::Failed(e.to_string()))??;
+        if exit.code == 0 && out.contains(LOADED) {
+            return Ok(());
+        }
+        Err(RestoreError::Failed(format!(
+            "{} failed (psql exit code {}): {}{}",
+            self.what,
+            exit.code,
+            if exit.stderr.is_empty() {
+                "no error output"
+            } else {
+                &exit.stderr
+            },
+            sent.err()
+                .map(|e| format!(" (sending the input failed: {e})"))
+                .unwrap_or_default()
+        )))
+    }
+
+    /// Ends the input early; returns psql's error output, if it failed by itself.
+    pub(super) async fn abort(mut self) -> String {
+        let _ = self.input.shutdown().await;
+        drop(self.input);
+        match tokio::time::timeout(Duration::from_secs(60), self.output).await {
+            Ok(Ok(Ok((exit, _)))) => exit.stderr,
+            Ok(Ok(Err(e))) => e.to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "psql did not end within 60 s of its input ending".into(),
+        }
+    }
+}
+
+/// Writes SQL through the [`sql::Rewriter`] into psql.
+pub(super) struct Rewriting<'a> {
+    pub(super) rewriter: sql::Rewriter,
+    pub(super) input: &'a mut ExecInput,
+    pub(super) buf: Vec<u8>,
+}
+
+impl Rewriting<'_> {
+    pub(super) async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.buf.clear();
+        self.rewriter
+            .feed(chunk, &mut self.buf)
+            .map_err(std::io::Error::other)?;
+        self.input.write_all(&self.buf).await
+    }
+
+    /// The rest of the rewritten SQL (see [`sql::Rewriter::finish`]).
+    pub(super) fn finish(&mut self) -> Result<String, RestoreError> {
+        let mut out = Vec::new();
+        self.rewriter
+            .finish(&mut out)
+            .map_err(RestoreError::Failed)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}
+
+impl ChunkSink for Rewriting<'_> {
+    async fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.write(&chunk).await
+    }
+}
+
+/// The stdin of a converter (`pg_restore -f -`): in the target, or in the sidecar.
+pub(super) struct Raw(pub(super) std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>);
+
+impl ChunkSink for Raw {
+    async fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&chunk).await
+    }
+}
+
+/// `pg_restore --create -f -`: turns a custom archive into the SQL psql loads.
+pub(super) struct Converter {
+    pub(super) input: Raw,
+    pub(super) output: PgStream,
+    pub(super) what: String,
+}
+
+pub(super) const CONVERT: [&str; 3] = ["--create", "--file=-", "--exit-on-error"];
+
+impl Converter {
+    /// In the target, with its own pg_restore.
+    pub(super) async fn in_target(
+        docker: &DockerClient,
+        c: &Container,
+    ) -> Result<Converter, RestoreError> {
+        let mut cmd = vec!["pg_restore".to_string()];
+        cmd.extend(CONVERT.map(String::from));
+        let (stream, input) = docker.exec_with_stdin(&c.id, &cmd, &[], None).await?;
+        Ok(Converter {
+            input: Raw(input),
+            output: PgStream::Exec(stream),
+            what: format!("pg_restore in {}", c.name),
+        })
+    }
+
+    /// In the sidecar, whose pg_restore reads archives the target's is too old for.
+    pub(super) fn in_sidecar() -> Result<Converter, RestoreError> {
+        let (output, input) = pg::local_with_stdin("pg_restore", &CONVERT.map(String::from))?;
+        Ok(Converter {
+            input: Raw(Box::pin(input)),
+            output,
+            what: "pg_restore in the sidecar".into(),
+        })
+    }
+}
+
+/// Reports bytes read from S3 (a progress bar on a terminal).
+pub trait Progress: Send + Sync {
+    fn start(&self, what: &str, total: u64);
+    fn set(&self, done: u64);
+    fn finish(&self);
+}
+
+/// No progress output.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&self, _: &str, _: u64) {}
+    fn set(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+/// Where a verified stream goes: a psql session, or tar in a helper container.
+pub trait ChunkSink: Send {
+    fn send(&mut self, chunk: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Streams one object of `m` (S3 → size + SHA-256 → decompression) into `sink`, then checks the
+/// manifest's size and checksum. `what` names the destination in errors.
+pub async fn stream_object(
+    store: &dyn Store,
+    m: &Manifest,
+    object: &Object,
+    what: &str,
+    sink: &mut impl ChunkSink,
+    progress: &dyn Progress,
+) -> Result<(), RestoreError> {
+    let compression = fetch::compression_of(m).map_err(RestoreError::Failed)?;
+    let body = fetch::open(store, m, object)
+        .await
+        .map_err(|e| RestoreError::Failed(e.to_string()))?;
+    let (checked, tallies) = Checked::new(body);
+    let mut reader = fetch::decompress(checked, compression);
+    progress.start(what, object.size);
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                // A truncated or corrupted stream usually shows here first.
+                progress.finish();
+                let damage = tallies
+                    .verdict(object)
+                    .err()
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                return Err(RestoreError::Failed(format!(
+                    "reading {} failed after {} bytes: {e} {damage}",
+                    object.name,
+                    tallies.bytes()
+                )));
+            }
+        };
+        if n == 0 {
+            break;
+        }
+        progress.set(tallies.bytes());
+        if let Err(e) = sink.send(Bytes::copy_from_slice(&buf[..n])).await {
+            progress.finish();
+            return Err(RestoreError::Failed(format!(
+                "{what} stopped reading the restore: {e}"
+            )));
+        }
+    }
+    // The decoders read every frame up to the end of the object, so the tally is complete.
+    progress.finish();
+    tallies
+        .verdict(object)
+        .map_err(|e: Damage| RestoreError::Failed(format!("{e}: restore rolled back")))
+}
