@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use crate::config::{self, Config};
 use crate::discovery::{self, S3_PROBE_EVERY, Shared};
 use crate::engine::docker::{DockerClient, DockerError};
-use crate::job::runner::{self, Runner};
+use crate::job::runner::Runner;
 use crate::store::{self, SharedStore, StoreError};
 use crate::{app::http, exit};
 
@@ -130,7 +130,7 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
         changed_tx,
         shutdown_rx.clone(),
     ));
-    let sched = tokio::spawn(runner::schedule_loop(
+    let sched = tokio::spawn(crate::schedule::plan::schedule_loop(
         runner.clone(),
         shared.clone(),
         changed_rx,

@@ -11,18 +11,17 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
-use tokio::sync::{Mutex, RwLock, Semaphore, oneshot, watch};
+use tokio::sync::{Mutex, RwLock, Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::metrics::{DbLabels, JobLabels, Metrics};
-use crate::discovery::{Shared, Target};
+use crate::discovery::Target;
 use crate::engine::docker::DockerClient;
 use crate::job::backup::{self, BackupError, Ctx};
 use crate::model::TargetId;
 use crate::model::layout::{self, BackupId, Kind};
 use crate::retention::prune;
-use crate::schedule::Schedule;
 use crate::store::SharedStore;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -478,131 +477,6 @@ impl Runner {
     }
 }
 
-/// Plan key: one schedule per target and kind.
-pub type PlanKey = (TargetId, Kind);
-
-/// A planned next run, with the schedule it came from (to notice label changes).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Planned {
-    pub schedule: String,
-    pub next: DateTime<Utc>,
-}
-
-/// Re-plans after the target set changed: unchanged schedules keep their next run (so a
-/// re-created container does not shift or repeat a run), new or changed ones are computed from
-/// `now`, and vanished targets drop out. Pure.
-pub fn plan(
-    old: &BTreeMap<PlanKey, Planned>,
-    targets: &[Target],
-    now: DateTime<Utc>,
-    tz: Tz,
-) -> BTreeMap<PlanKey, Planned> {
-    let mut next = BTreeMap::new();
-    for t in targets {
-        let Some(s) = t.settings() else { continue };
-        for (kind, sched) in [
-            (Kind::Logical, &s.schedule_parsed),
-            (Kind::Physical, &s.physical_schedule_parsed),
-        ] {
-            if *sched == Schedule::Off {
-                continue;
-            }
-            let key = (t.target.clone(), kind);
-            if next.contains_key(&key) {
-                continue; // a scaled service: one schedule per target
-            }
-            let pattern = sched.to_string();
-            let planned = match old.get(&key) {
-                Some(p) if p.schedule == pattern => p.clone(),
-                _ => match sched.next_after(now, tz) {
-                    Some(n) => Planned {
-                        schedule: pattern,
-                        next: n,
-                    },
-                    None => continue,
-                },
-            };
-            next.insert(key, planned);
-        }
-    }
-    next
-}
-
-/// Keys whose run is due at `now`. Pure.
-pub fn due(plan: &BTreeMap<PlanKey, Planned>, now: DateTime<Utc>) -> Vec<PlanKey> {
-    plan.iter()
-        .filter(|(_, p)| p.next <= now)
-        .map(|(k, _)| k.clone())
-        .collect()
-}
-
-fn find<'a>(targets: &'a [Target], id: &TargetId) -> Option<&'a Target> {
-    targets
-        .iter()
-        .find(|t| &t.target == id && t.settings().is_some())
-}
-
-/// The scheduling loop: wakes at the earliest planned run or when targets change.
-pub async fn schedule_loop(
-    runner: Arc<Runner>,
-    shared: Shared,
-    mut changed: watch::Receiver<u64>,
-    run_on_startup: bool,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut planned: BTreeMap<PlanKey, Planned> = BTreeMap::new();
-    if run_on_startup {
-        // Wait for the first listing, then back every valid target up once.
-        let _ = tokio::time::timeout(Duration::from_secs(30), changed.changed()).await;
-        for t in shared.registry.read().await.targets() {
-            if t.settings().is_some() {
-                drop(runner.submit(t, Kind::Logical, Trigger::Startup, false));
-            }
-        }
-    }
-    loop {
-        let targets = shared.registry.read().await.targets();
-        let now = Utc::now();
-        planned = plan(&planned, &targets, now, runner.tz);
-        for key in due(&planned, now) {
-            if let Some(t) = find(&targets, &key.0).cloned() {
-                let rx = runner.submit(t.clone(), key.1, Trigger::Schedule, false);
-                tokio::spawn(async move {
-                    if let Ok(Err(e)) = rx.await {
-                        tracing::warn!(target_id = %t.target, "Scheduled backup skipped: {e}.");
-                    }
-                });
-            }
-            if let Some(p) = planned.get_mut(&key) {
-                let sched =
-                    find(&targets, &key.0)
-                        .and_then(|t| t.settings())
-                        .map(|s| match key.1 {
-                            Kind::Logical => s.schedule_parsed.clone(),
-                            Kind::Physical => s.physical_schedule_parsed.clone(),
-                        });
-                match sched.and_then(|s| s.next_after(now, runner.tz)) {
-                    Some(n) => p.next = n,
-                    None => {
-                        planned.remove(&key);
-                    }
-                }
-            }
-        }
-        let sleep = planned
-            .values()
-            .map(|p| p.next)
-            .min()
-            .map(|n| (n - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
-            r = changed.changed() => if r.is_err() { return },
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,78 +506,5 @@ mod tests {
         // Three attempts in all, the waits growing, within minutes.
         assert!(RETRY_DELAYS.windows(2).all(|w| w[0] < w[1]));
         assert!(RETRY_DELAYS.iter().sum::<Duration>() <= Duration::from_secs(600));
-    }
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn target(service: &str, schedule: &str, physical: Option<&str>) -> Target {
-        let mut labels = vec![("pgbackup.schedule", schedule)];
-        if let Some(p) = physical {
-            labels.push(("pgbackup.physical.schedule", p));
-        }
-        crate::discovery::test_target(service, &labels)
-    }
-
-    #[test]
-    fn plan_keeps_unchanged_schedules_and_replans_changed_ones() {
-        let now = at("2026-11-20T10:00:30Z");
-        let p1 = plan(
-            &BTreeMap::new(),
-            &[
-                target("a", "@hourly", Some("@daily")),
-                target("b", "off", None),
-            ],
-            now,
-            Tz::UTC,
-        );
-        assert_eq!(p1.len(), 2, "b is off; a has logical and physical");
-        let a = p1.keys().next().unwrap().0.clone();
-        assert_eq!(
-            p1[&(a.clone(), Kind::Logical)].next,
-            at("2026-11-20T11:00:00Z")
-        );
-        assert_eq!(
-            p1[&(a.clone(), Kind::Physical)].next,
-            at("2026-11-21T00:00:00Z")
-        );
-
-        // Later, same labels (e.g. container re-created): the planned time does not move.
-        let later = at("2026-11-20T10:30:00Z");
-        let p2 = plan(
-            &p1,
-            &[target("a", "@hourly", Some("@daily"))],
-            later,
-            Tz::UTC,
-        );
-        assert_eq!(p2, p1);
-
-        // Changed schedule: re-planned from now.
-        let p3 = plan(&p1, &[target("a", "*/5 * * * *", None)], later, Tz::UTC);
-        assert_eq!(p3.len(), 1);
-        assert_eq!(p3[&(a, Kind::Logical)].next, at("2026-11-20T10:35:00Z"));
-
-        // Target gone: nothing planned.
-        assert!(plan(&p3, &[], later, Tz::UTC).is_empty());
-    }
-
-    #[test]
-    fn due_is_exactly_the_past_runs() {
-        let now = at("2026-11-20T10:00:00Z");
-        let p = plan(
-            &BTreeMap::new(),
-            &[
-                target("a", "*/10 * * * * *", None),
-                target("b", "@daily", None),
-            ],
-            now,
-            Tz::UTC,
-        );
-        assert!(due(&p, now).is_empty());
-        let d = due(&p, at("2026-11-20T10:00:10Z"));
-        assert_eq!(d.len(), 1);
-        assert_eq!(d[0].0.service, "a");
-        assert_eq!(due(&p, at("2026-11-21T00:00:00Z")).len(), 2);
     }
 }

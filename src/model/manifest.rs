@@ -93,6 +93,43 @@ pub struct Physical {
 }
 
 impl Manifest {
+    /// A logical backup of `target` in `dir` holding one database `app`, for tests.
+    #[cfg(test)]
+    pub(crate) fn sample(target: &str, dir: &str, id: BackupId) -> Manifest {
+        let at = id.time;
+        Manifest {
+            format_version: FORMAT_VERSION,
+            backup_id: id,
+            kind: id.kind,
+            target: target.into(),
+            prefix: format!("{dir}/{id}"),
+            container: "c".into(),
+            method: Method::Exec,
+            format: Format::Custom,
+            compression: "zstd:3".into(),
+            postgres: Postgres {
+                server_version: "17.2".into(),
+                major: 17,
+                dump_tool: "pg_dump (PostgreSQL) 17.2".into(),
+            },
+            databases: vec!["app".into()],
+            objects: vec![Object {
+                name: "app.dump.zst".into(),
+                kind: ObjectKind::Database,
+                database: Some("app".into()),
+                size: 3,
+                raw_size: 3,
+                sha256: "00".repeat(32),
+            }],
+            started_at: at,
+            finished_at: at,
+            tool: Tool::default(),
+            physical: None,
+        }
+    }
+}
+
+impl Manifest {
     /// Total stored bytes.
     pub fn size(&self) -> u64 {
         self.objects.iter().map(|o| o.size).sum()

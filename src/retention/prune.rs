@@ -392,6 +392,152 @@ pub fn render(plan: &TargetPlan, tz: Tz, now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::memory::MemoryStore;
+    use chrono::TimeZone;
+
+    const DIR: &str = "shop/db";
+
+    fn id(day: u32, tag: u32) -> BackupId {
+        BackupId::tagged(
+            Utc.with_ymd_and_hms(2026, 11, day, 3, 0, 0).unwrap(),
+            Kind::Logical,
+            tag,
+        )
+    }
+
+    /// A committed backup of `target` written on `day` (its objects dated then too).
+    fn commit(store: &MemoryStore, target: &str, id: BackupId) {
+        let m = Manifest::sample(target, DIR, id);
+        let dir = format!("{DIR}/{id}");
+        store.insert_at(&format!("{dir}/app.dump.zst"), b"abc", id.time);
+        store.insert_at(&format!("{dir}/{SUMS}"), b"sums", id.time);
+        store.insert_at(
+            &format!("{dir}/{MANIFEST}"),
+            m.to_json().as_bytes(),
+            id.time,
+        );
+    }
+
+    fn scope(last: u32) -> Scope {
+        Scope {
+            target: "shop/db".into(),
+            dir: DIR.into(),
+            policy: KeepPolicy {
+                last: Some(last),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Retention, leftovers and stale uploads carried out over a store, as the runner and
+    /// `pgctl prune` do: what goes is exactly what the plan says, manifest first.
+    #[tokio::test]
+    async fn prune_executes_its_plan_and_keeps_what_it_cannot_judge() {
+        let store = MemoryStore::new();
+        let now = Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap();
+        for day in [10, 12, 14, 16] {
+            commit(&store, "shop/db", id(day, day));
+        }
+        // Not counted, not removed: an unreadable manifest, another target's backup.
+        let broken = id(17, 0xb0);
+        store.insert_at(
+            &format!("{DIR}/{broken}/{MANIFEST}"),
+            b"{not json",
+            broken.time,
+        );
+        commit(&store, "other/db", id(18, 0x07));
+        // Leftovers: an old folder without a manifest goes, a fresh one (a running backup) stays.
+        let old_left = id(11, 0x11);
+        store.insert_at(
+            &format!("{DIR}/{old_left}/app.dump.zst"),
+            b"x",
+            old_left.time,
+        );
+        let young_left = BackupId::tagged(now - chrono::Duration::minutes(5), Kind::Logical, 0x22);
+        store.insert_at(&format!("{DIR}/{young_left}/app.dump.zst"), b"x", now);
+        // Uploads: an old one is aborted, a fresh one is left to its writer.
+        store.insert_upload(
+            &format!("{DIR}/{old_left}/big.dump.zst"),
+            "u-old",
+            id(11, 0).time,
+        );
+        store.insert_upload(&format!("{DIR}/{young_left}/big.dump.zst"), "u-new", now);
+
+        let plan = plan(&store, &scope(2), 1, Tz::UTC, now).await.unwrap();
+        let mut removed: Vec<BackupId> = plan.removed().map(|d| d.id).collect();
+        removed.sort();
+        assert_eq!(removed, [id(10, 10), id(12, 12)]);
+        assert_eq!(plan.unusable.len(), 2, "{:?}", plan.unusable);
+        assert_eq!(
+            plan.leftovers.iter().map(|l| l.id).collect::<Vec<_>>(),
+            [old_left]
+        );
+        assert_eq!(plan.young_leftovers.len(), 1);
+        assert_eq!(plan.stale_uploads.len(), 1);
+        assert_eq!(plan.stale_uploads[0].upload_id, "u-old");
+        assert_eq!(plan.open_uploads.len(), 1);
+
+        let done = execute(&store, &plan).await.unwrap();
+        assert_eq!(
+            (
+                done.backups_deleted,
+                done.leftovers_deleted,
+                done.uploads_aborted
+            ),
+            (2, 1, 1)
+        );
+        let keys = store.keys();
+        for gone in [id(10, 10), id(12, 12), old_left] {
+            assert!(
+                !keys.iter().any(|k| k.contains(&gone.to_string())),
+                "{gone}: {keys:?}"
+            );
+        }
+        for kept in [id(14, 14), id(16, 16), broken, id(18, 0x07), young_left] {
+            assert!(
+                keys.iter().any(|k| k.contains(&kept.to_string())),
+                "{kept}: {keys:?}"
+            );
+        }
+        let open = store.uploads("").await.unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].upload_id, "u-new");
+    }
+
+    /// A deletion that fails part-way leaves no backup listed whose objects are gone: the
+    /// manifest goes first, and the next prune removes the rest as a leftover.
+    #[tokio::test]
+    async fn a_prune_cut_off_mid_folder_leaves_nothing_listed_that_is_incomplete() {
+        let store = MemoryStore::new();
+        let now = Utc.with_ymd_and_hms(2026, 11, 20, 12, 0, 0).unwrap();
+        for day in [10, 12] {
+            commit(&store, "shop/db", id(day, day));
+        }
+        let plan = plan(&store, &scope(1), 1, Tz::UTC, now).await.unwrap();
+        // Deletes fail once the manifest is gone: the store stops answering.
+        *store.fail_deletes_after.lock().unwrap() = Some(1);
+        assert!(execute(&store, &plan).await.is_err());
+        *store.fail_deletes_after.lock().unwrap() = None;
+        let (listed, problems) = crate::store::catalog::committed(&store, Some(DIR))
+            .await
+            .unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            listed.iter().map(|m| m.backup_id).collect::<Vec<_>>(),
+            [id(12, 12)]
+        );
+        let again = super::plan(&store, &scope(1), 1, Tz::UTC, now)
+            .await
+            .unwrap();
+        assert_eq!(again.leftovers.len(), 1, "the rest is an old leftover now");
+        execute(&store, &again).await.unwrap();
+        assert!(
+            store
+                .keys()
+                .iter()
+                .all(|k| k.contains(&id(12, 12).to_string()))
+        );
+    }
 
     #[test]
     fn manifest_goes_first() {

@@ -21,6 +21,8 @@ pub struct MemoryStore {
     pub fail_writes: Mutex<Vec<String>>,
     /// Writes before the next failure: `Some(0)` fails every write from now on.
     pub writes_left: Mutex<Option<usize>>,
+    /// Deletes before the store stops answering them: `Some(0)` fails every delete.
+    pub fail_deletes_after: Mutex<Option<usize>>,
 }
 
 impl MemoryStore {
@@ -153,6 +155,15 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        if let Some(n) = self.fail_deletes_after.lock().unwrap().as_mut() {
+            if *n == 0 {
+                return Err(StoreError::Unreachable {
+                    endpoint: "memory".into(),
+                    reason: format!("injected fault deleting {key}"),
+                });
+            }
+            *n -= 1;
+        }
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! Cron schedules (croner). Pure: the clock is always an argument.
 
+pub mod plan;
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -1,0 +1,144 @@
+//! When backups run: the plan of next runs per target and kind (pure, the clock an argument)
+//! and the loop that wakes at the earliest one, or when the targets change, and submits the
+//! due jobs to the runner.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use tokio::sync::watch;
+
+use crate::discovery::{Shared, Target};
+use crate::job::runner::{Runner, Trigger};
+use crate::model::{Kind, TargetId};
+use crate::schedule::Schedule;
+
+/// Plan key: one schedule per target and kind.
+pub type PlanKey = (TargetId, Kind);
+
+/// A planned next run, with the schedule it came from (to notice label changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub schedule: String,
+    pub next: DateTime<Utc>,
+}
+
+/// Re-plans after the target set changed: unchanged schedules keep their next run (so a
+/// re-created container does not shift or repeat a run), new or changed ones are computed from
+/// `now`, and vanished targets drop out. Pure.
+pub fn plan(
+    old: &BTreeMap<PlanKey, Planned>,
+    targets: &[Target],
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> BTreeMap<PlanKey, Planned> {
+    let mut next = BTreeMap::new();
+    for t in targets {
+        let Some(s) = t.settings() else { continue };
+        for (kind, sched) in [
+            (Kind::Logical, &s.schedule_parsed),
+            (Kind::Physical, &s.physical_schedule_parsed),
+        ] {
+            if *sched == Schedule::Off {
+                continue;
+            }
+            let key = (t.target.clone(), kind);
+            if next.contains_key(&key) {
+                continue; // a scaled service: one schedule per target
+            }
+            let pattern = sched.to_string();
+            let planned = match old.get(&key) {
+                Some(p) if p.schedule == pattern => p.clone(),
+                _ => match sched.next_after(now, tz) {
+                    Some(n) => Planned {
+                        schedule: pattern,
+                        next: n,
+                    },
+                    None => continue,
+                },
+            };
+            next.insert(key, planned);
+        }
+    }
+    next
+}
+
+/// Keys whose run is due at `now`. Pure.
+pub fn due(plan: &BTreeMap<PlanKey, Planned>, now: DateTime<Utc>) -> Vec<PlanKey> {
+    plan.iter()
+        .filter(|(_, p)| p.next <= now)
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn find<'a>(targets: &'a [Target], id: &TargetId) -> Option<&'a Target> {
+    targets
+        .iter()
+        .find(|t| &t.target == id && t.settings().is_some())
+}
+
+/// The scheduling loop: wakes at the earliest planned run or when targets change.
+pub async fn schedule_loop(
+    runner: Arc<Runner>,
+    shared: Shared,
+    mut changed: watch::Receiver<u64>,
+    run_on_startup: bool,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut planned: BTreeMap<PlanKey, Planned> = BTreeMap::new();
+    if run_on_startup {
+        // Wait for the first listing, then back every valid target up once.
+        let _ = tokio::time::timeout(Duration::from_secs(30), changed.changed()).await;
+        for t in shared.registry.read().await.targets() {
+            if t.settings().is_some() {
+                drop(runner.submit(t, Kind::Logical, Trigger::Startup, false));
+            }
+        }
+    }
+    loop {
+        let targets = shared.registry.read().await.targets();
+        let now = Utc::now();
+        planned = plan(&planned, &targets, now, runner.tz);
+        for key in due(&planned, now) {
+            if let Some(t) = find(&targets, &key.0).cloned() {
+                let rx = runner.submit(t.clone(), key.1, Trigger::Schedule, false);
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = rx.await {
+                        tracing::warn!(target_id = %t.target, "Scheduled backup skipped: {e}.");
+                    }
+                });
+            }
+            if let Some(p) = planned.get_mut(&key) {
+                let sched =
+                    find(&targets, &key.0)
+                        .and_then(|t| t.settings())
+                        .map(|s| match key.1 {
+                            Kind::Logical => s.schedule_parsed.clone(),
+                            Kind::Physical => s.physical_schedule_parsed.clone(),
+                        });
+                match sched.and_then(|s| s.next_after(now, runner.tz)) {
+                    Some(n) => p.next = n,
+                    None => {
+                        planned.remove(&key);
+                    }
+                }
+            }
+        }
+        let sleep = planned
+            .values()
+            .map(|p| p.next)
+            .min()
+            .map(|n| (n - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            r = changed.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
