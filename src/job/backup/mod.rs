@@ -1,0 +1,190 @@
+//! One backup of one target. Logical (here): list databases, stream every dump through the
+//! pipeline into the store, then `SHA256SUMS`, then `manifest.json` (the commit marker).
+//! Physical: [`base`]. Reading the target: [`dump`]. The shared tail: [`commit`].
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use chrono::Utc;
+
+use crate::config::Secret;
+use crate::config::labels::TargetSpec;
+use crate::discovery::Target;
+use crate::engine::docker::{Container, DockerClient};
+use crate::engine::pg::{self, Access, PgError};
+use crate::model::layout::{self, BackupId, Kind};
+use crate::model::manifest::{self, Manifest, Object, ObjectKind, Postgres};
+use crate::model::{Databases, Format, Method};
+use crate::pipeline;
+use crate::restore::sql::DropTransactionTimeout;
+use crate::store::catalog;
+use crate::store::{Store, UploadError};
+use tokio::io::{AsyncRead, ReadBuf};
+mod base;
+mod commit;
+mod dump;
+pub use base::*;
+pub use commit::*;
+pub use dump::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("target {0} is invalid; fix its labels (see pgctl status)")]
+    Invalid(String),
+    #[error("container {0} is not running")]
+    NotRunning(String),
+    #[error("{0}")]
+    Pg(#[from] PgError),
+    #[error("{what}: {source}")]
+    Upload {
+        what: String,
+        #[source]
+        source: UploadError,
+    },
+    #[error("pg_dump of database {database:?} failed (exit code {code}): {stderr}")]
+    Dump {
+        database: String,
+        code: i64,
+        stderr: String,
+    },
+    #[error("{0}")]
+    Refused(String),
+    /// The backup's folder held objects before this run wrote anything: they are another
+    /// writer's and must not be removed.
+    #[error("{0}")]
+    FolderTaken(String),
+}
+
+impl BackupError {
+    /// The database the failure concerns, for metrics and logs.
+    pub fn database(&self) -> Option<&str> {
+        match self {
+            BackupError::Dump { database, .. } => Some(database),
+            _ => None,
+        }
+    }
+}
+
+pub struct Ctx<'a> {
+    pub docker: &'a DockerClient,
+    pub store: &'a dyn Store,
+}
+
+/// Runs one logical backup and commits it. Nothing is listed unless this returns Ok.
+///
+/// On failure the caller removes what was written ([`discard`]), unless the error is
+/// [`BackupError::FolderTaken`].
+pub async fn logical(
+    ctx: &Ctx<'_>,
+    target: &Target,
+    id: BackupId,
+) -> Result<Manifest, BackupError> {
+    let now = id.time;
+    let (spec, c) = running(ctx, target).await?;
+    let access = access_for(ctx, &c, spec).await?;
+    let server = server_info(&access, "pg_dump").await?;
+    let dbs = databases(&access, spec).await?;
+    let dir = layout::backup_dir(ctx.store.prefix(), &spec.prefix, &id);
+    ensure_own_folder(ctx, spec, target).await?;
+    ensure_new_folder(ctx, &dir).await?;
+    let mut objects = Vec::new();
+    {
+        if spec.globals {
+            let name = layout::globals_object(spec.compression);
+            let key = layout::join(&[&dir, &name]);
+            // Roles are dumped by the server's own pg_dumpall, inside the target, whatever the
+            // method: a newer pg_dumpall leaves out what it does not read from an older server
+            // (pg_dumpall 17 writes no GRANTED BY for servers before 16), and the roles are small.
+            let own = Access::Exec {
+                docker: ctx.docker.clone(),
+                container: c.id.clone(),
+                user: spec.user.clone(),
+            };
+            let (raw, up) = dump_object(
+                ctx,
+                &own,
+                spec,
+                &key,
+                "pg_dumpall",
+                &["--globals-only".into(), "--no-password".into()],
+                "(globals)",
+                false,
+            )
+            .await?;
+            objects.push(Object {
+                name,
+                kind: ObjectKind::Globals,
+                database: None,
+                size: up.size,
+                raw_size: raw,
+                sha256: up.sha256,
+            });
+        }
+        for db in &dbs {
+            let name = layout::database_object(db, spec.format, spec.compression);
+            // Names are one-to-one (layout::database_object); this guards the manifest anyway:
+            // two objects under one name would overwrite each other and fail every restore.
+            if let Some(other) = objects.iter().find(|o: &&Object| o.name == name) {
+                return Err(BackupError::Refused(format!(
+                    "database {db:?} would be stored as {name}, which already holds {}: nothing was committed",
+                    other.database.as_deref().unwrap_or("the roles")
+                )));
+            }
+            let key = layout::join(&[&dir, &name]);
+            let mut args = vec![
+                "--no-password".to_string(),
+                match spec.format {
+                    // pg_dump's own compression off: ours is streamed and parallel.
+                    Format::Custom => "--format=custom".into(),
+                    Format::Plain | Format::Tar => "--format=plain".into(),
+                },
+            ];
+            match spec.format {
+                Format::Custom => args.push("--compress=0".into()),
+                // The database itself too (owner, ACL, comment, settings): restores and
+                // `psql -f` bring it back whole. Custom archives always hold it.
+                Format::Plain | Format::Tar => args.push("--create".into()),
+            }
+            args.extend(spec.dump_options.iter().cloned());
+            args.push(dbname_arg(db));
+            let started = std::time::Instant::now();
+            let filter = needs_timeout_filter(spec.format, server.major, &server.dump_tool);
+            let (raw, up) =
+                dump_object(ctx, &access, spec, &key, "pg_dump", &args, db, filter).await?;
+            tracing::info!(target_id = %target.target, database = %db, raw_bytes = raw, stored_bytes = up.size,
+                duration_ms = started.elapsed().as_millis() as u64, "Database dumped.");
+            objects.push(Object {
+                name,
+                kind: ObjectKind::Database,
+                database: Some(db.clone()),
+                size: up.size,
+                raw_size: raw,
+                sha256: up.sha256,
+            });
+        }
+        upload_sums(ctx, &dir, &objects).await?;
+        let m = Manifest {
+            format_version: manifest::FORMAT_VERSION,
+            backup_id: id,
+            kind: Kind::Logical,
+            target: target.target.to_string(),
+            prefix: dir.clone(),
+            container: c.name.clone(),
+            method: spec.method,
+            format: spec.format,
+            compression: spec.compression.to_string(),
+            postgres: Postgres {
+                server_version: server.version.clone(),
+                major: server.major,
+                dump_tool: server.dump_tool.clone(),
+            },
+            databases: dbs.clone(),
+            objects: objects.clone(),
+            started_at: now,
+            finished_at: Utc::now(),
+            tool: manifest::Tool::default(),
+            physical: None,
+        };
+        commit_manifest(ctx, &dir, m).await
+    }
+}
