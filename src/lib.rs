@@ -1,7 +1,9 @@
 //! pgbackup: backup and restore sidecar for Postgres in Docker Compose.
 //!
-//! Pure modules (`config`, `labels`, `schedule`, `retention`, `status`) decide; `docker`, `s3`
-//! and `http` are the only ones doing I/O; `controller` wires them together.
+//! Laid out as a backup flows (README "Architecture"): `model` is the shared vocabulary;
+//! `config`, `discovery`, `schedule` decide what and when; `job` runs backups through the
+//! `pipeline` into the `store`; `retention` and `restore` read them back. Only `store` talks to
+//! S3 and only `engine` to Docker; `app` wires everything together.
 
 pub mod app;
 pub mod config;
