@@ -93,7 +93,9 @@ async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
         s.runner.tz,
     );
     report.not_opted_in = s.shared.near_misses.read().await.clone();
-    report.unfinished_restores = crate::restore::physical::unfinished(&s.runner.docker).await;
+    if let Some(docker) = &s.runner.docker {
+        report.unfinished_restores = crate::restore::physical::unfinished(docker).await;
+    }
     let runs = s.runner.state.read().await;
     for t in report.targets.iter_mut() {
         if let Some(st) = t["target"].as_str().and_then(|k| runs.get(k)) {

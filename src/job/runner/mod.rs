@@ -21,6 +21,7 @@ use crate::engine::docker::DockerClient;
 use crate::job::backup::{self, BackupError, Ctx};
 use crate::model::TargetId;
 use crate::model::layout::{self, BackupId, Kind};
+use crate::model::manifest::Manifest;
 use crate::retention::prune;
 use crate::store::SharedStore;
 
@@ -89,8 +90,48 @@ pub enum RunError {
     Crashed(String),
 }
 
-pub struct Runner {
+/// What one attempt of a job does. Behind a port so the runner's own rules (locks, slots,
+/// timeouts, retries, shutdown) are tested without Docker; [`Backups`] is the real one.
+#[async_trait::async_trait]
+pub trait Work: Send + Sync {
+    /// Writes backup `id` of `target`.
+    async fn backup(&self, target: &Target, id: BackupId) -> Result<Manifest, BackupError>;
+    /// Removes what a failed attempt wrote in `dir`, its folder.
+    async fn discard(&self, dir: &str);
+}
+
+/// The real work: dumps or base backups from the target through the pipeline into the store.
+pub struct Backups {
     pub docker: DockerClient,
+    pub store: SharedStore,
+}
+
+#[async_trait::async_trait]
+impl Work for Backups {
+    async fn backup(&self, target: &Target, id: BackupId) -> Result<Manifest, BackupError> {
+        let ctx = Ctx {
+            docker: &self.docker,
+            store: self.store.as_ref(),
+        };
+        match id.kind {
+            Kind::Logical => backup::logical(&ctx, target, id).await,
+            Kind::Physical => backup::physical(&ctx, target, id).await,
+        }
+    }
+
+    async fn discard(&self, dir: &str) {
+        let ctx = Ctx {
+            docker: &self.docker,
+            store: self.store.as_ref(),
+        };
+        backup::discard(&ctx, dir).await;
+    }
+}
+
+pub struct Runner {
+    /// For what the controller reports beside jobs (unfinished restores); `None` in tests.
+    pub docker: Option<DockerClient>,
+    work: Arc<dyn Work>,
     pub store: SharedStore,
     pub tz: Tz,
     pub min_backups: u32,
@@ -113,8 +154,26 @@ impl Runner {
         concurrency: usize,
         min_backups: u32,
     ) -> Runner {
+        let work = Arc::new(Backups {
+            docker: docker.clone(),
+            store: store.clone(),
+        });
+        let mut r = Runner::with_work(work, store, tz, concurrency, min_backups);
+        r.docker = Some(docker);
+        r
+    }
+
+    /// A runner doing `work` (tests use a fake).
+    pub fn with_work(
+        work: Arc<dyn Work>,
+        store: SharedStore,
+        tz: Tz,
+        concurrency: usize,
+        min_backups: u32,
+    ) -> Runner {
         Runner {
-            docker,
+            docker: None,
+            work,
             store,
             tz,
             min_backups,
@@ -392,20 +451,10 @@ impl Runner {
         target: &Target,
         kind: Kind,
         timeout: Duration,
-    ) -> Result<crate::model::manifest::Manifest, BackupError> {
-        let ctx = Ctx {
-            docker: &self.docker,
-            store: self.store.as_ref(),
-        };
+    ) -> Result<Manifest, BackupError> {
         let id = BackupId::unique(Utc::now(), kind);
-        let job = async {
-            match kind {
-                Kind::Logical => backup::logical(&ctx, target, id).await,
-                Kind::Physical => backup::physical(&ctx, target, id).await,
-            }
-        };
         let outcome = tokio::select! {
-            r = job => r,
+            r = self.work.backup(target, id) => r,
             _ = tokio::time::sleep(timeout) => Err(timed_out(timeout)),
             _ = self.cancel.cancelled() => Err(BackupError::Refused(
                 "the controller is shutting down (SIGTERM): the backup was cancelled and nothing was committed".into(),
@@ -414,11 +463,9 @@ impl Runner {
         if let (Err(e), Some(spec)) = (&outcome, target.settings())
             && !matches!(e, BackupError::FolderTaken(_))
         {
-            backup::discard(
-                &ctx,
-                &layout::backup_dir(self.store.prefix(), &spec.prefix, &id),
-            )
-            .await;
+            self.work
+                .discard(&layout::backup_dir(self.store.prefix(), &spec.prefix, &id))
+                .await;
         }
         outcome
     }
@@ -478,33 +525,4 @@ impl Runner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_failures_that_may_pass_are_retried() {
-        let upload = BackupError::Upload {
-            what: "x".into(),
-            source: crate::store::UploadError::TooLarge,
-        };
-        let dump = BackupError::Dump {
-            database: "app".into(),
-            code: 1,
-            stderr: "connection reset".into(),
-        };
-        for (e, again) in [
-            (dump, true),
-            (upload, true),
-            (BackupError::NotRunning("c".into()), true),
-            (BackupError::Invalid("t".into()), false),
-            (BackupError::FolderTaken("f".into()), false),
-            (timed_out(Duration::from_secs(5)), false),
-            (BackupError::Refused("shutting down".into()), false),
-        ] {
-            assert_eq!(retryable(&e), again, "{e}");
-        }
-        // Three attempts in all, the waits growing, within minutes.
-        assert!(RETRY_DELAYS.windows(2).all(|w| w[0] < w[1]));
-        assert!(RETRY_DELAYS.iter().sum::<Duration>() <= Duration::from_secs(600));
-    }
-}
+mod tests;

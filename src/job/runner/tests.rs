@@ -1,0 +1,244 @@
+use super::*;
+
+#[test]
+fn only_failures_that_may_pass_are_retried() {
+    let upload = BackupError::Upload {
+        what: "x".into(),
+        source: crate::store::UploadError::TooLarge,
+    };
+    let dump = BackupError::Dump {
+        database: "app".into(),
+        code: 1,
+        stderr: "connection reset".into(),
+    };
+    for (e, again) in [
+        (dump, true),
+        (upload, true),
+        (BackupError::NotRunning("c".into()), true),
+        (BackupError::Invalid("t".into()), false),
+        (BackupError::FolderTaken("f".into()), false),
+        (timed_out(Duration::from_secs(5)), false),
+        (BackupError::Refused("shutting down".into()), false),
+    ] {
+        assert_eq!(retryable(&e), again, "{e}");
+    }
+    // Three attempts in all, the waits growing, within minutes.
+    assert!(RETRY_DELAYS.windows(2).all(|w| w[0] < w[1]));
+    assert!(RETRY_DELAYS.iter().sum::<Duration>() <= Duration::from_secs(600));
+}
+
+/// A fake attempt: each call takes the next scripted step; it records what was asked.
+#[derive(Default)]
+struct Fake {
+    steps: std::sync::Mutex<std::collections::VecDeque<Step>>,
+    calls: std::sync::atomic::AtomicUsize,
+    discarded: std::sync::Mutex<Vec<String>>,
+    /// Discards never end (a store that hangs during clean-up).
+    discard_hangs: bool,
+}
+
+enum Step {
+    Ok,
+    Fail(BackupError),
+    /// Runs until told to end.
+    Block(Arc<tokio::sync::Notify>),
+    /// Never ends by itself.
+    Hang,
+}
+
+fn dump_error() -> BackupError {
+    BackupError::Dump {
+        database: "app".into(),
+        code: 1,
+        stderr: "server closed the connection".into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Work for Fake {
+    async fn backup(&self, target: &Target, id: BackupId) -> Result<Manifest, BackupError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let step = self.steps.lock().unwrap().pop_front().unwrap_or(Step::Ok);
+        match step {
+            Step::Ok => Ok(Manifest::sample(&target.target.to_string(), "d", id)),
+            Step::Fail(e) => Err(e),
+            Step::Block(n) => {
+                n.notified().await;
+                Ok(Manifest::sample(&target.target.to_string(), "d", id))
+            }
+            Step::Hang => std::future::pending().await,
+        }
+    }
+
+    async fn discard(&self, dir: &str) {
+        self.discarded.lock().unwrap().push(dir.to_string());
+        if self.discard_hangs {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn runner(fake: Fake) -> (Arc<Runner>, Arc<Fake>) {
+    let fake = Arc::new(fake);
+    let store = Arc::new(crate::store::memory::MemoryStore::new());
+    let r = Runner::with_work(fake.clone(), store, Tz::UTC, 2, 1);
+    (Arc::new(r), fake)
+}
+
+fn scripted(steps: Vec<Step>) -> Fake {
+    Fake {
+        steps: std::sync::Mutex::new(steps.into()),
+        ..Default::default()
+    }
+}
+
+fn calls(f: &Fake) -> usize {
+    f.calls.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_job_of_one_target_is_refused_or_waits() {
+    let go = Arc::new(tokio::sync::Notify::new());
+    let (r, fake) = runner(scripted(vec![Step::Block(go.clone()), Step::Ok]));
+    let t = crate::discovery::test_target("db", &[]);
+    let first = r.submit(t.clone(), Kind::Logical, Trigger::Manual, false);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let busy = r.run(&t, Kind::Logical, Trigger::Manual, false).await;
+    assert!(matches!(busy, Err(RunError::Busy { .. })), "{busy:?}");
+    let waiting = r.submit(t.clone(), Kind::Logical, Trigger::Manual, true);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(calls(&fake), 1, "the waiting job has not started");
+    go.notify_one();
+    assert!(first.await.unwrap().unwrap().ok);
+    assert!(waiting.await.unwrap().unwrap().ok);
+    assert_eq!(calls(&fake), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_past_its_timeout_fails_naming_it_and_its_folder_is_discarded() {
+    let (r, fake) = runner(scripted(vec![Step::Hang]));
+    let t = crate::discovery::test_target("db", &[("pgbackup.timeout", "30s")]);
+    let res = r
+        .run(&t, Kind::Logical, Trigger::Manual, false)
+        .await
+        .unwrap();
+    assert!(!res.ok);
+    let err = res.error.unwrap();
+    assert!(err.contains("timeout of 30s"), "{err}");
+    let discarded = fake.discarded.lock().unwrap().clone();
+    assert_eq!(discarded.len(), 1);
+    assert!(discarded[0].ends_with("-logical"), "{discarded:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_scheduled_job_is_retried_with_backoff_and_counts_once() {
+    let (r, fake) = runner(scripted(vec![
+        Step::Fail(dump_error()),
+        Step::Fail(dump_error()),
+        Step::Ok,
+    ]));
+    let t = crate::discovery::test_target("db", &[]);
+    let started = tokio::time::Instant::now();
+    let res = r
+        .run(&t, Kind::Logical, Trigger::Schedule, false)
+        .await
+        .unwrap();
+    assert!(res.ok, "{res:?}");
+    assert_eq!(calls(&fake), 3);
+    assert_eq!(started.elapsed(), RETRY_DELAYS.iter().sum::<Duration>());
+    assert_eq!(
+        fake.discarded.lock().unwrap().len(),
+        2,
+        "each failed attempt cleaned up"
+    );
+    let labels = crate::app::metrics::JobLabels {
+        target: t.target.to_string(),
+        kind: "logical".into(),
+    };
+    assert_eq!(r.metrics.jobs_failed.get_or_create(&labels).get(), 0);
+    assert_eq!(r.metrics.jobs_ok.get_or_create(&labels).get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_jobs_and_lasting_failures_are_not_retried() {
+    let (r, fake) = runner(scripted(vec![Step::Fail(dump_error())]));
+    let t = crate::discovery::test_target("db", &[]);
+    let res = r
+        .run(&t, Kind::Logical, Trigger::Manual, false)
+        .await
+        .unwrap();
+    assert!(!res.ok);
+    assert_eq!(calls(&fake), 1);
+
+    let (r, fake) = runner(scripted(vec![Step::Fail(BackupError::FolderTaken(
+        "x".into(),
+    ))]));
+    let res = r
+        .run(&t, Kind::Logical, Trigger::Schedule, false)
+        .await
+        .unwrap();
+    assert!(!res.ok);
+    assert_eq!(calls(&fake), 1);
+    assert!(
+        fake.discarded.lock().unwrap().is_empty(),
+        "another writer's folder is not touched"
+    );
+
+    // Three attempts at most; the last failure is what status shows.
+    let (r, fake) = runner(scripted((0..5).map(|_| Step::Fail(dump_error())).collect()));
+    let res = r
+        .run(&t, Kind::Logical, Trigger::Schedule, false)
+        .await
+        .unwrap();
+    assert!(!res.ok);
+    assert_eq!(calls(&fake), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_cancels_running_jobs_and_refuses_new_ones() {
+    let (r, fake) = runner(scripted(vec![Step::Hang, Step::Hang]));
+    let a = r.submit(
+        crate::discovery::test_target("a", &[]),
+        Kind::Logical,
+        Trigger::Schedule,
+        false,
+    );
+    let b = r.submit(
+        crate::discovery::test_target("b", &[]),
+        Kind::Logical,
+        Trigger::Manual,
+        false,
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(r.shutdown(Duration::from_secs(5)).await, 0, "both drained");
+    for rx in [a, b] {
+        let res = rx.await.unwrap().unwrap();
+        assert!(!res.ok);
+        assert!(res.error.unwrap().contains("shutting down"));
+    }
+    assert_eq!(fake.discarded.lock().unwrap().len(), 2);
+    let t = crate::discovery::test_target("c", &[]);
+    let refused = r.run(&t, Kind::Logical, Trigger::Manual, false).await;
+    assert!(
+        matches!(refused, Err(RunError::ShuttingDown)),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_that_cannot_clean_up_within_the_grace_is_aborted() {
+    let (r, _fake) = runner(Fake {
+        steps: std::sync::Mutex::new(vec![Step::Hang].into()),
+        discard_hangs: true,
+        ..Default::default()
+    });
+    let rx = r.submit(
+        crate::discovery::test_target("a", &[]),
+        Kind::Logical,
+        Trigger::Schedule,
+        false,
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(r.shutdown(Duration::from_secs(5)).await, 1);
+    assert!(rx.await.is_err(), "the aborted job sends no result");
+}
