@@ -305,7 +305,12 @@ impl Runner {
             let r = self.attempt(target, kind, timeout).await;
             drop(permit.take());
             match r {
-                Err(e) if attempt < retries && retryable(&e) && !self.cancel.is_cancelled() => {
+                Err(e)
+                    if attempt < retries
+                        && retryable(&e)
+                        && !self.cancel.is_cancelled()
+                        && !self.next_run_comes_first(target, kind, RETRY_DELAYS[attempt]) =>
+                {
                     let delay = RETRY_DELAYS[attempt];
                     attempt += 1;
                     tracing::warn!(target_id = %key, kind = %kind, attempt, retry_in = %humantime::format_duration(delay),
@@ -426,7 +431,8 @@ impl Drop for Active<'_> {
 /// Waits before the second and third attempt of a failed scheduled (or start-up) backup: a
 /// restarting database, a network blip or a busy endpoint usually passes within minutes, and a
 /// daily schedule should not wait a day for the next try. Manual backups are not retried (the
-/// person asking sees the error at once).
+/// person asking sees the error at once); nor is a job whose target's schedule runs again
+/// before the retry would (that run is the retry).
 pub const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(60), Duration::from_secs(300)];
 
 /// Whether another attempt may succeed: failures of the dump, the database connection, the
@@ -443,6 +449,22 @@ pub fn retryable(e: &BackupError) -> bool {
 }
 
 impl Runner {
+    /// True when the target's own schedule runs again within `delay`: that run is the retry
+    /// (a seconds-level schedule must not be held up by a backoff).
+    fn next_run_comes_first(&self, target: &Target, kind: Kind, delay: Duration) -> bool {
+        let Some(spec) = target.settings() else {
+            return false;
+        };
+        let schedule = match kind {
+            Kind::Logical => &spec.schedule_parsed,
+            Kind::Physical => &spec.physical_schedule_parsed,
+        };
+        let now = Utc::now();
+        schedule
+            .next_after(now, self.tz)
+            .is_some_and(|next| next <= now + chrono::Duration::from_std(delay).unwrap_or_default())
+    }
+
     /// One attempt of a job under a fresh backup id. Whatever ends it — its error, its
     /// timeout, a shutdown — the folder it was writing is removed before it returns: nothing
     /// is left behind.

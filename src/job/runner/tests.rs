@@ -137,7 +137,7 @@ async fn a_failed_scheduled_job_is_retried_with_backoff_and_counts_once() {
         Step::Fail(dump_error()),
         Step::Ok,
     ]));
-    let t = crate::discovery::test_target("db", &[]);
+    let t = yearly("db");
     let started = tokio::time::Instant::now();
     let res = r
         .run(&t, Kind::Logical, Trigger::Schedule, false)
@@ -162,7 +162,7 @@ async fn a_failed_scheduled_job_is_retried_with_backoff_and_counts_once() {
 #[tokio::test(start_paused = true)]
 async fn manual_jobs_and_lasting_failures_are_not_retried() {
     let (r, fake) = runner(scripted(vec![Step::Fail(dump_error())]));
-    let t = crate::discovery::test_target("db", &[]);
+    let t = yearly("db");
     let res = r
         .run(&t, Kind::Logical, Trigger::Manual, false)
         .await
@@ -192,6 +192,21 @@ async fn manual_jobs_and_lasting_failures_are_not_retried() {
         .unwrap();
     assert!(!res.ok);
     assert_eq!(calls(&fake), 3);
+
+    // A schedule that runs again sooner than the retry would: the next run is the retry.
+    let (r, fake) = runner(scripted(vec![Step::Fail(dump_error()), Step::Ok]));
+    let t = crate::discovery::test_target("db", &[("pgbackup.schedule", "*/5 * * * * *")]);
+    let res = r
+        .run(&t, Kind::Logical, Trigger::Schedule, false)
+        .await
+        .unwrap();
+    assert!(!res.ok);
+    assert_eq!(calls(&fake), 1);
+}
+
+/// A target whose next scheduled run is far off (the retries come first).
+fn yearly(service: &str) -> Target {
+    crate::discovery::test_target(service, &[("pgbackup.schedule", "0 0 1 1 *")])
 }
 
 #[tokio::test(start_paused = true)]
