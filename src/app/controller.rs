@@ -130,13 +130,15 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
         changed_tx,
         shutdown_rx.clone(),
     ));
-    let sched = tokio::spawn(crate::schedule::plan::schedule_loop(
-        runner.clone(),
-        shared.clone(),
-        changed_rx,
-        cfg.run_on_startup,
-        shutdown_rx.clone(),
-    ));
+    let sched = tokio::spawn(
+        crate::schedule::plan::Scheduler {
+            runner: runner.clone(),
+            shared: shared.clone(),
+            run_on_startup: cfg.run_on_startup,
+            clock: crate::schedule::plan::wall_clock(),
+        }
+        .run(changed_rx, shutdown_rx.clone()),
+    );
     let probe = tokio::spawn(probe_store(
         runner.store.clone(),
         probe_patience(&cfg),

@@ -79,63 +79,94 @@ fn find<'a>(targets: &'a [Target], id: &TargetId) -> Option<&'a Target> {
         .find(|t| &t.target == id && t.settings().is_some())
 }
 
-/// The scheduling loop: wakes at the earliest planned run or when targets change.
-pub async fn schedule_loop(
-    runner: Arc<Runner>,
-    shared: Shared,
-    mut changed: watch::Receiver<u64>,
-    run_on_startup: bool,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut planned: BTreeMap<PlanKey, Planned> = BTreeMap::new();
-    if run_on_startup {
-        // Wait for the first listing, then back every valid target up once.
-        let _ = tokio::time::timeout(Duration::from_secs(30), changed.changed()).await;
-        for t in shared.registry.read().await.targets() {
-            if t.settings().is_some() {
-                drop(runner.submit(t, Kind::Logical, Trigger::Startup, false));
-            }
-        }
-    }
-    loop {
-        let targets = shared.registry.read().await.targets();
-        let now = Utc::now();
-        planned = plan(&planned, &targets, now, runner.tz);
-        for key in due(&planned, now) {
-            if let Some(t) = find(&targets, &key.0).cloned() {
-                let rx = runner.submit(t.clone(), key.1, Trigger::Schedule, false);
-                tokio::spawn(async move {
-                    if let Ok(Err(e)) = rx.await {
-                        tracing::warn!(target_id = %t.target, "Scheduled backup skipped: {e}.");
-                    }
-                });
-            }
-            if let Some(p) = planned.get_mut(&key) {
-                let sched =
-                    find(&targets, &key.0)
-                        .and_then(|t| t.settings())
-                        .map(|s| match key.1 {
-                            Kind::Logical => s.schedule_parsed.clone(),
-                            Kind::Physical => s.physical_schedule_parsed.clone(),
-                        });
-                match sched.and_then(|s| s.next_after(now, runner.tz)) {
-                    Some(n) => p.next = n,
-                    None => {
-                        planned.remove(&key);
-                    }
+/// What time it is: the wall clock in production, a paused tokio clock in tests.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+pub fn wall_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// The scheduling loop's parts.
+pub struct Scheduler {
+    pub runner: Arc<Runner>,
+    pub shared: Shared,
+    /// Back every valid target up once, after the first listing.
+    pub run_on_startup: bool,
+    pub clock: Clock,
+}
+
+impl Scheduler {
+    /// Wakes at the earliest planned run or when targets change, submits what is due, until
+    /// shutdown.
+    pub async fn run(self, mut changed: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
+        let Scheduler {
+            runner,
+            shared,
+            run_on_startup,
+            clock,
+        } = self;
+        let mut planned: BTreeMap<PlanKey, Planned> = BTreeMap::new();
+        if run_on_startup {
+            // Wait for the first listing, then back every valid target up once.
+            let _ = tokio::time::timeout(Duration::from_secs(30), changed.changed()).await;
+            for t in shared.registry.read().await.targets() {
+                if t.settings().is_some() {
+                    drop(runner.submit(t, Kind::Logical, Trigger::Startup, false));
                 }
             }
         }
-        let sleep = planned
-            .values()
-            .map(|p| p.next)
-            .min()
-            .map(|n| (n - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(Duration::from_secs(3600));
-        tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
-            r = changed.changed() => if r.is_err() { return },
-            _ = shutdown.changed() => return,
+        loop {
+            let targets = shared.registry.read().await.targets();
+            let now = clock();
+            planned = plan(&planned, &targets, now, runner.tz);
+            for key in due(&planned, now) {
+                if let Some(t) = find(&targets, &key.0).cloned() {
+                    let rx = runner.submit(t.clone(), key.1, Trigger::Schedule, false);
+                    tokio::spawn(async move {
+                        if let Ok(Err(e)) = rx.await {
+                            tracing::warn!(target_id = %t.target, "Scheduled backup skipped: {e}.");
+                        }
+                    });
+                }
+                advance(&mut planned, &key, &targets, now, runner.tz);
+            }
+            let sleep = planned
+                .values()
+                .map(|p| p.next)
+                .min()
+                .map(|n| (n - clock()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                r = changed.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Moves `key`'s next run past `now` (or drops it when its schedule never fires again).
+fn advance(
+    planned: &mut BTreeMap<PlanKey, Planned>,
+    key: &PlanKey,
+    targets: &[Target],
+    now: DateTime<Utc>,
+    tz: Tz,
+) {
+    let sched = find(targets, &key.0)
+        .and_then(|t| t.settings())
+        .map(|s| match key.1 {
+            Kind::Logical => s.schedule_parsed.clone(),
+            Kind::Physical => s.physical_schedule_parsed.clone(),
+        });
+    match sched.and_then(|s| s.next_after(now, tz)) {
+        Some(n) => {
+            if let Some(p) = planned.get_mut(key) {
+                p.next = n;
+            }
+        }
+        None => {
+            planned.remove(key);
         }
     }
 }

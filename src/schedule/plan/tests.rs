@@ -72,3 +72,76 @@ fn due_is_exactly_the_past_runs() {
     assert_eq!(d[0].0.service, "a");
     assert_eq!(due(&p, at("2026-11-21T00:00:00Z")).len(), 2);
 }
+
+/// Counts the backups it is asked for; each succeeds at once.
+#[derive(Default)]
+struct Count(std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl crate::job::runner::Work for Count {
+    async fn backup(
+        &self,
+        target: &Target,
+        id: crate::model::BackupId,
+    ) -> Result<crate::model::Manifest, crate::job::backup::BackupError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(crate::model::Manifest::sample(
+            &target.target.to_string(),
+            "d",
+            id,
+        ))
+    }
+
+    async fn discard(&self, _dir: &str) {}
+}
+
+/// The loop on a paused clock: due runs are submitted at their times, and a changed schedule
+/// is re-planned as soon as discovery says the targets changed.
+#[tokio::test(start_paused = true)]
+async fn the_loop_runs_what_is_due_and_replans_when_targets_change() {
+    let work = Arc::new(Count::default());
+    let store = Arc::new(crate::store::memory::MemoryStore::new());
+    let runner = Arc::new(Runner::with_work(work.clone(), store, Tz::UTC, 2, 1));
+    let shared = Shared::default();
+    let defaults = crate::config::Defaults::from_map(&Default::default()).unwrap();
+    let every =
+        |s: &str| crate::discovery::test_container("c1", "db", &[("pgbackup.schedule", s)], true);
+    shared
+        .registry
+        .write()
+        .await
+        .upsert(&every("*/10 * * * * *"), &defaults);
+    // The wall clock of the test: 12:00:05 when the loop starts, moving with tokio's clock.
+    let base = at("2026-11-21T12:00:05Z");
+    let start = tokio::time::Instant::now();
+    let clock: Clock =
+        Arc::new(move || base + chrono::Duration::from_std(start.elapsed()).unwrap());
+    let (changed_tx, changed_rx) = watch::channel(0u64);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let looping = tokio::spawn(
+        Scheduler {
+            runner: runner.clone(),
+            shared: shared.clone(),
+            run_on_startup: false,
+            clock,
+        }
+        .run(changed_rx, shutdown_rx),
+    );
+    let count = || work.0.load(std::sync::atomic::Ordering::SeqCst);
+    // 12:00:10, :20, :30.
+    tokio::time::sleep(Duration::from_secs(26)).await;
+    assert_eq!(count(), 3);
+    // Every minute from now on: nothing at :40 or :50, one at 12:01:00.
+    shared
+        .registry
+        .write()
+        .await
+        .replace_all(&[every("0 * * * * *")], &defaults);
+    changed_tx.send(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(count(), 3, "the old schedule no longer runs");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(count(), 4, "the new one does");
+    shutdown_tx.send(true).unwrap();
+    looping.await.unwrap();
+}
