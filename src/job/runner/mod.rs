@@ -276,7 +276,7 @@ impl Runner {
                 });
             }
         };
-        let mut permit = Some(self.slots.acquire().await.expect("semaphore open"));
+        let permit = self.slots.acquire().await.expect("semaphore open");
         let started_at = Utc::now();
         let key = target.target.to_string();
         self.state
@@ -296,12 +296,43 @@ impl Runner {
             .settings()
             .map(|s| s.timeout)
             .unwrap_or(Duration::from_secs(7200));
+        let outcome = self
+            .with_retries(target, kind, trigger, timeout, permit)
+            .await;
+        let duration = clock.elapsed().as_secs_f64();
+        self.metrics.running.dec();
+        let result = self.record(target, kind, trigger, started_at, duration, outcome);
+        if result.ok && trigger != Trigger::Manual {
+            // Retention runs after every scheduled backup, still under the target's lock.
+            self.prune(target).await;
+        }
+        let mut st = self.state.write().await;
+        let entry = st.entry(key).or_default();
+        entry.running = None;
+        entry.last = Some(result.clone());
+        if result.ok {
+            entry.last_success = Some(result.clone());
+        }
+        Ok(result)
+    }
+
+    /// Attempts up to the retry policy allows ([`RETRY_DELAYS`], [`retryable`]); the slot is
+    /// given back while waiting.
+    async fn with_retries(
+        &self,
+        target: &Target,
+        kind: Kind,
+        trigger: Trigger,
+        timeout: Duration,
+        permit: tokio::sync::SemaphorePermit<'_>,
+    ) -> Result<Manifest, BackupError> {
+        let mut permit = Some(permit);
         let retries = match trigger {
             Trigger::Manual => 0,
             Trigger::Schedule | Trigger::Startup => RETRY_DELAYS.len(),
         };
         let mut attempt = 0;
-        let outcome = loop {
+        loop {
             let r = self.attempt(target, kind, timeout).await;
             drop(permit.take());
             match r {
@@ -313,7 +344,7 @@ impl Runner {
                 {
                     let delay = RETRY_DELAYS[attempt];
                     attempt += 1;
-                    tracing::warn!(target_id = %key, kind = %kind, attempt, retry_in = %humantime::format_duration(delay),
+                    tracing::warn!(target_id = %target.target, kind = %kind, attempt, retry_in = %humantime::format_duration(delay),
                         "Backup attempt failed; trying again: {e}");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -323,9 +354,20 @@ impl Runner {
                 }
                 r => break r,
             }
-        };
-        let duration = clock.elapsed().as_secs_f64();
-        self.metrics.running.dec();
+        }
+    }
+
+    /// Records a job's outcome in metrics and the log, as the result status shows.
+    fn record(
+        &self,
+        target: &Target,
+        kind: Kind,
+        trigger: Trigger,
+        started_at: DateTime<Utc>,
+        duration: f64,
+        outcome: Result<Manifest, BackupError>,
+    ) -> JobResult {
+        let key = target.target.to_string();
         let labels = JobLabels {
             target: key.clone(),
             kind: kind.to_string(),
@@ -334,7 +376,7 @@ impl Runner {
             .last_duration
             .get_or_create(&labels)
             .set(duration);
-        let result = match outcome {
+        match outcome {
             Ok(m) => {
                 self.metrics.jobs_ok.get_or_create(&labels).inc();
                 self.metrics
@@ -396,19 +438,7 @@ impl Runner {
                     error: Some(e.to_string()),
                 }
             }
-        };
-        if result.ok && trigger != Trigger::Manual {
-            // Retention runs after every scheduled backup, still under the target's lock.
-            self.prune(target).await;
         }
-        let mut st = self.state.write().await;
-        let entry = st.entry(key).or_default();
-        entry.running = None;
-        entry.last = Some(result.clone());
-        if result.ok {
-            entry.last_success = Some(result.clone());
-        }
-        Ok(result)
     }
 }
 
