@@ -51,7 +51,8 @@ pub async fn serve(
         .await
 }
 
-/// 200 when the Docker daemon and the bucket both answer; 503 naming what does not.
+/// 200 when the Docker daemon and the backup destination both answer; 503 naming what does not
+/// (`s3: …` for a bucket, `destination: …` for a directory).
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     let d = s.shared.docker.read().await.clone();
     let s3 = s.shared.s3.read().await.clone();
@@ -63,7 +64,12 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
         ));
     }
     if let Some(e) = s3.last_error {
-        problems.push(format!("s3: {e}"));
+        let what = if s.runner.store.location().starts_with("s3://") {
+            "s3"
+        } else {
+            "destination"
+        };
+        problems.push(format!("{what}: {e}"));
     }
     if problems.is_empty() {
         (StatusCode::OK, "ok\n".to_string())

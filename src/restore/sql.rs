@@ -1,7 +1,7 @@
 //! The SQL a logical restore feeds to psql, rewritten on the fly. Pure.
 //!
 //! A restore loads every database into a new, temporary database and swaps names at the end
-//! (see `restore.rs`). The SQL comes from `pg_restore --create -f -` (custom archives) or is
+//! (see the `restore` module). The SQL comes from `pg_restore --create -f -` (custom archives) or is
 //! the plain dump itself (written with `--create` since this version). Both create the database
 //! under its original name, `\connect` to it, and set its owner, ACL, comment and settings by
 //! name. [`Rewriter`] points exactly those statements at the temporary name:
