@@ -2,9 +2,10 @@
 //! journal next to the compose file): `pgctl restore --resume` / `--rollback`.
 
 use super::*;
+use crate::engine::Lifecycle;
 
 /// Puts the service back on its old volume; returns what it did, for the error message.
-pub(super) async fn rollback(docker: &DockerClient, plan: &Plan, undo: &Undo) -> String {
+pub(super) async fn rollback(docker: &dyn Lifecycle, plan: &Plan, undo: &Undo) -> String {
     let s = &plan.service;
     let mut said = Vec::new();
     if undo.compose_written

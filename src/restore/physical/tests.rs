@@ -1,4 +1,5 @@
 use super::*;
+use crate::engine::docker::DockerError;
 use crate::model::manifest::{Physical, Postgres, Tool};
 use crate::model::{Format, Method};
 
@@ -325,4 +326,161 @@ fn refusals() {
     )
     .unwrap_err();
     assert_eq!(e.exit_code(), crate::exit::USAGE);
+}
+
+/// Records what a rollback asks of Docker; the calls named in `failing` fail.
+#[derive(Default)]
+struct FakeDocker {
+    calls: std::sync::Mutex<Vec<String>>,
+    failing: Vec<&'static str>,
+}
+
+impl FakeDocker {
+    fn call(&self, what: String) -> Result<(), DockerError> {
+        let fails = self.failing.iter().any(|f| what.starts_with(f));
+        self.calls.lock().unwrap().push(what);
+        if fails {
+            return Err(DockerError::Timeout { call: "fake" });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::engine::Lifecycle for FakeDocker {
+    async fn start_container(&self, id: &str) -> Result<(), DockerError> {
+        self.call(format!("start {id}"))
+    }
+    async fn rename_container(&self, id: &str, name: &str) -> Result<(), DockerError> {
+        self.call(format!("rename {id} {name}"))
+    }
+    async fn remove_container(&self, id: &str) -> Result<(), DockerError> {
+        self.call(format!("remove {id}"))
+    }
+    async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        self.call(format!("remove-volume {name}"))
+    }
+}
+
+fn undo() -> Undo {
+    Undo {
+        volume_created: None,
+        old_renamed_to: None,
+        old_stopped: false,
+        new_container: None,
+        compose_written: false,
+        wiped: false,
+        journal: None,
+    }
+}
+
+/// Every state a switch can fail in is undone in reverse: the new container goes, the old one
+/// gets its name back and runs again, the new volume goes, the compose file comes back from its
+/// `.bak`, the journal goes; what could not be undone is said.
+#[tokio::test]
+async fn rollback_undoes_each_step_that_was_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = edit();
+    e.local = dir.path().join("compose.yaml");
+    std::fs::write(&e.local, "rewritten").unwrap();
+    std::fs::write(e.backup_path(), "original").unwrap();
+    let journal = dir.path().join(".pgbackup-restore-db.json");
+    let plan = plan_with(
+        manifest(17, Kind::Physical),
+        probe(17, 50),
+        Options::default(),
+        Ok(Some(e.clone())),
+    )
+    .unwrap();
+    let old = plan.service.container_id.clone();
+    let name = plan.service.container_name.clone();
+    let vol = plan.new_volume.clone().unwrap();
+
+    // Nothing done yet (the preflight failed): nothing to undo, and it says so.
+    let d = FakeDocker::default();
+    let said = rollback(&d, &plan, &undo()).await;
+    assert!(d.calls.lock().unwrap().is_empty());
+    assert!(
+        said.contains("kept running") && said.contains("compose file was not changed"),
+        "{said}"
+    );
+
+    // The volume was filled: it goes.
+    let d = FakeDocker::default();
+    let u = Undo {
+        volume_created: Some(vol.clone()),
+        ..undo()
+    };
+    rollback(&d, &plan, &u).await;
+    assert_eq!(*d.calls.lock().unwrap(), [format!("remove-volume {vol}")]);
+
+    // Cut off after the new container was created: it goes, the old one is renamed back and
+    // started, the volume goes.
+    std::fs::write(&journal, "{}").unwrap();
+    let d = FakeDocker::default();
+    let u = Undo {
+        volume_created: Some(vol.clone()),
+        old_stopped: true,
+        old_renamed_to: Some(format!("{name}-pgbackup-replaced")),
+        new_container: Some("new-id".into()),
+        journal: Some(journal.clone()),
+        ..undo()
+    };
+    let said = rollback(&d, &plan, &u).await;
+    assert_eq!(
+        *d.calls.lock().unwrap(),
+        [
+            "remove new-id".to_string(),
+            format!("rename {old} {name}"),
+            format!("start {old}"),
+            format!("remove-volume {vol}"),
+        ]
+    );
+    assert!(said.contains("running on its old volume"), "{said}");
+    assert!(!journal.exists(), "the journal goes with the rollback");
+
+    // The compose file was already rewritten: it comes back from its .bak.
+    let d = FakeDocker::default();
+    let u = Undo {
+        compose_written: true,
+        ..undo()
+    };
+    let said = rollback(&d, &plan, &u).await;
+    assert_eq!(std::fs::read_to_string(&e.local).unwrap(), "original");
+    assert!(said.contains("restored"), "{said}");
+
+    // What fails is said, and the rest is still undone.
+    let d = FakeDocker {
+        failing: vec!["rename", "start"],
+        ..Default::default()
+    };
+    let u = Undo {
+        volume_created: Some(vol.clone()),
+        old_stopped: true,
+        old_renamed_to: Some("aside".into()),
+        ..undo()
+    };
+    let said = rollback(&d, &plan, &u).await;
+    assert!(
+        said.contains("could not rename the old container back"),
+        "{said}"
+    );
+    assert!(said.contains("docker compose up -d db"), "{said}");
+    assert!(
+        d.calls
+            .lock()
+            .unwrap()
+            .contains(&format!("remove-volume {vol}"))
+    );
+
+    // In place, after the wipe: nothing to go back to, and it says so.
+    let d = FakeDocker::default();
+    let u = Undo {
+        wiped: true,
+        old_stopped: true,
+        ..undo()
+    };
+    let said = rollback(&d, &plan, &u).await;
+    assert!(said.contains("its old data is gone"), "{said}");
+    assert!(d.calls.lock().unwrap().is_empty());
 }
