@@ -30,6 +30,22 @@ pub enum PgError {
     Other(String),
 }
 
+/// Running a query in a database of the target: a port, so the decisions around it (a
+/// restore's undo) are tested with a fake. [`Access`] is the real one (`psql` in the target or
+/// in the sidecar).
+#[async_trait::async_trait]
+pub trait Query: Send + Sync {
+    /// The rows of `sql` in `database`, one string per row.
+    async fn query(&self, database: &str, sql: &str) -> Result<Vec<String>, PgError>;
+}
+
+#[async_trait::async_trait]
+impl Query for Access {
+    async fn query(&self, database: &str, sql: &str) -> Result<Vec<String>, PgError> {
+        Access::query(self, database, sql).await
+    }
+}
+
 /// How to reach a target's Postgres.
 #[derive(Clone)]
 pub enum Access {

@@ -2,6 +2,7 @@
 //! one transaction, undo everything on any failure.
 
 use super::*;
+use crate::engine::pg::Query;
 
 /// The swap, one transaction: every database being replaced is renamed out of the way (its
 /// sessions ended first), every loaded database takes its name. Either all of it commits or
@@ -264,7 +265,7 @@ pub(super) async fn load(
 }
 
 pub(super) async fn drop_database(
-    access: &Access,
+    access: &dyn Query,
     maint: &str,
     name: &str,
     server_major: u32,
@@ -287,7 +288,7 @@ pub(super) async fn drop_database(
 /// which own nothing any more) and checks the target. Returns a sentence saying what state the
 /// target is in — "Nothing was changed" only when that was verified.
 pub(super) async fn undo(
-    access: &Access,
+    access: &dyn Query,
     plan: &Plan,
     maint: &str,
     run: &str,

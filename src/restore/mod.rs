@@ -328,4 +328,109 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
         assert_eq!(sql.matches("pg_terminate_backend").count(), 1);
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
+
+    fn db_plan(name: &str, exists: bool) -> DbPlan {
+        DbPlan {
+            object: Object {
+                name: format!("{name}.dump.zst"),
+                kind: ObjectKind::Database,
+                database: Some(name.into()),
+                size: 1,
+                raw_size: 1,
+                sha256: "x".into(),
+            },
+            database: name.into(),
+            exists,
+            objects: 0,
+        }
+    }
+
+    /// Answers every statement with no rows, except the final check, answered with `check`;
+    /// records the statements.
+    struct FakeServer {
+        check: Vec<String>,
+        seen: std::sync::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::engine::pg::Query for FakeServer {
+        async fn query(&self, _db: &str, sql: &str) -> Result<Vec<String>, PgError> {
+            self.seen.lock().unwrap().push(sql.to_string());
+            Ok(if sql.contains("'left:'") {
+                self.check.clone()
+            } else {
+                vec![]
+            })
+        }
+    }
+
+    /// After a failed load: the temporary databases are dropped, then the roles the restore
+    /// created (newest first), and "Nothing was changed" is said only when the check finds
+    /// nothing left; otherwise what is left is named.
+    #[tokio::test]
+    async fn undo_drops_what_the_restore_created_and_checks_before_saying_so() {
+        let m = crate::model::Manifest::sample(
+            "shop/db",
+            "shop/db",
+            "20261121T030000Z-logical".parse().unwrap(),
+        );
+        let plan = Plan {
+            manifest: m,
+            container: crate::discovery::test_container("id", "db", &[], true),
+            target: "shop/db".into(),
+            user: "postgres".into(),
+            server_major: 17,
+            restore_tool: "pg_restore (PostgreSQL) 17.2".into(),
+            sidecar_tool: None,
+            convert_in_sidecar: false,
+            globals: None,
+            databases: vec![db_plan("shop", true), db_plan("new", false)],
+            clean: true,
+            leftovers: Leftovers::default(),
+        };
+        let temps = [temporary("ab12", 1), temporary("ab12", 2)];
+        let roles = ["reader".to_string(), "Writer \"x\"".to_string()];
+        let server = FakeServer {
+            check: vec![],
+            seen: Default::default(),
+        };
+        let said = execute::undo(&server, &plan, "postgres", "ab12", &temps, &roles).await;
+        assert_eq!(said, "Nothing was changed in shop/db");
+        let seen = server.seen.lock().unwrap().clone();
+        assert_eq!(
+            seen[..4],
+            [
+                "DROP DATABASE IF EXISTS \"pgbackup_restore_ab12_1\" WITH (FORCE)".to_string(),
+                "DROP DATABASE IF EXISTS \"pgbackup_restore_ab12_2\" WITH (FORCE)".into(),
+                "DROP ROLE IF EXISTS \"Writer \"\"x\"\"\"".into(),
+                "DROP ROLE IF EXISTS \"reader\"".into(),
+            ]
+        );
+        // The check asks for the loads, the moved-away names, the databases that must still be
+        // there and the roles.
+        let check = &seen[4];
+        for name in [
+            "'pgbackup_restore_ab12_1'",
+            "'pgbackup_replaced_ab12_2'",
+            "'shop'",
+            "'reader'",
+        ] {
+            assert!(check.contains(name), "{name}: {check}");
+        }
+        assert!(
+            !check.contains("'new'"),
+            "a database that did not exist is not missed"
+        );
+
+        let server = FakeServer {
+            check: vec!["left:pgbackup_restore_ab12_1".into(), "missing:shop".into()],
+            seen: Default::default(),
+        };
+        let said = execute::undo(&server, &plan, "postgres", "ab12", &temps, &roles).await;
+        assert!(said.starts_with("shop/db may have been changed"), "{said}");
+        assert!(
+            said.contains("left:pgbackup_restore_ab12_1, missing:shop"),
+            "{said}"
+        );
+    }
 }
