@@ -159,7 +159,7 @@ pub fn decompress<'a>(input: impl AsyncRead + Unpin + Send + 'a, c: Compression)
 /// `sha256sum -c` will check for someone restoring with standard tools).
 pub async fn verify_sums(store: &dyn Store, m: &Manifest) -> Result<(), String> {
     let key = format!("{}/{}", m.prefix, crate::model::layout::SUMS);
-    let body = crate::store::read_small(store, &key, SUMS_MAX).await?;
+    let body = crate::store::read_small(store, &key, SUMS_MAX, crate::model::layout::SUMS).await?;
     sums_problem(&String::from_utf8_lossy(&body), m).map_or(Ok(()), Err)
 }
 

@@ -19,7 +19,7 @@ pub async fn keys(store: &dyn Store, prefix: &str) -> Result<Vec<String>, StoreE
 pub const MANIFEST_MAX: u64 = 16 << 20;
 
 pub async fn read_manifest(store: &dyn Store, key: &str) -> Result<Manifest, String> {
-    let body = crate::store::read_small(store, key, MANIFEST_MAX).await?;
+    let body = crate::store::read_small(store, key, MANIFEST_MAX, "manifest").await?;
     let mut m = Manifest::from_json(&body).map_err(|e| format!("{key}: {e}"))?;
     // The objects are where the manifest is: a backup copied or moved to another folder is
     // read there, never from the folder it was first written to.

@@ -159,13 +159,19 @@ pub fn folder(dir: &str) -> String {
     }
 }
 
-/// Reads a whole small object, refusing one larger than `max` bytes.
-pub async fn read_small(store: &dyn Store, key: &str, max: u64) -> Result<Bytes, String> {
+/// Reads a whole small object (`what`: a manifest, a `SHA256SUMS`), refusing one larger than
+/// `max` bytes rather than reading it into memory.
+pub async fn read_small(
+    store: &dyn Store,
+    key: &str,
+    max: u64,
+    what: &str,
+) -> Result<Bytes, String> {
     use tokio::io::AsyncReadExt;
     let (size, body) = store.get(key).await.map_err(|e| e.to_string())?;
     if size > max {
         return Err(format!(
-            "{key} is {size} bytes, more than any file pgbackup writes there ({max}): not read; remove or replace it"
+            "{key} is {size} bytes, more than any {what} pgbackup writes ({max}): not read; remove or replace it"
         ));
     }
     let mut buf = Vec::with_capacity(size as usize);

@@ -152,7 +152,13 @@ async fn probe_names_a_missing_destination() {
 async fn small_reads_refuse_oversized_objects() {
     let store = MemoryStore::new();
     store.put("m", Bytes::from(vec![0u8; 100])).await.unwrap();
-    assert_eq!(read_small(&store, "m", 100).await.unwrap().len(), 100);
-    let e = read_small(&store, "m", 99).await.unwrap_err();
+    assert_eq!(
+        read_small(&store, "m", 100, "manifest")
+            .await
+            .unwrap()
+            .len(),
+        100
+    );
+    let e = read_small(&store, "m", 99, "manifest").await.unwrap_err();
     assert!(e.contains("100 bytes"), "{e}");
 }
