@@ -140,171 +140,52 @@ pub fn parse(
     env: &HashMap<String, String>,
     defaults: &Defaults,
 ) -> Result<TargetSpec, Vec<LabelError>> {
-    let mut errors = Vec::new();
-    let ours: BTreeMap<&str, &str> = labels
-        .iter()
-        .filter(|(k, _)| k.starts_with(PREFIX))
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    for (k, v) in &ours {
-        if !KNOWN.contains(k) {
-            errors.push(LabelError {
-                label: k.to_string(),
-                value: v.to_string(),
-                expected: format!("one of the known labels ({})", KNOWN.join(", ")),
-            });
-        }
-    }
+    let mut r = Reader::new(labels);
+    r.unknown();
     if let Some(Err(e)) = enabled(labels) {
-        errors.push(e);
+        r.errors.push(e);
     }
-    let mut err = |label: &str, value: &str, expected: &str| {
-        errors.push(LabelError {
-            label: label.into(),
-            value: value.into(),
-            expected: expected.into(),
+    let schedule = r
+        .schedule("pgbackup.schedule")
+        .unwrap_or_else(|| defaults.schedule.clone());
+    let physical_schedule = r
+        .schedule("pgbackup.physical.schedule")
+        .unwrap_or(Schedule::Off);
+    let method = r.choice(
+        "pgbackup.method",
+        &[("exec", Method::Exec), ("connect", Method::Connect)],
+        "exec or connect",
+    );
+    let databases = r.databases();
+    let globals = r.boolean("pgbackup.globals", true);
+    let user = r.user(env);
+    let format = r.choice(
+        "pgbackup.format",
+        &[("custom", Format::Custom), ("plain", Format::Plain)],
+        "custom or plain",
+    );
+    let compression = r
+        .parsed("pgbackup.compression", Compression::EXPECTED, |v| {
+            Compression::parse(v).ok_or(())
         })
-    };
-    let get = |k: &str| ours.get(k).map(|v| v.trim());
+        .unwrap_or(Compression::Zstd(3));
+    let dump_options = r.dump_options();
+    let keep = r.keep();
+    let timeout = r
+        .parsed(
+            "pgbackup.timeout",
+            "a duration of at least 1s such as 90s, 30m or 2h",
+            |v| {
+                humantime::parse_duration(v)
+                    .ok()
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or(())
+            },
+        )
+        .unwrap_or(Duration::from_secs(2 * 3600));
+    let prefix = r.prefix(id);
 
-    let schedule = match get("pgbackup.schedule") {
-        None => defaults.schedule.clone(),
-        Some(v) => Schedule::parse(v).unwrap_or_else(|e| {
-            err(
-                "pgbackup.schedule",
-                v,
-                &format!("{} ({e})", Schedule::EXPECTED),
-            );
-            Schedule::Off
-        }),
-    };
-    let physical_schedule = match get("pgbackup.physical.schedule") {
-        None => Schedule::Off,
-        Some(v) => Schedule::parse(v).unwrap_or_else(|e| {
-            err(
-                "pgbackup.physical.schedule",
-                v,
-                &format!("{} ({e})", Schedule::EXPECTED),
-            );
-            Schedule::Off
-        }),
-    };
-    let method = match get("pgbackup.method") {
-        None | Some("exec") => Method::Exec,
-        Some("connect") => Method::Connect,
-        Some(v) => {
-            err("pgbackup.method", v, "exec or connect");
-            Method::Exec
-        }
-    };
-    let databases = match get("pgbackup.databases") {
-        None | Some("*") | Some("") => Databases::All,
-        Some(v) => {
-            let names: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
-            if let Some(why) = database_list_problem(&names) {
-                // A connection string may carry a password: it is never echoed.
-                let shown = if why.contains("connection string") {
-                    "(a connection string, not shown)"
-                } else {
-                    v
-                };
-                err("pgbackup.databases", shown, &why);
-            }
-            Databases::List(names)
-        }
-    };
-    let globals = match get("pgbackup.globals") {
-        None => true,
-        Some(v) => label_bool(v).unwrap_or_else(|| {
-            err("pgbackup.globals", v, "true or false");
-            true
-        }),
-    };
-    let user = match get("pgbackup.user") {
-        Some(v) => {
-            if v.is_empty() || v.chars().any(char::is_control) {
-                err("pgbackup.user", v, "a Postgres role name");
-            }
-            v.to_string()
-        }
-        None => env
-            .get("POSTGRES_USER")
-            .filter(|u| !u.is_empty())
-            .cloned()
-            .unwrap_or_else(|| "postgres".to_string()),
-    };
-    let format = match get("pgbackup.format") {
-        None | Some("custom") => Format::Custom,
-        Some("plain") => Format::Plain,
-        Some(v) => {
-            err("pgbackup.format", v, "custom or plain");
-            Format::Custom
-        }
-    };
-    let compression = match get("pgbackup.compression") {
-        None => Compression::Zstd(3),
-        Some(v) => Compression::parse(v).unwrap_or_else(|| {
-            err("pgbackup.compression", v, Compression::EXPECTED);
-            Compression::Zstd(3)
-        }),
-    };
-    let dump_options = match get("pgbackup.dump_options") {
-        None => vec![],
-        Some(v) => validate_dump_options(v).unwrap_or_else(|why| {
-            err("pgbackup.dump_options", v, &why);
-            vec![]
-        }),
-    };
-    let mut keep = KeepPolicy::default();
-    for (class, slot) in [
-        ("last", &mut keep.last),
-        ("hourly", &mut keep.hourly),
-        ("daily", &mut keep.daily),
-        ("weekly", &mut keep.weekly),
-        ("monthly", &mut keep.monthly),
-        ("yearly", &mut keep.yearly),
-    ] {
-        let label = format!("pgbackup.keep.{class}");
-        if let Some(v) = get(&label) {
-            match v.parse::<u32>() {
-                Ok(n) => *slot = Some(n),
-                Err(_) => err(&label, v, "a whole number of backups to keep, 0 or more"),
-            }
-        }
-    }
-    let timeout = match get("pgbackup.timeout") {
-        None => Duration::from_secs(2 * 3600),
-        Some(v) => humantime::parse_duration(v)
-            .ok()
-            .filter(|d| *d >= Duration::from_secs(1))
-            .unwrap_or_else(|| {
-                err(
-                    "pgbackup.timeout",
-                    v,
-                    "a duration of at least 1s such as 90s, 30m or 2h",
-                );
-                Duration::from_secs(2 * 3600)
-            }),
-    };
-    let prefix = match get("pgbackup.prefix") {
-        None => id.to_string(),
-        Some(v) => {
-            let p = v.trim_matches('/');
-            if p.is_empty()
-                || p.split('/').any(|s| {
-                    s.is_empty() || s == "." || s == ".." || s.chars().any(char::is_control)
-                })
-            {
-                err(
-                    "pgbackup.prefix",
-                    v,
-                    "a key prefix such as prod/orders (no empty, . or .. segments)",
-                );
-            }
-            p.to_string()
-        }
-    };
-
+    let mut errors = r.errors;
     if !errors.is_empty() {
         errors.sort_by(|a, b| a.label.cmp(&b.label));
         return Err(errors);
@@ -325,6 +206,180 @@ pub fn parse(
         timeout,
         prefix,
     })
+}
+
+/// Reads a container's `pgbackup.*` labels one by one, collecting every problem so the user
+/// fixes them in one go; each reader falls back to the default when its label is bad.
+struct Reader<'a> {
+    ours: BTreeMap<&'a str, &'a str>,
+    errors: Vec<LabelError>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(labels: &'a HashMap<String, String>) -> Reader<'a> {
+        Reader {
+            ours: labels
+                .iter()
+                .filter(|(k, _)| k.starts_with(PREFIX))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn get(&self, label: &str) -> Option<&'a str> {
+        self.ours.get(label).map(|v| v.trim())
+    }
+
+    fn err(&mut self, label: &str, value: &str, expected: &str) {
+        self.errors.push(LabelError {
+            label: label.into(),
+            value: value.into(),
+            expected: expected.into(),
+        });
+    }
+
+    /// Labels under `pgbackup.` that we do not know: typos.
+    fn unknown(&mut self) {
+        let unknown: Vec<(String, String)> = self
+            .ours
+            .iter()
+            .filter(|(k, _)| !KNOWN.contains(k))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in unknown {
+            self.err(
+                &k,
+                &v,
+                &format!("one of the known labels ({})", KNOWN.join(", ")),
+            );
+        }
+    }
+
+    /// `label` through `parse`; `None` when unset or bad (and then an error naming `expected`).
+    fn parsed<T>(
+        &mut self,
+        label: &str,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Result<T, ()>,
+    ) -> Option<T> {
+        let v = self.get(label)?;
+        match parse(v) {
+            Ok(t) => Some(t),
+            Err(()) => {
+                self.err(label, v, expected);
+                None
+            }
+        }
+    }
+
+    fn schedule(&mut self, label: &str) -> Option<Schedule> {
+        let v = self.get(label)?;
+        Some(Schedule::parse(v).unwrap_or_else(|e| {
+            self.err(label, v, &format!("{} ({e})", Schedule::EXPECTED));
+            Schedule::Off
+        }))
+    }
+
+    /// One of `options` by name; the first is the default.
+    fn choice<T: Copy>(&mut self, label: &str, options: &[(&str, T)], expected: &str) -> T {
+        self.parsed(label, expected, |v| {
+            options
+                .iter()
+                .find(|(name, _)| *name == v)
+                .map(|(_, t)| *t)
+                .ok_or(())
+        })
+        .unwrap_or(options[0].1)
+    }
+
+    fn boolean(&mut self, label: &str, default: bool) -> bool {
+        self.parsed(label, "true or false", |v| label_bool(v).ok_or(()))
+            .unwrap_or(default)
+    }
+
+    fn databases(&mut self) -> Databases {
+        match self.get("pgbackup.databases") {
+            None | Some("*") | Some("") => Databases::All,
+            Some(v) => {
+                let names: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+                if let Some(why) = database_list_problem(&names) {
+                    // A connection string may carry a password: it is never echoed.
+                    let shown = if why.contains("connection string") {
+                        "(a connection string, not shown)"
+                    } else {
+                        v
+                    };
+                    self.err("pgbackup.databases", shown, &why);
+                }
+                Databases::List(names)
+            }
+        }
+    }
+
+    fn user(&mut self, env: &HashMap<String, String>) -> String {
+        match self.get("pgbackup.user") {
+            Some(v) => {
+                if v.is_empty() || v.chars().any(char::is_control) {
+                    self.err("pgbackup.user", v, "a Postgres role name");
+                }
+                v.to_string()
+            }
+            None => env
+                .get("POSTGRES_USER")
+                .filter(|u| !u.is_empty())
+                .cloned()
+                .unwrap_or_else(|| "postgres".to_string()),
+        }
+    }
+
+    fn dump_options(&mut self) -> Vec<String> {
+        let Some(v) = self.get("pgbackup.dump_options") else {
+            return vec![];
+        };
+        validate_dump_options(v).unwrap_or_else(|why| {
+            self.err("pgbackup.dump_options", v, &why);
+            vec![]
+        })
+    }
+
+    fn keep(&mut self) -> KeepPolicy {
+        let mut keep = KeepPolicy::default();
+        for (class, slot) in [
+            ("last", &mut keep.last),
+            ("hourly", &mut keep.hourly),
+            ("daily", &mut keep.daily),
+            ("weekly", &mut keep.weekly),
+            ("monthly", &mut keep.monthly),
+            ("yearly", &mut keep.yearly),
+        ] {
+            let label = format!("pgbackup.keep.{class}");
+            *slot = self.parsed(
+                &label,
+                "a whole number of backups to keep, 0 or more",
+                |v| v.parse::<u32>().map_err(|_| ()),
+            );
+        }
+        keep
+    }
+
+    fn prefix(&mut self, id: &TargetId) -> String {
+        let Some(v) = self.get("pgbackup.prefix") else {
+            return id.to_string();
+        };
+        let p = v.trim_matches('/');
+        if p.is_empty()
+            || p.split('/')
+                .any(|s| s.is_empty() || s == "." || s == ".." || s.chars().any(char::is_control))
+        {
+            self.err(
+                "pgbackup.prefix",
+                v,
+                "a key prefix such as prod/orders (no empty, . or .. segments)",
+            );
+        }
+        p.to_string()
+    }
 }
 
 /// What is wrong with a `pgbackup.databases` list, if anything. Names are database names, never
