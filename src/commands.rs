@@ -424,118 +424,35 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
         Err(code) => return code,
     };
     let store = pgbackup::store::open(&cfg.destination).await;
-    // A manifest that cannot be read is a damaged backup: reported, counted, exit 1.
-    let mut unreadable = Vec::new();
-    // With a key naming one object: that object only (it must be one of the backup's).
-    let mut only: Option<String> = None;
-    let manifests: Vec<Manifest> = if all {
-        match pgbackup::store::catalog::committed(store.as_ref(), None).await {
-            Ok((m, problems)) => {
-                unreadable = problems;
-                m
-            }
-            Err(e) => {
-                eprintln!("pgctl: {e}");
-                return exit::FAILED;
-            }
-        }
-    } else {
-        let reference = backup.unwrap_or_default();
-        let backup: BackupRef =
-            match restore::check_bucket_of(&reference, &cfg.destination.location())
-                .and_then(|()| reference.parse())
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("pgctl: {e}");
-                    return exit::USAGE;
-                }
-            };
-        let docker = match connect_docker(&cfg).await {
-            Ok(d) => d,
-            Err(code) => return code,
-        };
-        let req = Request {
-            backup,
-            from,
-            to: None,
-            db: None,
-            clean: false,
-            kind: pgbackup::model::layout::Kind::Logical,
-        };
-        match restore::resolve_backup(&docker, store.as_ref(), &cfg.defaults(), &req).await {
-            Ok((m, object)) => {
-                if let Some(name) = &object
-                    && !m.objects.iter().any(|o| &o.name == name)
-                {
-                    eprintln!(
-                        "pgctl: backup {} has no object {name:?}; it holds {}",
-                        m.backup_id,
-                        m.objects
-                            .iter()
-                            .map(|o| o.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    );
-                    return exit::USAGE;
-                }
-                only = object;
-                vec![m]
-            }
-            Err(e) => {
-                eprintln!("pgctl: {e}");
-                return e.exit_code();
-            }
-        }
+    let Chosen {
+        manifests,
+        unreadable,
+        only,
+    } = match chosen(&cfg, store.as_ref(), backup, all, from).await {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let mut results = Vec::new();
-    for p in unreadable {
+    // A manifest that cannot be read is a damaged backup: reported, counted, exit 1.
+    let unreadable = unreadable.into_iter().map(|p| Verified {
+        backup_id: String::new(),
+        target: String::new(),
+        ok: false,
+        objects: 0,
+        bytes: 0,
+        damage: vec![p],
+    });
+    for v in unreadable {
         if !json {
-            println!("{:<8} {p}", "DAMAGED");
+            print_verified(&v);
         }
-        results.push(Verified {
-            backup_id: String::new(),
-            target: String::new(),
-            ok: false,
-            objects: 0,
-            bytes: 0,
-            damage: vec![p],
-        });
+        results.push(v);
     }
+    // Printed as each backup is read: `--all` over many backups shows progress.
     for m in &manifests {
-        let mut damage = Vec::new();
-        if let Err(e) = fetch::verify_sums(store.as_ref(), m).await {
-            damage.push(e);
-        }
-        for o in m
-            .objects
-            .iter()
-            .filter(|o| only.as_ref().is_none_or(|n| &o.name == n))
-        {
-            if let Err(d) = fetch::verify_object(store.as_ref(), m, o).await {
-                damage.push(d.to_string());
-            }
-        }
-        let v = Verified {
-            backup_id: m.backup_id.to_string(),
-            target: m.target.clone(),
-            ok: damage.is_empty(),
-            objects: if only.is_some() { 1 } else { m.objects.len() },
-            bytes: m.size(),
-            damage,
-        };
+        let v = verify_one(store.as_ref(), m, only.as_deref()).await;
         if !json {
-            println!(
-                "{:<8} {}  {}  {} objects, {}",
-                if v.ok { "ok" } else { "DAMAGED" },
-                v.target,
-                v.backup_id,
-                v.objects,
-                human_bytes(v.bytes)
-            );
-            for d in &v.damage {
-                println!("         {d}");
-            }
+            print_verified(&v);
         }
         results.push(v);
     }
@@ -551,5 +468,123 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
         exit::OK
     } else {
         exit::FAILED
+    }
+}
+
+/// What `verify` reads: the backups named, manifests that could not be read, and with a key
+/// naming one object, that object only.
+struct Chosen {
+    manifests: Vec<Manifest>,
+    unreadable: Vec<String>,
+    only: Option<String>,
+}
+
+async fn chosen(
+    cfg: &Config,
+    store: &dyn pgbackup::store::Store,
+    backup: Option<String>,
+    all: bool,
+    from: Option<String>,
+) -> Result<Chosen, i32> {
+    if all {
+        return match pgbackup::store::catalog::committed(store, None).await {
+            Ok((manifests, unreadable)) => Ok(Chosen {
+                manifests,
+                unreadable,
+                only: None,
+            }),
+            Err(e) => {
+                eprintln!("pgctl: {e}");
+                Err(exit::FAILED)
+            }
+        };
+    }
+    let reference = backup.unwrap_or_default();
+    let backup: BackupRef = restore::check_bucket_of(&reference, &cfg.destination.location())
+        .and_then(|()| reference.parse())
+        .map_err(|e| {
+            eprintln!("pgctl: {e}");
+            exit::USAGE
+        })?;
+    let docker = connect_docker(cfg).await?;
+    let req = Request {
+        backup,
+        from,
+        to: None,
+        db: None,
+        clean: false,
+        kind: pgbackup::model::layout::Kind::Logical,
+    };
+    let (m, object) = restore::resolve_backup(&docker, store, &cfg.defaults(), &req)
+        .await
+        .map_err(|e| {
+            eprintln!("pgctl: {e}");
+            e.exit_code()
+        })?;
+    if let Some(name) = &object
+        && !m.objects.iter().any(|o| &o.name == name)
+    {
+        eprintln!(
+            "pgctl: backup {} has no object {name:?}; it holds {}",
+            m.backup_id,
+            m.objects
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Err(exit::USAGE);
+    }
+    Ok(Chosen {
+        manifests: vec![m],
+        unreadable: vec![],
+        only: object,
+    })
+}
+
+/// Re-reads one backup's objects (or only the one named) and its `SHA256SUMS`.
+async fn verify_one(
+    store: &dyn pgbackup::store::Store,
+    m: &Manifest,
+    only: Option<&str>,
+) -> Verified {
+    let mut damage = Vec::new();
+    if let Err(e) = fetch::verify_sums(store, m).await {
+        damage.push(e);
+    }
+    for o in m
+        .objects
+        .iter()
+        .filter(|o| only.is_none_or(|n| o.name == n))
+    {
+        if let Err(d) = fetch::verify_object(store, m, o).await {
+            damage.push(d.to_string());
+        }
+    }
+    Verified {
+        backup_id: m.backup_id.to_string(),
+        target: m.target.clone(),
+        ok: damage.is_empty(),
+        objects: if only.is_some() { 1 } else { m.objects.len() },
+        bytes: m.size(),
+        damage,
+    }
+}
+
+fn print_verified(v: &Verified) {
+    if v.backup_id.is_empty() {
+        println!("{:<8} {}", "DAMAGED", v.damage.join("; "));
+        return;
+    }
+    println!(
+        "{:<8} {}  {}  {} objects, {}",
+        if v.ok { "ok" } else { "DAMAGED" },
+        v.target,
+        v.backup_id,
+        v.objects,
+        human_bytes(v.bytes)
+    );
+    for d in &v.damage {
+        println!("         {d}");
     }
 }
