@@ -20,6 +20,25 @@ fn uploads_under(cfg: &S3Config, dir: &str) -> Vec<String> {
     common::uploads_under(cfg, &format!("{dir}/"))
 }
 
+/// Aborts a multipart upload this test opened, when dropped.
+struct AbortOnDrop {
+    cfg: S3Config,
+    key: String,
+    upload_id: String,
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        use pgbackup::store::Store;
+        let _ = common::block_on(async {
+            common::s3_store(&self.cfg)
+                .await
+                .abort(&self.key, &self.upload_id)
+                .await
+        });
+    }
+}
+
 /// A standalone target with `labels` (and `pgbackup.enable`), listed by the sidecar.
 fn target(s: &common::Stack, prefix: &str, labels: &[(&str, &str)]) -> (String, Cleanup) {
     let name = unique(prefix);
@@ -180,7 +199,7 @@ fn an_unreadable_manifest_is_never_counted_and_never_the_reason_to_delete() {
     );
     common::put(&cfg, &format!("{dir}/{young}/app.dump.zst"), vec![1; 10]);
     let upload_key = format!("{dir}/{young}/big.dump.zst");
-    common::block_on(async {
+    let upload_id = common::block_on(async {
         common::s3_store(&cfg)
             .await
             .sdk()
@@ -190,7 +209,16 @@ fn an_unreadable_manifest_is_never_counted_and_never_the_reason_to_delete() {
             .send()
             .await
     })
+    .unwrap()
+    .upload_id
     .unwrap();
+    // Aborted when the test ends, however it ends: other tests check that no upload is left
+    // open in the bucket.
+    let _abort = AbortOnDrop {
+        cfg: cfg.clone(),
+        key: upload_key.clone(),
+        upload_id,
+    };
 
     let o = s.pgctl(&["prune", "--dry-run", &name]);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
