@@ -7,7 +7,6 @@ use std::time::Duration;
 use chrono::Utc;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use pgbackup::app::table::human_bytes;
 use pgbackup::config::Config;
 use pgbackup::discovery::Target;
 use pgbackup::engine::docker::DockerClient;
@@ -18,6 +17,7 @@ use pgbackup::pipeline::fetch;
 use pgbackup::restore::physical;
 use pgbackup::restore::{self, BackupRef, Progress, Quiet, Request, RestoreError};
 use pgbackup::retention::prune::{self, Scope};
+use pgbackup::table::human_bytes;
 
 /// The configuration, or the exit code after saying what is wrong.
 pub fn load_config() -> Result<Config, i32> {

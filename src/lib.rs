@@ -16,6 +16,7 @@ pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod store;
+pub mod table;
 
 /// Documented exit codes (README "Exit codes").
 pub mod exit {

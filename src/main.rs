@@ -519,7 +519,7 @@ async fn cmd_backup(
                     o.target,
                     r["backup_id"].as_str().unwrap_or(""),
                     r["databases"].as_array().map(|a| a.len()).unwrap_or(0),
-                    pgbackup::app::table::human_bytes(r["bytes"].as_u64().unwrap_or(0)),
+                    pgbackup::table::human_bytes(r["bytes"].as_u64().unwrap_or(0)),
                     r["duration_seconds"].as_f64().unwrap_or(0.0)
                 ),
                 _ => println!(
@@ -600,11 +600,11 @@ fn render_list(
             } else {
                 m.databases.join(",")
             },
-            pgbackup::app::table::human_bytes(m.size()),
+            pgbackup::table::human_bytes(m.size()),
             human_age(now - m.finished_at),
         ]);
     }
-    let mut out: String = pgbackup::app::table::lines(&rows)
+    let mut out: String = pgbackup::table::lines(&rows)
         .iter()
         .map(|l| format!("{l}\n"))
         .collect();

@@ -131,11 +131,11 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
         shutdown_rx.clone(),
     ));
     let sched = tokio::spawn(
-        crate::schedule::plan::Scheduler {
+        crate::schedule::Scheduler {
             runner: runner.clone(),
             shared: shared.clone(),
             run_on_startup: cfg.run_on_startup,
-            clock: crate::schedule::plan::wall_clock(),
+            clock: crate::schedule::wall_clock(),
         }
         .run(changed_rx, shutdown_rx.clone()),
     );

@@ -181,7 +181,7 @@ pub fn render(r: &Report) -> String {
             r.docker.last_error.as_deref().unwrap_or("unknown error")
         ));
     }
-    for (i, line) in crate::app::table::lines(&rows).iter().enumerate() {
+    for (i, line) in crate::table::lines(&rows).iter().enumerate() {
         out.push_str(line);
         out.push('\n');
         for (_, n) in notes.iter().filter(|(row_i, _)| *row_i == i) {

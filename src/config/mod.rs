@@ -16,7 +16,7 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 
 use crate::model::KeepPolicy;
-use crate::schedule::Schedule;
+use crate::model::Schedule;
 
 /// A configuration error always names the variable and the expected form.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -150,7 +150,7 @@ pub struct S3Config {
     pub storage_class: Option<String>,
     pub object_lock: bool,
     /// The longest wait for one S3 request attempt (a part upload gets this per
-    /// [`crate::s3::TIMEOUT_UNIT`] of its size): an endpoint that stops answering fails the
+    /// 32 MiB of its size): an endpoint that stops answering fails the
     /// request instead of hanging it.
     pub timeout: Duration,
 }

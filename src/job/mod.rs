@@ -2,4 +2,5 @@
 //! logical or physical backup (dumps through the pipeline into the store, manifest last).
 
 pub mod backup;
+pub mod metrics;
 pub mod runner;

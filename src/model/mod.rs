@@ -1,13 +1,15 @@
 //! The vocabulary every stage shares, on the ground floor: it depends on nothing else in the
 //! crate and does no I/O. Targets and how they are backed up ([`target`]), backup ids and the
-//! storage layout ([`layout`]), the manifest ([`manifest`]), retention policies ([`keep`]).
+//! storage layout ([`layout`]), the manifest ([`manifest`]), retention policies ([`keep`]), cron schedules ([`schedule`]).
 
 pub mod keep;
 pub mod layout;
 pub mod manifest;
+pub mod schedule;
 pub mod target;
 
 pub use keep::KeepPolicy;
 pub use layout::{BackupId, Kind};
 pub use manifest::Manifest;
+pub use schedule::Schedule;
 pub use target::{Compression, Databases, Format, Method, TargetId};

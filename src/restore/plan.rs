@@ -47,7 +47,7 @@ impl fmt::Display for Plan {
                 Format::Tar => "tar",
             },
             m.postgres.major,
-            crate::app::table::human_bytes(m.size()),
+            crate::table::human_bytes(m.size()),
             self.target,
             self.container.name,
             self.server_major,

@@ -360,7 +360,7 @@ pub fn render(plan: &TargetPlan, tz: Tz, now: DateTime<Utc>) -> String {
         out.push_str("  (no backups)\n");
         return out;
     }
-    for l in crate::app::table::lines(&rows) {
+    for l in crate::table::lines(&rows) {
         out.push_str("  ");
         out.push_str(&l);
         out.push('\n');

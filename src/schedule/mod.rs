@@ -1,173 +1,175 @@
-//! Cron schedules (croner). Pure: the clock is always an argument.
+//! When backups run: the plan of next runs per target and kind (pure, the clock an argument)
+//! and the loop that wakes at the earliest one, or when the targets change, and submits the
+//! due jobs to the runner.
 
-pub mod plan;
-
-use std::fmt;
-use std::str::FromStr;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use croner::Cron;
-use croner::parser::{CronParser, Seconds};
+use tokio::sync::watch;
 
-#[derive(Clone)]
-pub enum Schedule {
-    Off,
-    Cron { pattern: String, cron: Box<Cron> },
+use crate::discovery::{Shared, Target};
+use crate::job::runner::{Runner, Trigger};
+use crate::model::Schedule;
+use crate::model::{Kind, TargetId};
+
+/// Plan key: one schedule per target and kind.
+pub type PlanKey = (TargetId, Kind);
+
+/// A planned next run, with the schedule it came from (to notice label changes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planned {
+    pub schedule: String,
+    pub next: DateTime<Utc>,
 }
 
-impl PartialEq for Schedule {
-    fn eq(&self, other: &Self) -> bool {
-        self.to_string() == other.to_string()
+/// Re-plans after the target set changed: unchanged schedules keep their next run (so a
+/// re-created container does not shift or repeat a run), new or changed ones are computed from
+/// `now`, and vanished targets drop out. Pure.
+pub fn plan(
+    old: &BTreeMap<PlanKey, Planned>,
+    targets: &[Target],
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> BTreeMap<PlanKey, Planned> {
+    let mut next = BTreeMap::new();
+    for t in targets {
+        let Some(s) = t.settings() else { continue };
+        for (kind, sched) in [
+            (Kind::Logical, &s.schedule_parsed),
+            (Kind::Physical, &s.physical_schedule_parsed),
+        ] {
+            if *sched == Schedule::Off {
+                continue;
+            }
+            let key = (t.target.clone(), kind);
+            if next.contains_key(&key) {
+                continue; // a scaled service: one schedule per target
+            }
+            let pattern = sched.to_string();
+            let planned = match old.get(&key) {
+                Some(p) if p.schedule == pattern => p.clone(),
+                _ => match sched.next_after(now, tz) {
+                    Some(n) => Planned {
+                        schedule: pattern,
+                        next: n,
+                    },
+                    None => continue,
+                },
+            };
+            next.insert(key, planned);
+        }
     }
+    next
 }
 
-impl fmt::Debug for Schedule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Schedule({self})")
-    }
+/// Keys whose run is due at `now`. Pure.
+pub fn due(plan: &BTreeMap<PlanKey, Planned>, now: DateTime<Utc>) -> Vec<PlanKey> {
+    plan.iter()
+        .filter(|(_, p)| p.next <= now)
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
-impl fmt::Display for Schedule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Schedule::Off => f.write_str("off"),
-            Schedule::Cron { pattern, .. } => f.write_str(pattern),
+fn find<'a>(targets: &'a [Target], id: &TargetId) -> Option<&'a Target> {
+    targets
+        .iter()
+        .find(|t| &t.target == id && t.settings().is_some())
+}
+
+/// What time it is: the wall clock in production, a paused tokio clock in tests.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+pub fn wall_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+/// The scheduling loop's parts.
+pub struct Scheduler {
+    pub runner: Arc<Runner>,
+    pub shared: Shared,
+    /// Back every valid target up once, after the first listing.
+    pub run_on_startup: bool,
+    pub clock: Clock,
+}
+
+impl Scheduler {
+    /// Wakes at the earliest planned run or when targets change, submits what is due, until
+    /// shutdown.
+    pub async fn run(self, mut changed: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
+        let Scheduler {
+            runner,
+            shared,
+            run_on_startup,
+            clock,
+        } = self;
+        let mut planned: BTreeMap<PlanKey, Planned> = BTreeMap::new();
+        if run_on_startup {
+            // Wait for the first listing, then back every valid target up once.
+            let _ = tokio::time::timeout(Duration::from_secs(30), changed.changed()).await;
+            for t in shared.registry.read().await.targets() {
+                if t.settings().is_some() {
+                    drop(runner.submit(t, Kind::Logical, Trigger::Startup, false));
+                }
+            }
+        }
+        loop {
+            let targets = shared.registry.read().await.targets();
+            let now = clock();
+            planned = plan(&planned, &targets, now, runner.tz);
+            for key in due(&planned, now) {
+                if let Some(t) = find(&targets, &key.0).cloned() {
+                    let rx = runner.submit(t.clone(), key.1, Trigger::Schedule, false);
+                    tokio::spawn(async move {
+                        if let Ok(Err(e)) = rx.await {
+                            tracing::warn!(target_id = %t.target, "Scheduled backup skipped: {e}.");
+                        }
+                    });
+                }
+                advance(&mut planned, &key, &targets, now, runner.tz);
+            }
+            let sleep = planned
+                .values()
+                .map(|p| p.next)
+                .min()
+                .map(|n| (n - clock()).to_std().unwrap_or(Duration::ZERO))
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                r = changed.changed() => if r.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }
 
-impl Schedule {
-    pub const EXPECTED: &'static str = "a cron expression with 5 fields (minute precision) or 6 (with seconds first), \
-         @hourly, @daily, @weekly, @monthly, @yearly, or off";
-
-    pub fn parse(s: &str) -> Result<Schedule, String> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("off") {
-            return Ok(Schedule::Off);
+/// Moves `key`'s next run past `now` (or drops it when its schedule never fires again).
+fn advance(
+    planned: &mut BTreeMap<PlanKey, Planned>,
+    key: &PlanKey,
+    targets: &[Target],
+    now: DateTime<Utc>,
+    tz: Tz,
+) {
+    let sched = find(targets, &key.0)
+        .and_then(|t| t.settings())
+        .map(|s| match key.1 {
+            Kind::Logical => s.schedule_parsed.clone(),
+            Kind::Physical => s.physical_schedule_parsed.clone(),
+        });
+    match sched.and_then(|s| s.next_after(now, tz)) {
+        Some(n) => {
+            if let Some(p) = planned.get_mut(key) {
+                p.next = n;
+            }
         }
-        let fields = s.split_whitespace().count();
-        if !s.starts_with('@') && !(5..=6).contains(&fields) {
-            return Err(format!("it has {fields} fields"));
+        None => {
+            planned.remove(key);
         }
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .build()
-            .parse(s)
-            .map_err(|e| e.to_string())?;
-        let schedule = Schedule::Cron {
-            pattern: s.to_string(),
-            cron: Box::new(cron),
-        };
-        // A pattern that is valid but matches no date (`0 0 31 2 *`) would silently never run.
-        let start = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-            .expect("valid")
-            .with_timezone(&Utc);
-        if schedule.next_after(start, Tz::UTC).is_none() {
-            return Err("it never fires (no date matches it)".into());
-        }
-        Ok(schedule)
-    }
-
-    /// The first run strictly after `now`, evaluated in `tz` (so `@daily` means local midnight
-    /// and DST transitions follow the zone's rules), returned in UTC.
-    pub fn next_after(&self, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
-        match self {
-            Schedule::Off => None,
-            Schedule::Cron { cron, .. } => cron
-                .find_next_occurrence(&now.with_timezone(&tz), false)
-                .ok()
-                .map(|t| t.with_timezone(&Utc)),
-        }
-    }
-}
-
-impl FromStr for Schedule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Schedule::parse(s)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rstest::rstest;
-
-    fn at(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    #[rstest]
-    #[case("@daily")]
-    #[case("@hourly")]
-    #[case("0 3 * * *")]
-    #[case("*/5 * * * * *")]
-    #[case("0 0 4 * * SUN")]
-    #[case("off")]
-    #[case("OFF")]
-    fn accepts(#[case] s: &str) {
-        assert!(Schedule::parse(s).is_ok(), "{s}");
-    }
-
-    #[rstest]
-    #[case("not-a-cron")]
-    #[case("* * * *")]
-    #[case("0 0 0 1 1 * 2030")]
-    #[case("0 0 31 2 *")]
-    #[case("0 0 30 2 *")]
-    #[case("61 * * * *")]
-    #[case("@fortnightly")]
-    #[case("")]
-    fn rejects(#[case] s: &str) {
-        assert!(Schedule::parse(s).is_err(), "{s}");
-    }
-
-    #[test]
-    fn next_run_in_utc_and_in_a_zone() {
-        let daily = Schedule::parse("@daily").unwrap();
-        assert_eq!(
-            daily.next_after(at("2026-03-10T12:00:00Z"), Tz::UTC),
-            Some(at("2026-03-11T00:00:00Z"))
-        );
-        // Midnight in Berlin is 23:00 UTC in winter.
-        assert_eq!(
-            daily.next_after(at("2026-01-10T12:00:00Z"), chrono_tz::Europe::Berlin),
-            Some(at("2026-01-10T23:00:00Z"))
-        );
-        assert_eq!(
-            Schedule::Off.next_after(at("2026-01-10T12:00:00Z"), Tz::UTC),
-            None
-        );
-    }
-
-    #[test]
-    fn next_run_across_dst_changes() {
-        let berlin = chrono_tz::Europe::Berlin;
-        let s = Schedule::parse("30 2 * * *").unwrap();
-        // 02:30 does not exist in Berlin on 2026-03-29 (clocks jump 02:00 → 03:00): the job runs
-        // once that day, at the first existing instant after the gap, not skipped, not twice.
-        let spring = s.next_after(at("2026-03-28T12:00:00Z"), berlin).unwrap();
-        assert_eq!(spring, at("2026-03-29T01:00:00Z"));
-        assert_eq!(
-            s.next_after(spring, berlin).unwrap(),
-            at("2026-03-30T00:30:00Z")
-        );
-        // 02:30 happens twice on 2026-10-25 (03:00 → 02:00): one run, at the first one.
-        let autumn = s.next_after(at("2026-10-24T12:00:00Z"), berlin).unwrap();
-        assert_eq!(autumn, at("2026-10-25T00:30:00Z"));
-        assert_eq!(
-            s.next_after(autumn, berlin).unwrap(),
-            at("2026-10-26T01:30:00Z")
-        );
-    }
-
-    #[test]
-    fn seconds_level_schedules() {
-        let s = Schedule::parse("*/10 * * * * *").unwrap();
-        assert_eq!(
-            s.next_after(at("2026-03-10T12:00:01Z"), Tz::UTC),
-            Some(at("2026-03-10T12:00:10Z"))
-        );
-    }
-}
+mod tests;

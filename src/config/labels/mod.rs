@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::config::Defaults;
 use crate::model::KeepPolicy;
+use crate::model::Schedule;
 use crate::model::{Compression, Databases, Format, Method, TargetId};
-use crate::schedule::Schedule;
 
 pub const PREFIX: &str = "pgbackup.";
 pub const ENABLE: &str = "pgbackup.enable";

@@ -15,10 +15,10 @@ use tokio::sync::{Mutex, RwLock, Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::metrics::{DbLabels, JobLabels, Metrics};
 use crate::discovery::Target;
 use crate::engine::docker::DockerClient;
 use crate::job::backup::{self, BackupError, Ctx};
+use crate::job::metrics::{DbLabels, JobLabels, Metrics};
 use crate::model::TargetId;
 use crate::model::layout::{self, BackupId, Kind};
 use crate::model::manifest::Manifest;

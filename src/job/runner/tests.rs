@@ -151,7 +151,7 @@ async fn a_failed_scheduled_job_is_retried_with_backoff_and_counts_once() {
         2,
         "each failed attempt cleaned up"
     );
-    let labels = crate::app::metrics::JobLabels {
+    let labels = crate::job::metrics::JobLabels {
         target: t.target.to_string(),
         kind: "logical".into(),
     };

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 
-use crate::app::table::human_bytes;
 use crate::engine::container::{Health, Inspected};
 use crate::engine::docker::{DockerClient, ExecInput};
 use crate::engine::pg::{self, Access};
@@ -41,6 +40,7 @@ use crate::model::manifest::{Manifest, Object, ObjectKind};
 use crate::pipeline::fetch;
 use crate::restore::{ChunkSink, Progress, RestoreError};
 use crate::store::Store;
+use crate::table::human_bytes;
 pub mod compose;
 pub mod journal;
 
