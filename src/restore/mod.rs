@@ -345,6 +345,43 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
         }
     }
 
+    #[test]
+    fn the_objects_a_restore_loads() {
+        let mut m = crate::model::Manifest::sample(
+            "shop/db",
+            "shop/db",
+            "20261121T030000Z-logical".parse().unwrap(),
+        );
+        m.objects.push(db_plan("crm", true).object);
+        m.databases.push("crm".into());
+        let names = |v: Vec<Object>| v.into_iter().map(|o| o.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(chosen_objects(&m, None, None).unwrap()),
+            ["app.dump.zst", "crm.dump.zst"]
+        );
+        assert_eq!(
+            names(chosen_objects(&m, None, Some("crm")).unwrap()),
+            ["crm.dump.zst"]
+        );
+        assert_eq!(
+            names(chosen_objects(&m, Some("app.dump.zst"), None).unwrap()),
+            ["app.dump.zst"]
+        );
+        for (object, db, says) in [
+            (None, Some("nope"), "has no database \"nope\""),
+            (Some("nope.dump.zst"), None, "has no object"),
+            (
+                Some("app.dump.zst"),
+                Some("crm"),
+                "but --db asks for \"crm\"",
+            ),
+        ] {
+            let e = chosen_objects(&m, object, db).unwrap_err();
+            assert!(matches!(e, RestoreError::Usage(_)), "{e}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+
     /// Answers every statement with no rows, except the final check, answered with `check`;
     /// records the statements.
     struct FakeServer {

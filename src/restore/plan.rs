@@ -191,51 +191,108 @@ pub async fn plan(
     ensure_postgres(&container)?;
     let user = user_of(&container, defaults);
     let access = exec_access(docker, &container, &user);
-    let mut chosen: Vec<&Object> = manifest
-        .objects
-        .iter()
-        .filter(|o| o.kind == ObjectKind::Database)
-        .collect();
-    let wanted = req.db.clone().or_else(|| {
-        object.as_ref().and_then(|name| {
-            manifest
-                .objects
-                .iter()
-                .find(|o| &o.name == name)
-                .and_then(|o| o.database.clone())
-        })
-    });
-    if let Some(name) = &object {
-        let Some(o) = manifest.objects.iter().find(|o| &o.name == name) else {
-            return Err(RestoreError::Usage(format!(
-                "backup {} has no object {name:?}; it holds {}",
-                manifest.backup_id,
-                names(&manifest)
-            )));
-        };
-        if let (Some(db), Some(of)) = (&req.db, &o.database)
-            && db != of
-        {
-            return Err(RestoreError::Usage(format!(
-                "{name} holds database {of:?} but --db asks for {db:?}: name the backup folder with --db {db}, or the object without --db"
-            )));
-        }
-    }
-    if let Some(db) = &wanted {
-        chosen.retain(|o| o.database.as_deref() == Some(db.as_str()));
-        if chosen.is_empty() {
-            return Err(RestoreError::Usage(format!(
-                "backup {} has no database {db:?}; it holds {}",
-                manifest.backup_id,
-                manifest.databases.join(", ")
-            )));
-        }
-    }
+    let chosen = chosen_objects(&manifest, object.as_deref(), req.db.as_deref())?;
     let globals = manifest
         .objects
         .iter()
         .find(|o| o.kind == ObjectKind::Globals)
         .cloned();
+    let Tools {
+        server_major,
+        restore_tool,
+        sidecar_tool,
+        convert_in_sidecar,
+    } = tools(&access, &manifest, &to).await?;
+    let leftovers = leftovers_of(&access).await?;
+    let databases = db_plans(&access, chosen).await?;
+    let target = TargetId::of(&container.labels, &container.name)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| container.name.clone());
+    Ok(Plan {
+        manifest,
+        container,
+        target,
+        user,
+        server_major,
+        restore_tool,
+        sidecar_tool,
+        convert_in_sidecar,
+        globals,
+        databases,
+        clean: req.clean,
+        leftovers,
+    })
+}
+
+/// The database objects a restore loads: all of the backup's, or the one `--db` or an object
+/// key names (which must agree). Pure.
+pub(super) fn chosen_objects(
+    manifest: &Manifest,
+    object: Option<&str>,
+    db: Option<&str>,
+) -> Result<Vec<Object>, RestoreError> {
+    let named = match object {
+        None => None,
+        Some(name) => Some(
+            manifest
+                .objects
+                .iter()
+                .find(|o| o.name == name)
+                .ok_or_else(|| {
+                    RestoreError::Usage(format!(
+                        "backup {} has no object {name:?}; it holds {}",
+                        manifest.backup_id,
+                        names(manifest)
+                    ))
+                })?,
+        ),
+    };
+    if let (Some(db), Some(o)) = (db, named)
+        && let Some(of) = &o.database
+        && db != of
+    {
+        return Err(RestoreError::Usage(format!(
+            "{} holds database {of:?} but --db asks for {db:?}: name the backup folder with --db {db}, or the object without --db",
+            o.name
+        )));
+    }
+    let wanted = db
+        .map(String::from)
+        .or_else(|| named.and_then(|o| o.database.clone()));
+    let chosen: Vec<Object> = manifest
+        .objects
+        .iter()
+        .filter(|o| o.kind == ObjectKind::Database)
+        .filter(|o| wanted.is_none() || o.database == wanted)
+        .cloned()
+        .collect();
+    if let Some(db) = &wanted
+        && chosen.is_empty()
+    {
+        return Err(RestoreError::Usage(format!(
+            "backup {} has no database {db:?}; it holds {}",
+            manifest.backup_id,
+            manifest.databases.join(", ")
+        )));
+    }
+    Ok(chosen)
+}
+
+/// The target's server and the programs that can read the backup.
+pub(super) struct Tools {
+    server_major: u32,
+    restore_tool: String,
+    sidecar_tool: Option<String>,
+    convert_in_sidecar: bool,
+}
+
+/// The target's major version and `pg_restore`; the sidecar's `pg_restore` when the target's
+/// cannot read a custom archive of a newer major.
+pub(super) async fn tools(
+    access: &Access,
+    manifest: &Manifest,
+    to: &str,
+) -> Result<Tools, RestoreError> {
     let version = access
         .query("postgres", "SELECT current_setting('server_version_num')")
         .await?;
@@ -257,7 +314,20 @@ pub async fn plan(
             .as_deref()
             .and_then(pg::major_of)
             .is_some_and(|m| m >= dump_major);
-    let leftovers = leftovers_of(&access).await?;
+    Ok(Tools {
+        server_major,
+        restore_tool,
+        sidecar_tool,
+        convert_in_sidecar,
+    })
+}
+
+/// Each database to load: whether it exists in the target, and how many objects of its own it
+/// holds (what `--clean` would replace).
+pub(super) async fn db_plans(
+    access: &Access,
+    chosen: Vec<Object>,
+) -> Result<Vec<DbPlan>, RestoreError> {
     let existing: BTreeSet<String> = access
         .query("postgres", "SELECT datname FROM pg_database")
         .await?
@@ -278,29 +348,13 @@ pub async fn plan(
             0
         };
         databases.push(DbPlan {
-            object: o.clone(),
+            object: o,
             database,
             exists,
             objects,
         });
     }
-    let target = TargetId::of(&container.labels, &container.name)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|| container.name.clone());
-    Ok(Plan {
-        manifest,
-        container,
-        target,
-        user,
-        server_major,
-        restore_tool,
-        sidecar_tool,
-        convert_in_sidecar,
-        globals,
-        databases,
-        clean: req.clean,
-        leftovers,
-    })
+    Ok(databases)
 }
 
 pub(super) fn names(m: &Manifest) -> String {
