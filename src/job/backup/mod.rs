@@ -70,6 +70,64 @@ pub struct Ctx<'a> {
     pub store: &'a dyn Store,
 }
 
+/// `pg_dump`'s arguments for one database of `spec`. Pure.
+pub fn pg_dump_args(spec: &TargetSpec, db: &str) -> Vec<String> {
+    let mut args = vec![
+        "--no-password".to_string(),
+        match spec.format {
+            // pg_dump's own compression off: ours is streamed and parallel.
+            Format::Custom => "--format=custom".into(),
+            Format::Plain | Format::Tar => "--format=plain".into(),
+        },
+    ];
+    match spec.format {
+        Format::Custom => args.push("--compress=0".into()),
+        // The database itself too (owner, ACL, comment, settings): restores and `psql -f`
+        // bring it back whole. Custom archives always hold it.
+        Format::Plain | Format::Tar => args.push("--create".into()),
+    }
+    args.extend(spec.dump_options.iter().cloned());
+    args.push(dbname_arg(db));
+    args
+}
+
+/// The roles and tablespaces, by the server's own `pg_dumpall`, inside the target whatever the
+/// method: a newer pg_dumpall leaves out what it does not read from an older server
+/// (pg_dumpall 17 writes no GRANTED BY for servers before 16), and the roles are small.
+async fn dump_globals(
+    ctx: &Ctx<'_>,
+    c: &Container,
+    spec: &TargetSpec,
+    dir: &str,
+) -> Result<Object, BackupError> {
+    let name = layout::globals_object(spec.compression);
+    let key = layout::join(&[dir, &name]);
+    let own = Access::Exec {
+        docker: ctx.docker.clone(),
+        container: c.id.clone(),
+        user: spec.user.clone(),
+    };
+    let (raw, up) = dump_object(
+        ctx,
+        &own,
+        spec,
+        &key,
+        "pg_dumpall",
+        &["--globals-only".into(), "--no-password".into()],
+        "(globals)",
+        false,
+    )
+    .await?;
+    Ok(Object {
+        name,
+        kind: ObjectKind::Globals,
+        database: None,
+        size: up.size,
+        raw_size: raw,
+        sha256: up.sha256,
+    })
+}
+
 /// Runs one logical backup and commits it. Nothing is listed unless this returns Ok.
 ///
 /// On failure the caller removes what was written ([`discard`]), unless the error is
@@ -90,35 +148,7 @@ pub async fn logical(
     let mut objects = Vec::new();
     {
         if spec.globals {
-            let name = layout::globals_object(spec.compression);
-            let key = layout::join(&[&dir, &name]);
-            // Roles are dumped by the server's own pg_dumpall, inside the target, whatever the
-            // method: a newer pg_dumpall leaves out what it does not read from an older server
-            // (pg_dumpall 17 writes no GRANTED BY for servers before 16), and the roles are small.
-            let own = Access::Exec {
-                docker: ctx.docker.clone(),
-                container: c.id.clone(),
-                user: spec.user.clone(),
-            };
-            let (raw, up) = dump_object(
-                ctx,
-                &own,
-                spec,
-                &key,
-                "pg_dumpall",
-                &["--globals-only".into(), "--no-password".into()],
-                "(globals)",
-                false,
-            )
-            .await?;
-            objects.push(Object {
-                name,
-                kind: ObjectKind::Globals,
-                database: None,
-                size: up.size,
-                raw_size: raw,
-                sha256: up.sha256,
-            });
+            objects.push(dump_globals(ctx, &c, spec, &dir).await?);
         }
         for db in &dbs {
             let name = layout::database_object(db, spec.format, spec.compression);
@@ -131,22 +161,7 @@ pub async fn logical(
                 )));
             }
             let key = layout::join(&[&dir, &name]);
-            let mut args = vec![
-                "--no-password".to_string(),
-                match spec.format {
-                    // pg_dump's own compression off: ours is streamed and parallel.
-                    Format::Custom => "--format=custom".into(),
-                    Format::Plain | Format::Tar => "--format=plain".into(),
-                },
-            ];
-            match spec.format {
-                Format::Custom => args.push("--compress=0".into()),
-                // The database itself too (owner, ACL, comment, settings): restores and
-                // `psql -f` bring it back whole. Custom archives always hold it.
-                Format::Plain | Format::Tar => args.push("--create".into()),
-            }
-            args.extend(spec.dump_options.iter().cloned());
-            args.push(dbname_arg(db));
+            let args = pg_dump_args(spec, db);
             let started = std::time::Instant::now();
             let filter = needs_timeout_filter(spec.format, server.major, &server.dump_tool);
             let (raw, up) =
@@ -186,5 +201,33 @@ pub async fn logical(
             physical: None,
         };
         commit_manifest(ctx, &dir, m).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_dump_args_follow_the_format_and_quote_the_name() {
+        let t = crate::discovery::test_target(
+            "db",
+            &[("pgbackup.dump_options", "--exclude-table=audit_log")],
+        );
+        let spec = t.settings().unwrap();
+        let args = pg_dump_args(spec, "a=b");
+        assert_eq!(
+            args,
+            [
+                "--no-password",
+                "--format=custom",
+                "--compress=0",
+                "--exclude-table=audit_log",
+                "--dbname=dbname='a=b'",
+            ]
+        );
+        let t = crate::discovery::test_target("db", &[("pgbackup.format", "plain")]);
+        let args = pg_dump_args(t.settings().unwrap(), "shop");
+        assert_eq!(&args[1..3], ["--format=plain", "--create"]);
     }
 }
