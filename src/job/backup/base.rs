@@ -33,6 +33,63 @@ pub(super) async fn hold_wal(
     })
 }
 
+/// The cluster's system identifier and data directory (what a physical restore must match).
+async fn cluster_identity(access: &Access) -> Result<(String, String), BackupError> {
+    let row = access
+        .query(
+            "postgres",
+            "SELECT system_identifier, current_setting('data_directory') FROM pg_control_system()",
+        )
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    row.split_once('|')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .ok_or_else(|| BackupError::Refused(format!("cannot read the system identifier: {row:?}")))
+}
+
+/// `pg_basebackup` as one tar on stdout (WAL fetched at the end, held by the slot), through
+/// the pipeline into `base.tar.*`.
+async fn stream_base(
+    ctx: &Ctx<'_>,
+    access: &Access,
+    spec: &TargetSpec,
+    dir: &str,
+) -> Result<Object, BackupError> {
+    let name = layout::base_object(spec.compression);
+    let key = layout::join(&[dir, &name]);
+    let args: Vec<String> = [
+        "--no-password",
+        "--pgdata=-",
+        "--format=tar",
+        "--wal-method=fetch",
+        "--checkpoint=fast",
+        "--label=pgbackup",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (raw, up) = dump_object(
+        ctx,
+        access,
+        spec,
+        &key,
+        "pg_basebackup",
+        &args,
+        "(base)",
+        false,
+    )
+    .await?;
+    Ok(Object {
+        name,
+        kind: ObjectKind::Base,
+        database: None,
+        size: up.size,
+        raw_size: raw,
+        sha256: up.sha256,
+    })
+}
+
 /// One physical base backup: `pg_basebackup` inside the target (always through `docker exec`,
 /// a local replication connection), as one tar stream with the WAL needed for consistency
 /// (`-X fetch`, kept by a temporary slot: [`hold_wal`]) and the server's own `backup_manifest`
@@ -50,21 +107,7 @@ pub async fn physical(
         user: spec.user.clone(),
     };
     let server = server_info(&access, "pg_basebackup").await?;
-    let row = access
-        .query(
-            "postgres",
-            "SELECT system_identifier, current_setting('data_directory') FROM pg_control_system()",
-        )
-        .await?
-        .into_iter()
-        .next()
-        .unwrap_or_default();
-    let (system_identifier, data_directory) = row
-        .split_once('|')
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .ok_or_else(|| {
-            BackupError::Refused(format!("cannot read the system identifier: {row:?}"))
-        })?;
+    let (system_identifier, data_directory) = cluster_identity(&access).await?;
     let dir = layout::backup_dir(ctx.store.prefix(), &spec.prefix, &id);
     ensure_own_folder(ctx, spec, target).await?;
     ensure_new_folder(ctx, &dir).await?;
@@ -77,42 +120,13 @@ pub async fn physical(
     );
     let slot = hold_wal(ctx.docker, &c, &spec.user, &slot_name).await?;
     {
-        let name = layout::base_object(spec.compression);
-        let key = layout::join(&[&dir, &name]);
-        let args: Vec<String> = [
-            "--no-password",
-            "--pgdata=-",
-            "--format=tar",
-            "--wal-method=fetch",
-            "--checkpoint=fast",
-            "--label=pgbackup",
-        ]
-        .map(String::from)
-        .to_vec();
         let started = std::time::Instant::now();
-        let streamed = dump_object(
-            ctx,
-            &access,
-            spec,
-            &key,
-            "pg_basebackup",
-            &args,
-            "(base)",
-            false,
-        )
-        .await;
+        let streamed = stream_base(ctx, &access, spec, &dir).await;
         slot.release().await;
-        let (raw, up) = streamed?;
-        tracing::info!(target_id = %target.target, raw_bytes = raw, stored_bytes = up.size,
+        let object = streamed?;
+        tracing::info!(target_id = %target.target, raw_bytes = object.raw_size, stored_bytes = object.size,
             duration_ms = started.elapsed().as_millis() as u64, "Base backup streamed.");
-        objects.push(Object {
-            name,
-            kind: ObjectKind::Base,
-            database: None,
-            size: up.size,
-            raw_size: raw,
-            sha256: up.sha256,
-        });
+        objects.push(object);
         upload_sums(ctx, &dir, &objects).await?;
         let m = Manifest {
             format_version: manifest::FORMAT_VERSION,
