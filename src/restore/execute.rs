@@ -87,27 +87,22 @@ pub async fn execute(
         ))
     })?;
     clean_abandoned(&access, maint, plan.server_major, &plan.leftovers).await;
+    let session = Session {
+        docker,
+        store,
+        plan,
+        maint,
+        progress,
+    };
 
     let loaded = async {
         if let Some(g) = &plan.globals {
-            let (script, created, skip) = globals_script(store, plan, g, &access).await?;
+            let (created, skip) = restore_roles(&session, g, &access, &run).await?;
             skipped = skip;
-            let what = format!("restoring roles from {}", g.name);
-            let mut s = Psql::start(docker, &plan.container, &plan.user, maint, &what).await?;
-            // One transaction: every role is created, or none is. Roles commit first: the
-            // databases' owners and grants need them. Each new role is marked with this run
-            // until the swap commits, so a crash in between cannot leave it unnoticed.
-            let marks: String = created.iter().map(|r| mark_role_sql(r, &run)).collect();
-            let body = format!("BEGIN;\n{script}\n{marks}COMMIT;\n");
-            if let Err(e) = s.input.write_all(body.as_bytes()).await {
-                let said = s.abort().await;
-                return Err(RestoreError::Failed(format!("{what} failed: {e} {said}")));
-            }
-            s.finish("").await?;
             created_roles = created;
         }
         for (d, t) in plan.databases.iter().zip(&temps) {
-            load(docker, store, plan, d, t, maint, progress).await?;
+            load(&session, d, t).await?;
             tracing::info!(database = %d.database, temporary = %t.load, bytes = d.object.size,
                 "Database loaded; it takes its name when every database of the backup is loaded.");
         }
@@ -164,20 +159,47 @@ pub async fn execute(
     })
 }
 
+/// What every step of one restore run works with.
+pub(super) struct Session<'a> {
+    pub(super) docker: &'a DockerClient,
+    pub(super) store: &'a dyn Store,
+    pub(super) plan: &'a Plan,
+    /// The database psql stays on ([`maintenance_db`]).
+    pub(super) maint: &'static str,
+    pub(super) progress: &'a dyn Progress,
+}
+
+/// Creates the roles of `globals.sql` that the target lacks, in one transaction, each marked
+/// with this run until the swap commits. Returns the roles created and the statements skipped.
+pub(super) async fn restore_roles(
+    s: &Session<'_>,
+    g: &Object,
+    access: &Access,
+    run: &str,
+) -> Result<(Vec<String>, Vec<String>), RestoreError> {
+    let plan = s.plan;
+    let (script, created, skipped) = globals_script(s.store, plan, g, access).await?;
+    let what = format!("restoring roles from {}", g.name);
+    let mut psql = Psql::start(s.docker, &plan.container, &plan.user, s.maint, &what).await?;
+    // One transaction: every role is created, or none is. Roles commit first: the databases'
+    // owners and grants need them. Each new role is marked with this run until the swap
+    // commits, so a crash in between cannot leave it unnoticed.
+    let marks: String = created.iter().map(|r| mark_role_sql(r, run)).collect();
+    let body = format!("BEGIN;\n{script}\n{marks}COMMIT;\n");
+    if let Err(e) = psql.input.write_all(body.as_bytes()).await {
+        let said = psql.abort().await;
+        return Err(RestoreError::Failed(format!("{what} failed: {e} {said}")));
+    }
+    psql.finish("").await?;
+    Ok((created, skipped))
+}
+
 /// Loads one database into its temporary database: SQL (converted from a custom archive by
 /// pg_restore, in the target or in the sidecar) → [`sql::Rewriter`] → psql in the target.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn load(
-    docker: &DockerClient,
-    store: &dyn Store,
-    plan: &Plan,
-    d: &DbPlan,
-    t: &Temporary,
-    maint: &str,
-    progress: &dyn Progress,
-) -> Result<(), RestoreError> {
+pub(super) async fn load(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(), RestoreError> {
+    let plan = s.plan;
     let what = format!("restoring database {:?} from {}", d.database, d.object.name);
-    let mut psql = Psql::start(docker, &plan.container, &plan.user, maint, &what).await?;
+    let mut psql = Psql::start(s.docker, &plan.container, &plan.user, s.maint, &what).await?;
     let mut sink = Rewriting {
         rewriter: sql::Rewriter::new(sql::Rewrite {
             from: d.database.clone(),
@@ -191,64 +213,16 @@ pub(super) async fn load(
     let streamed = match plan.manifest.format {
         Format::Plain | Format::Tar => {
             stream_object(
-                store,
+                s.store,
                 &plan.manifest,
                 &d.object,
                 &label,
                 &mut sink,
-                progress,
+                s.progress,
             )
             .await
         }
-        Format::Custom => {
-            let mut conv = if plan.convert_in_sidecar {
-                Converter::in_sidecar()?
-            } else {
-                Converter::in_target(docker, &plan.container).await?
-            };
-            let feed = async {
-                let r = stream_object(
-                    store,
-                    &plan.manifest,
-                    &d.object,
-                    &conv.what,
-                    &mut conv.input,
-                    progress,
-                )
-                .await;
-                let _ = conv.input.0.shutdown().await;
-                r
-            };
-            let relay = async {
-                let mut buf = vec![0u8; CHUNK];
-                loop {
-                    let n = conv.output.read(&mut buf).await.map_err(|e| {
-                        RestoreError::Failed(format!("reading {}'s output failed: {e}", conv.what))
-                    })?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    sink.write(&buf[..n]).await.map_err(|e| {
-                        RestoreError::Failed(format!("psql stopped reading the restore: {e}"))
-                    })?;
-                }
-            };
-            let joined = tokio::try_join!(feed, relay).map(|_| ());
-            match joined {
-                Ok(()) => {
-                    let exit = conv.output.finish().await?;
-                    if exit.code != 0 {
-                        Err(RestoreError::Failed(format!(
-                            "{} failed (exit code {}): {}",
-                            conv.what, exit.code, exit.stderr
-                        )))
-                    } else {
-                        Ok(())
-                    }
-                }
-                Err(e) => Err(e),
-            }
-        }
+        Format::Custom => convert(s, d, &mut sink).await,
     };
     match streamed.and_then(|()| sink.finish()) {
         Ok(rest) => psql.finish(&rest).await,
@@ -262,6 +236,57 @@ pub(super) async fn load(
             })
         }
     }
+}
+
+/// A custom archive through `pg_restore --create -f -` (in the target or in the sidecar) into
+/// `sink`: the object is fed to it while its SQL is relayed on.
+async fn convert(
+    s: &Session<'_>,
+    d: &DbPlan,
+    sink: &mut Rewriting<'_>,
+) -> Result<(), RestoreError> {
+    let plan = s.plan;
+    let mut conv = if plan.convert_in_sidecar {
+        Converter::in_sidecar()?
+    } else {
+        Converter::in_target(s.docker, &plan.container).await?
+    };
+    let feed = async {
+        let r = stream_object(
+            s.store,
+            &plan.manifest,
+            &d.object,
+            &conv.what,
+            &mut conv.input,
+            s.progress,
+        )
+        .await;
+        let _ = conv.input.0.shutdown().await;
+        r
+    };
+    let relay = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = conv.output.read(&mut buf).await.map_err(|e| {
+                RestoreError::Failed(format!("reading {}'s output failed: {e}", conv.what))
+            })?;
+            if n == 0 {
+                return Ok(());
+            }
+            sink.write(&buf[..n]).await.map_err(|e| {
+                RestoreError::Failed(format!("psql stopped reading the restore: {e}"))
+            })?;
+        }
+    };
+    tokio::try_join!(feed, relay)?;
+    let exit = conv.output.finish().await?;
+    if exit.code != 0 {
+        return Err(RestoreError::Failed(format!(
+            "{} failed (exit code {}): {}",
+            conv.what, exit.code, exit.stderr
+        )));
+    }
+    Ok(())
 }
 
 pub(super) async fn drop_database(
