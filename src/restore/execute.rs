@@ -111,19 +111,7 @@ pub async fn execute(
     .await;
 
     let swapped = match loaded {
-        Ok(()) => {
-            let pairs: Vec<(&DbPlan, &Temporary)> = plan.databases.iter().zip(&temps).collect();
-            let unmark: Vec<String> = created_roles
-                .iter()
-                .map(|r| format!("ALTER ROLE {} RESET {ROLE_MARK};", sql::quote_ident(r)))
-                .collect();
-            access
-                .query(maint, &swap_sql(&pairs, &unmark))
-                .await
-                .map_err(|e| {
-                    RestoreError::Failed(format!("swapping the restored databases in failed: {e}"))
-                })
-        }
+        Ok(()) => swap(&access, plan, maint, &temps, &created_roles).await,
         Err(e) => Err(e),
     };
     if let Err(e) = swapped {
@@ -135,15 +123,7 @@ pub async fn execute(
         });
     }
     // Committed. What was replaced is dropped now; a failure here loses nothing.
-    let mut left_over = Vec::new();
-    for (d, t) in plan.databases.iter().zip(&temps) {
-        if d.exists
-            && let Err(e) = drop_database(&access, maint, &t.replaced, plan.server_major).await
-        {
-            tracing::warn!(database = %t.replaced, "The replaced database could not be dropped: {e}");
-            left_over.push(t.replaced.clone());
-        }
-    }
+    let left_over = drop_replaced(&access, plan, maint, &temps).await;
     alive.release().await;
     Ok(Outcome {
         backup_id: plan.manifest.backup_id.to_string(),
@@ -157,6 +137,47 @@ pub async fn execute(
             + plan.globals.as_ref().map(|g| g.size).unwrap_or(0),
         duration_seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Gives every loaded database its name in one transaction, moving the databases it replaces
+/// aside, and removes the run's marks from the roles it created.
+async fn swap(
+    access: &Access,
+    plan: &Plan,
+    maint: &str,
+    temps: &[Temporary],
+    created_roles: &[String],
+) -> Result<Vec<String>, RestoreError> {
+    let pairs: Vec<(&DbPlan, &Temporary)> = plan.databases.iter().zip(temps).collect();
+    let unmark: Vec<String> = created_roles
+        .iter()
+        .map(|r| format!("ALTER ROLE {} RESET {ROLE_MARK};", sql::quote_ident(r)))
+        .collect();
+    access
+        .query(maint, &swap_sql(&pairs, &unmark))
+        .await
+        .map_err(|e| {
+            RestoreError::Failed(format!("swapping the restored databases in failed: {e}"))
+        })
+}
+
+/// Drops the databases the swap moved aside; returns those that could not be dropped.
+async fn drop_replaced(
+    access: &Access,
+    plan: &Plan,
+    maint: &str,
+    temps: &[Temporary],
+) -> Vec<String> {
+    let mut left_over = Vec::new();
+    for (d, t) in plan.databases.iter().zip(temps) {
+        if d.exists
+            && let Err(e) = drop_database(access, maint, &t.replaced, plan.server_major).await
+        {
+            tracing::warn!(database = %t.replaced, "The replaced database could not be dropped: {e}");
+            left_over.push(t.replaced.clone());
+        }
+    }
+    left_over
 }
 
 /// What every step of one restore run works with.
