@@ -1,0 +1,162 @@
+//! The command line: every subcommand and flag, with the help text `pgctl --help` prints.
+
+use clap::{Parser, Subcommand};
+
+/// Backups and restores for Postgres running in Docker Compose.
+///
+/// Configuration comes from the environment (see the README); every variable also accepts
+/// <NAME>_FILE. Exit codes: 0 ok, 1 operation failed, 2 usage or configuration error,
+/// 3 Docker or the backup destination unreachable or refused at start-up, 4 refused before
+/// changing anything (a restore over data without --clean, an incompatible Postgres version).
+#[derive(Parser)]
+#[command(name = "pgctl", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the controller: discover labelled Postgres containers and back them up on schedule.
+    Run,
+    /// Back up targets now, through the running controller (never overlapping a scheduled run).
+    Backup {
+        /// Targets (`project/service`, or just the service); see `pgctl status`.
+        #[arg(
+            value_name = "TARGET",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        targets: Vec<String>,
+        /// Every valid target.
+        #[arg(long)]
+        all: bool,
+        /// A physical base backup instead of logical dumps.
+        #[arg(long)]
+        physical: bool,
+        /// Wait for a running backup of the same target instead of refusing.
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Controller to ask (default: this container's PGBACKUP_HTTP_ADDR on localhost).
+        #[arg(long, value_name = "URL")]
+        controller: Option<String>,
+    },
+    /// List committed backups (newest last), read from the backup destination.
+    List {
+        /// Only this target (`project/service`, or just the service).
+        target: Option<String>,
+        /// Print JSON (the manifests) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup: logical into a running Postgres container, all or nothing; or
+    /// physical (--physical) into a new volume the compose service is switched onto.
+    ///
+    /// BACKUP is `latest`, a backup id (see `pgctl list`) or a key (folder, manifest or one
+    /// object). Every database is loaded into a new database and all of them take their names
+    /// in one transaction, only after every object arrived with the right SHA-256 and every
+    /// statement ran; on any failure the target is left as it was.
+    /// With --physical the service keeps its old volume until the new one is unpacked,
+    /// verified and started; any failure switches it back, and the old volume is kept.
+    /// Exit codes: 0 restored, 1 failed and rolled back, 2 bad arguments, 4 refused (data would
+    /// be overwritten without --clean, the target's Postgres cannot read the backup, not enough
+    /// space, compose file not reachable).
+    Restore {
+        /// `latest`, a backup id or a key.
+        #[arg(value_name = "BACKUP", required_unless_present_any = ["resume", "rollback"])]
+        backup: Option<String>,
+        /// Finish a physical restore whose switch was cut off (the sidecar killed half-way):
+        /// the service (`project/service` or the service) `pgctl status` names.
+        #[arg(long, value_name = "SERVICE", conflicts_with_all = ["backup", "rollback"])]
+        resume: Option<String>,
+        /// Undo a physical restore whose switch was cut off: the service goes back to its old
+        /// volume and container, the compose file to what it was.
+        #[arg(long, value_name = "SERVICE", conflicts_with_all = ["backup", "resume"])]
+        rollback: Option<String>,
+        /// Whose backups `latest` or a bare id refer to (default: the --to target).
+        #[arg(long, value_name = "TARGET")]
+        from: Option<String>,
+        /// Container to restore into: `project/service`, service or container name (default:
+        /// the backup's own target).
+        #[arg(long, value_name = "TARGET")]
+        to: Option<String>,
+        /// Restore only this database of the backup.
+        #[arg(long, value_name = "NAME")]
+        db: Option<String>,
+        /// Replace databases that hold data: each is replaced as a whole by the backup's, all
+        /// in one transaction at the end (the replaced ones are dropped after it).
+        #[arg(long)]
+        clean: bool,
+        /// Restore a physical base backup: new volume, service recreated on it, compose file
+        /// rewritten (the old volume is kept).
+        #[arg(long)]
+        physical: bool,
+        /// With --physical: overwrite the service's current volume instead (needs --yes).
+        #[arg(long)]
+        in_place: bool,
+        /// Confirms --in-place.
+        #[arg(long)]
+        yes: bool,
+        /// With --physical: start the restored server as a standby (standby.signal).
+        #[arg(long)]
+        standby: bool,
+        /// With --physical: replace postgresql.auto.conf with this file.
+        #[arg(long, value_name = "FILE")]
+        auto_conf: Option<std::path::PathBuf>,
+        /// With --physical: run the *.sql files of this directory, in name order, once the
+        /// restored server answers (any failure rolls the restore back).
+        #[arg(long, value_name = "DIR")]
+        post_sql: Option<std::path::PathBuf>,
+        /// Print what would happen and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply retention: delete backups the policy does not keep, uncommitted leftovers older
+    /// than a day, and stale multipart uploads. Prints the plan with every backup's reasons.
+    Prune {
+        /// Targets (`project/service`); default: every valid target the controller sees.
+        #[arg(value_name = "TARGET")]
+        targets: Vec<String>,
+        /// Print the plan only.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read stored objects and check their sizes and SHA-256 against the manifest.
+    /// Exit 1 when any backup is damaged.
+    Verify {
+        /// `latest`, a backup id or a key.
+        #[arg(
+            value_name = "BACKUP",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        backup: Option<String>,
+        /// Every committed backup in the bucket (under S3_PREFIX).
+        #[arg(long)]
+        all: bool,
+        /// Whose backups `latest` or a bare id refer to.
+        #[arg(long, value_name = "TARGET")]
+        from: Option<String>,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every discovered target with its parsed settings or its label errors.
+    Status {
+        /// Print JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Controller to ask (default: this container's PGBACKUP_HTTP_ADDR on localhost).
+        #[arg(long, value_name = "URL")]
+        controller: Option<String>,
+    },
+}
