@@ -118,7 +118,7 @@ pub enum Command {
         json: bool,
     },
     /// Apply retention: delete backups the policy does not keep, uncommitted leftovers older
-    /// than a day, and stale multipart uploads. Prints the plan with every backup's reasons.
+    /// than a day, and stale uploads (S3 multipart uploads, temporary files in a directory). Prints the plan with every backup's reasons.
     Prune {
         /// Targets (`project/service`); default: every valid target the controller sees.
         #[arg(value_name = "TARGET")]

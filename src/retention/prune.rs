@@ -1,5 +1,5 @@
 //! `pgctl prune`: applies retention to committed backups, removes what failed backups left
-//! behind and aborts stale multipart uploads. Deleting a backup removes its manifest first, so a
+//! behind and aborts stale uploads (S3 multipart uploads, temporary files in a directory). Deleting a backup removes its manifest first, so a
 //! half-deleted backup is never listed as good.
 
 use std::collections::{BTreeMap, BTreeSet};
