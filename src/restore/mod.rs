@@ -288,20 +288,7 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
 
     #[test]
     fn the_swap_renames_in_one_transaction() {
-        let db = |name: &str, exists: bool| DbPlan {
-            object: Object {
-                name: format!("{name}.dump.zst"),
-                kind: ObjectKind::Database,
-                database: Some(name.into()),
-                size: 1,
-                raw_size: 1,
-                sha256: "x".into(),
-            },
-            database: name.into(),
-            exists,
-            objects: 0,
-        };
-        let (a, b) = (db("shop", true), db("Odd \"name\"", false));
+        let (a, b) = (db_plan("shop", true), db_plan("Odd \"name\"", false));
         let (ta, tb) = (temporary("ab12", 1), temporary("ab12", 2));
         let sql = swap_sql(
             &[(&a, &ta), (&b, &tb)],
