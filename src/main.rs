@@ -17,10 +17,9 @@ use pgbackup::discovery::Registry;
 use pgbackup::engine::docker::DockerClient;
 use pgbackup::{app::controller, app::http, exit};
 
-mod cli;
 mod commands;
 
-use cli::{Cli, Command};
+use pgbackup::app::cli::{Cli, Command};
 
 /// zstd's worker threads allocate their job buffers with the C allocator. glibc would serve
 /// them from per-thread arenas and, after the first large free, stop returning such buffers to

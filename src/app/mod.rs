@@ -1,6 +1,7 @@
-//! The controller and what people see of it: `pgctl run` (start-up, tasks, shutdown), the HTTP
-//! endpoints, the status report.
+//! What people use: `pgctl`'s command line ([`cli`]), the controller (`pgctl run`: start-up,
+//! tasks, shutdown), the HTTP endpoints and the status report.
 
+pub mod cli;
 pub mod controller;
 pub mod http;
 pub mod status;
