@@ -80,14 +80,7 @@ async fn stream_base(
         false,
     )
     .await?;
-    Ok(Object {
-        name,
-        kind: ObjectKind::Base,
-        database: None,
-        size: up.size,
-        raw_size: raw,
-        sha256: up.sha256,
-    })
+    Ok(stored(name, ObjectKind::Base, None, raw, up))
 }
 
 /// One physical base backup: `pg_basebackup` inside the target (always through `docker exec`,

@@ -226,3 +226,22 @@ pub(super) async fn running<'t>(
     }
     Ok((spec, c))
 }
+
+/// The manifest entry of an object this backup wrote: `raw` bytes from the program, `up` as
+/// stored.
+pub(super) fn stored(
+    name: String,
+    kind: ObjectKind,
+    database: Option<String>,
+    raw: u64,
+    up: crate::pipeline::Uploaded,
+) -> Object {
+    Object {
+        name,
+        kind,
+        database,
+        size: up.size,
+        raw_size: raw,
+        sha256: up.sha256,
+    }
+}

@@ -118,14 +118,7 @@ async fn dump_globals(
         false,
     )
     .await?;
-    Ok(Object {
-        name,
-        kind: ObjectKind::Globals,
-        database: None,
-        size: up.size,
-        raw_size: raw,
-        sha256: up.sha256,
-    })
+    Ok(stored(name, ObjectKind::Globals, None, raw, up))
 }
 
 /// Runs one logical backup and commits it. Nothing is listed unless this returns Ok.
@@ -168,14 +161,13 @@ pub async fn logical(
                 dump_object(ctx, &access, spec, &key, "pg_dump", &args, db, filter).await?;
             tracing::info!(target_id = %target.target, database = %db, raw_bytes = raw, stored_bytes = up.size,
                 duration_ms = started.elapsed().as_millis() as u64, "Database dumped.");
-            objects.push(Object {
+            objects.push(stored(
                 name,
-                kind: ObjectKind::Database,
-                database: Some(db.clone()),
-                size: up.size,
-                raw_size: raw,
-                sha256: up.sha256,
-            });
+                ObjectKind::Database,
+                Some(db.clone()),
+                raw,
+                up,
+            ));
         }
         upload_sums(ctx, &dir, &objects).await?;
         let m = Manifest {
