@@ -2,15 +2,21 @@
 # Decides which images the stack runs on and makes sure they exist, then prints the matching
 # variables as `export NAME=value` lines for `eval`. Progress goes to stderr.
 #
-#   PGBACKUP_IMAGES=official  use the official images (postgres:17, dxflrs/garage, rust, debian)
+#   scripts/images.sh [MAJOR...]  Postgres majors wanted besides the demo's (17), each exported
+#                                 as POSTGRES<MAJOR>_IMAGE; scripts/test.sh asks for 13 15 17 18
+#
+#   PGBACKUP_IMAGES=official  use the official images (postgres:13/15/17/18, dxflrs/garage, rust,
+#                             debian)
 #   PGBACKUP_IMAGES=local     build every image on this machine from Debian packages and crates.io
 #   unset                     official when they can be pulled, local otherwise
 #
 # Local images (no registry needed): a debootstrap rootfs per Debian release with the Postgres
-# packages installed by apt inside it, `docker import`ed; Postgres 15 (bookworm) and 17 (trixie)
-# images that honour the official image's contract; Garage from `cargo install garage`; and the
-# sidecar from docker/Dockerfile with a pgctl binary built here. Each step is skipped when its
-# image already exists, so a second run costs seconds.
+# packages installed by apt inside it, `docker import`ed; Postgres 13 (bullseye), 15 (bookworm),
+# 17 (trixie) or 18 (sid) images that honour the official image's contract for their major;
+# Garage from `cargo install garage`; and the sidecar from docker/Dockerfile with a pgctl binary
+# built here. Each step is skipped when its image already exists, so a second run costs seconds.
+# The Postgres images are built side by side while Garage compiles (debootstrap and apt mostly
+# wait on the network; the compiler wants the cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,24 +24,54 @@ GARAGE_VERSION=2.5.0
 POSTGRES_MAJOR=17
 CACHE=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+# The Debian suite that packages each major the test stack runs.
+declare -A SUITE=([13]=bullseye [15]=bookworm [17]=trixie [18]=sid)
 LOCAL=pgbackup-local
 
 log() { printf 'images: %s\n' "$*" >&2; }
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
+MAJORS=("$POSTGRES_MAJOR")
+for m in "$@"; do
+    [ -n "${SUITE[$m]:-}" ] || { log "Postgres $m is not one of ${!SUITE[*]}"; exit 2; }
+    [ "$m" = "$POSTGRES_MAJOR" ] || MAJORS+=("$m")
+done
+
+# POSTGRES_IMAGE (the demo's) and POSTGRES<N>_IMAGE for every major wanted, from REPO:<major>.
+postgres_vars() {
+    local m
+    echo "export POSTGRES_IMAGE=$1:${POSTGRES_MAJOR}"
+    for m in "${MAJORS[@]}"; do echo "export POSTGRES${m}_IMAGE=$1:$m"; done
+}
+
 official() {
+    postgres_vars postgres
     cat <<OUT
-export POSTGRES_IMAGE=postgres:${POSTGRES_MAJOR}
-export POSTGRES15_IMAGE=postgres:15
 export GARAGE_IMAGE=dxflrs/garage:v${GARAGE_VERSION}
-unset PGBACKUP_BUILDER_IMAGE PGBACKUP_RUNTIME_IMAGE PGCTL_BINARY
+unset PGBACKUP_BUILDER_IMAGE PGBACKUP_RUNTIME_IMAGE PGCTL_BINARY PGBACKUP_APT_OPTIONS
 OUT
 }
 
 can_pull() {
     local img
-    for img in postgres:${POSTGRES_MAJOR} postgres:15 dxflrs/garage:v${GARAGE_VERSION} debian:trixie-slim; do
+    for img in "${MAJORS[@]/#/postgres:}" dxflrs/garage:v${GARAGE_VERSION} debian:trixie-slim; do
         have "$img" || timeout 300 docker pull -q "$img" >/dev/null 2>&1 || return 1
+    done
+}
+
+# apt_options SUITE: what apt needs to read SUITE from the mirrors. A mirror serving a snapshot
+# (as on some CI networks) has Release files past their Valid-Until, which apt refuses unless
+# told not to check; say so when that is the case, and only then.
+apt_options() {
+    local url until
+    for url in "$MIRROR/dists/$1/Release" "$SECURITY_MIRROR/dists/$1-security/Release"; do
+        until=$(curl -fsS -m 30 "$url" 2>/dev/null | sed -n 's/^Valid-Until: //p') || true
+        if [ -n "$until" ] && [ "$(date -d "$until" +%s)" -lt "$(date +%s)" ]; then
+            log "$url expired on $until (a snapshot mirror): apt will not check Valid-Until for $1"
+            echo "-o Acquire::Check-Valid-Until=false"
+            return
+        fi
     done
 }
 
@@ -54,6 +90,10 @@ rootfs() {
     log "debootstrap $suite into $dir"
     debootstrap --variant=minbase "$suite" "$dir" "$MIRROR" >"$dir.log" 2>&1 || { tail -20 "$dir.log" >&2; exit 1; }
     mount -t proc proc "$dir/proc"
+    if [ "$suite" != sid ]; then # point releases and security fixes (13.23 is in bullseye-security)
+        printf 'deb %s %s-updates main\ndeb %s %s-security main\n' \
+            "$MIRROR" "$suite" "$SECURITY_MIRROR" "$suite" >>"$dir/etc/apt/sources.list"
+    fi
     chroot "$dir" groupadd -r -g 999 postgres
     chroot "$dir" useradd -r -g postgres -u 999 -d /var/lib/postgresql -s /bin/bash postgres
     mkdir -p "$dir/etc/postgresql-common"
@@ -61,7 +101,10 @@ rootfs() {
     printf '#!/bin/sh\nexit 101\n' >"$dir/usr/sbin/policy-rc.d"
     chmod +x "$dir/usr/sbin/policy-rc.d"
     log "apt-get install $* in $suite"
-    chroot "$dir" apt-get update -q >"$dir.log" 2>&1
+    local opts
+    opts=$(apt_options "$suite")
+    # shellcheck disable=SC2086
+    chroot "$dir" apt-get $opts update -q >"$dir.log" 2>&1 || { tail -20 "$dir.log" >&2; exit 1; }
     DEBIAN_FRONTEND=noninteractive chroot "$dir" apt-get install -y -q --no-install-recommends "$@" >>"$dir.log" 2>&1 \
         || { tail -20 "$dir.log" >&2; exit 1; }
     chroot "$dir" apt-get clean
@@ -73,22 +116,44 @@ rootfs() {
     log "$tag imported"
 }
 
-postgres_image() { # MAJOR BASE
-    local tag=$LOCAL/postgres:$1
-    have "$tag" && { log "$tag exists"; return; }
-    docker build -q -t "$tag" --build-arg BASE="$2" --build-arg PG_MAJOR="$1" \
+# postgres_image MAJOR [PACKAGES...]: the rootfs of the major's suite with postgresql-MAJOR and
+# PACKAGES, then the Postgres image on it. From 18 on, the official image keeps PGDATA in
+# /var/lib/postgresql/<major>/docker on a volume at /var/lib/postgresql.
+postgres_image() {
+    local major=$1 tag=$LOCAL/postgres:$1
+    shift
+    local base=$LOCAL/debian:${SUITE[$major]}
+    rootfs "${SUITE[$major]}" "$base" "postgresql-$major" ca-certificates "$@"
+    # Rebuilt when docker/postgres/ changed since (the image carries the hash of its context).
+    local context
+    context=$(cat docker/postgres/* | sha256sum | cut -c1-16)
+    if [ "$(docker image inspect -f '{{index .Config.Labels "images.context-sha256"}}' "$tag" 2>/dev/null)" = "$context" ]; then
+        log "$tag exists"
+        return
+    fi
+    local layout=()
+    if [ "$major" -ge 18 ]; then
+        layout=(--build-arg "PGDATA=/var/lib/postgresql/$major/docker" --build-arg DATA_VOLUME=/var/lib/postgresql)
+    fi
+    docker build -q -t "$tag" --label images.context-sha256="$context" \
+        --build-arg BASE="$base" --build-arg PG_MAJOR="$major" "${layout[@]}" \
         -f docker/postgres/Dockerfile docker/postgres >/dev/null
     log "$tag built"
 }
 
-garage_image() {
+garage_binary() {
     local tag=$LOCAL/garage:v$GARAGE_VERSION bin=$CACHE/garage-$GARAGE_VERSION/bin/garage
-    have "$tag" && { log "$tag exists"; return; }
+    have "$tag" && return
     if [ ! -x "$bin" ]; then
         log "cargo install garage $GARAGE_VERSION (about 7 minutes on 2 cores)"
         cargo install garage --version "$GARAGE_VERSION" --locked --no-default-features \
             --features bundled-libs,lmdb --root "$CACHE/garage-$GARAGE_VERSION" >&2
     fi
+}
+
+garage_image() { # on the bookworm rootfs
+    local tag=$LOCAL/garage:v$GARAGE_VERSION bin=$CACHE/garage-$GARAGE_VERSION/bin/garage
+    have "$tag" && { log "$tag exists"; return; }
     local ctx
     ctx=$(mktemp -d)
     cp "$bin" "$ctx/garage"
@@ -98,10 +163,17 @@ garage_image() {
 }
 
 local_images() {
-    rootfs bookworm "$LOCAL/debian:bookworm" postgresql-15 ca-certificates
-    rootfs trixie "$LOCAL/debian:trixie" postgresql-17 ca-certificates curl jq
-    postgres_image 15 "$LOCAL/debian:bookworm"
-    postgres_image 17 "$LOCAL/debian:trixie"
+    local m pids=()
+    for m in "${MAJORS[@]}"; do
+        if [ "$m" = 17 ]; then # trixie is the sidecar's base too: curl and jq for its checks
+            postgres_image "$m" curl jq &
+        else
+            postgres_image "$m" &
+        fi
+        pids+=($!)
+    done
+    garage_binary
+    for m in "${pids[@]}"; do wait "$m" || { log "a Postgres image failed (see above)"; exit 1; }; done
     garage_image
     # The sidecar's pgctl is compiled here and copied onto the local trixie base.
     # PGCTL_PREBUILT=1: target/release/pgctl is fresh already (scripts/test.sh builds it with the
@@ -112,9 +184,9 @@ local_images() {
     fi
     mkdir -p docker/bin
     cp "${CARGO_TARGET_DIR:-target}/release/pgctl" docker/bin/pgctl
+    postgres_vars "$LOCAL/postgres"
     cat <<OUT
-export POSTGRES_IMAGE=$LOCAL/postgres:${POSTGRES_MAJOR}
-export POSTGRES15_IMAGE=$LOCAL/postgres:15
+export PGBACKUP_APT_OPTIONS='$(apt_options sid)'
 export GARAGE_IMAGE=$LOCAL/garage:v$GARAGE_VERSION
 export PGBACKUP_BUILDER_IMAGE=$LOCAL/debian:trixie
 export PGBACKUP_RUNTIME_IMAGE=$LOCAL/debian:trixie

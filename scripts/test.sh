@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# `make test`: unit tests and end-to-end tests against the real Docker engine, Postgres 15 and
-# 17 and Garage, through compose.yaml + compose.test.yaml. Sets up everything it needs first.
+# `make test`: unit tests and end-to-end tests against the real Docker engine, Postgres 13, 15,
+# 17 and 18 and Garage, through compose.yaml + compose.test.yaml. Sets up everything it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
 # One release build serves the tests and the sidecar image.
 cargo test --release --locked --all-targets --no-run
-eval "$(PGCTL_PREBUILT=1 scripts/images.sh)"
+eval "$(PGCTL_PREBUILT=1 scripts/images.sh 13 15 17 18)"
 
 # The aws CLI scripts/deps.sh installed, for the README recipes the tests run as written.
 export PGBACKUP_E2E_AWS_BIN=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}/awscli-venv/bin

@@ -1,5 +1,5 @@
 //! End-to-end: live discovery of labelled Postgres containers, label errors, and start-up
-//! checks, against the real Docker engine, Postgres 15 and 17 and Garage.
+//! checks, against the real Docker engine, Postgres and Garage.
 
 mod common;
 

@@ -230,27 +230,6 @@ fn pg15_connect_custom_and_plain_restore_into_pg15_and_exec_into_pg17() {
     }
 }
 
-#[test]
-fn pg15_exec_custom_restores_exactly_into_pg17() {
-    let s = stack!();
-    let src = source(&s, "fid15exec", &common::postgres15_image(), &[]);
-    let _c = Cleanup(src.clone());
-    let before = fingerprint(&src, "postgres");
-    let id = backup(&s, &src);
-    let dst = unique("fid15exec-to17");
-    let _d = Cleanup(dst.clone());
-    start(&s, &dst, &common::postgres_image(), "postgres", false, &[]);
-    let empty = fingerprint(&dst, "postgres");
-    pgctl_ok(&s, &["restore", &id, "--from", &src, "--to", &dst]);
-    assert_restored_over(
-        &across_majors(&before),
-        &across_majors(&empty),
-        &across_majors(&fingerprint(&dst, "postgres")),
-        &ALL,
-        "PG15 exec custom → PG17",
-    );
-}
-
 /// The failure the old restore hid: the last database fails only at its end (its grants, in
 /// the archive's final ACL section, name a role the target lacks), after the others loaded. Every
 /// database must stay as it was, and the message must say so only because it is true.

@@ -25,6 +25,17 @@ if [ "${1:0:1}" = '-' ]; then
 fi
 
 if [ "$1" = 'postgres' ]; then
+    # 18 moved the data directory: a volume still mounted at the old place would hold nothing
+    # and the data would end up in the container. The official image refuses that too.
+    if [ "${PG_MAJOR:-0}" -ge 18 ] && [ "$PGDATA" = "/var/lib/postgresql/$PG_MAJOR/docker" ] \
+        && mountpoint -q /var/lib/postgresql/data; then
+        cat >&2 <<MSG
+Error: a volume is mounted at /var/lib/postgresql/data, but Postgres $PG_MAJOR keeps its data in
+       $PGDATA. Mount the volume at /var/lib/postgresql instead (or set PGDATA to the old
+       place if the volume holds an older layout on purpose).
+MSG
+        exit 1
+    fi
     if [ "$(id -u)" = '0' ]; then
         mkdir -p "$PGDATA"
         chmod 00700 "$PGDATA" || :
@@ -40,8 +51,7 @@ if [ "$1" = 'postgres' ]; then
         file_env POSTGRES_USER postgres
         file_env POSTGRES_DB "$POSTGRES_USER"
         file_env POSTGRES_INITDB_ARGS
-        auth=${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}
-        if [ -z "$POSTGRES_PASSWORD" ] && [ "$auth" != trust ]; then
+        if [ -z "$POSTGRES_PASSWORD" ] && [ "${POSTGRES_HOST_AUTH_METHOD:-}" != trust ]; then
             cat >&2 <<'MSG'
 Error: Database is uninitialized and superuser password is not specified.
        You must specify POSTGRES_PASSWORD to a non-empty value for the
@@ -54,6 +64,9 @@ MSG
         initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") \
             --encoding=UTF8 --locale=C.UTF-8 $POSTGRES_INITDB_ARGS >/dev/null
         printf "\nlisten_addresses = '*'\n" >>"$PGDATA/postgresql.conf"
+        # As the official image: the method that matches how the password was stored
+        # (md5 up to 13, scram-sha-256 from 14 on).
+        auth=${POSTGRES_HOST_AUTH_METHOD:-$(postgres -C password_encryption -D "$PGDATA")}
         printf '\nhost all all all %s\n' "$auth" >>"$PGDATA/pg_hba.conf"
 
         pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p 5432" -w start >/dev/null

@@ -58,7 +58,8 @@ pub enum Command {
     /// BACKUP is `latest`, a backup id (see `pgctl list`) or a key (folder, manifest or one
     /// object). Every database is loaded into a new database and all of them take their names
     /// in one transaction, only after every object arrived with the right SHA-256 and every
-    /// statement ran; on any failure the target is left as it was.
+    /// statement ran; on any failure the target is left as it was. A logical backup restores
+    /// into its own major or a newer one: that is how to upgrade (README: Upgrading Postgres).
     /// With --physical the service keeps its old volume until the new one is unpacked,
     /// verified and started; any failure switches it back, and the old volume is kept.
     /// Exit codes: 0 restored, 1 failed and rolled back, 2 bad arguments, 4 refused (data would

@@ -225,7 +225,8 @@ pub(super) async fn load(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(
         rewriter: sql::Rewriter::new(sql::Rewrite {
             from: d.database.clone(),
             to: t.load.clone(),
-            drop_transaction_timeout: plan.server_major < 17,
+            server_major: plan.server_major,
+            after_connect: plan.public_schema_before_15().unwrap_or_default(),
         }),
         input: &mut psql.input,
         buf: Vec::new(),

@@ -369,6 +369,63 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
         }
     }
 
+    /// A plan restoring the sample backup (Postgres 17) into a server of `server_major`.
+    fn sample_plan(server_major: u32) -> Plan {
+        let m = crate::model::Manifest::sample(
+            "shop/db",
+            "shop/db",
+            "20261121T030000Z-logical".parse().unwrap(),
+        );
+        Plan {
+            manifest: m,
+            container: crate::discovery::test_container("id", "db", &[], true),
+            target: "shop/db".into(),
+            user: "postgres".into(),
+            server_major,
+            restore_tool: format!("pg_restore (PostgreSQL) {server_major}.2"),
+            sidecar_tool: None,
+            convert_in_sidecar: false,
+            globals: None,
+            databases: vec![db_plan("shop", true), db_plan("new", false)],
+            clean: true,
+            leftovers: Leftovers::default(),
+        }
+    }
+
+    #[test]
+    fn a_plan_into_a_newer_major_says_it_is_an_upgrade() {
+        let same = sample_plan(17).to_string();
+        assert!(same.contains("(custom, Postgres 17, "), "{same}");
+        assert!(same.contains("Postgres 17, as postgres)"), "{same}");
+        assert!(!same.contains("upgrade"), "{same}");
+        let up = sample_plan(18).to_string();
+        assert!(up.contains("Postgres 18, as postgres)"), "{up}");
+        assert!(
+            up.contains("  upgrade    Postgres 17 → 18: roles, databases"),
+            "{up}"
+        );
+        assert!(up.contains("run ANALYZE afterwards"), "{up}");
+        assert!(!up.contains("public schema"), "{up}");
+        assert_eq!(sample_plan(18).public_schema_before_15(), None);
+        // A backup written by pg_dump 13 into 15 or later: the public schema as it was.
+        let mut from13 = sample_plan(15);
+        from13.manifest.postgres.major = 13;
+        from13.manifest.postgres.dump_tool = "pg_dump (PostgreSQL) 13.23".into();
+        let text = from13.to_string();
+        assert!(text.contains("  upgrade    Postgres 13 → 15"), "{text}");
+        assert!(text.contains("public schema stays as before 15 (owned by postgres, CREATE for everyone)"), "{text}");
+        assert_eq!(
+            from13.public_schema_before_15().unwrap(),
+            "ALTER SCHEMA public OWNER TO \"postgres\";\nGRANT CREATE ON SCHEMA public TO PUBLIC;\n"
+        );
+        // Written by a newer pg_dump (connect mode): it wrote the schema's state itself.
+        from13.manifest.postgres.dump_tool = "pg_dump (PostgreSQL) 18.6".into();
+        assert_eq!(from13.public_schema_before_15(), None);
+        from13.server_major = 13;
+        from13.manifest.postgres.dump_tool = "pg_dump (PostgreSQL) 13.23".into();
+        assert_eq!(from13.public_schema_before_15(), None);
+    }
+
     /// Answers every statement with no rows, except the final check, answered with `check`;
     /// records the statements.
     struct FakeServer {
@@ -393,25 +450,7 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
     /// nothing left; otherwise what is left is named.
     #[tokio::test]
     async fn undo_drops_what_the_restore_created_and_checks_before_saying_so() {
-        let m = crate::model::Manifest::sample(
-            "shop/db",
-            "shop/db",
-            "20261121T030000Z-logical".parse().unwrap(),
-        );
-        let plan = Plan {
-            manifest: m,
-            container: crate::discovery::test_container("id", "db", &[], true),
-            target: "shop/db".into(),
-            user: "postgres".into(),
-            server_major: 17,
-            restore_tool: "pg_restore (PostgreSQL) 17.2".into(),
-            sidecar_tool: None,
-            convert_in_sidecar: false,
-            globals: None,
-            databases: vec![db_plan("shop", true), db_plan("new", false)],
-            clean: true,
-            leftovers: Leftovers::default(),
-        };
+        let plan = sample_plan(17);
         let temps = [temporary("ab12", 1), temporary("ab12", 2)];
         let roles = ["reader".to_string(), "Writer \"x\"".to_string()];
         let server = FakeServer {

@@ -33,6 +33,26 @@ pub struct Plan {
     pub leftovers: Leftovers,
 }
 
+impl Plan {
+    /// The statements that keep a database's `public` schema as it was before Postgres 15
+    /// (owned by the superuser, CREATE for everyone) when the backup's pg_dump is older than 15
+    /// and the server is not: that pg_dump writes nothing for the schema it took as the
+    /// default, so the newer server's default (owner `pg_database_owner`, no CREATE for PUBLIC)
+    /// would silently apply. pg_dump 15+ and pg_upgrade keep it too. Runs before the dump's own
+    /// statements, so any change the source made to the schema is applied on top. The owner is
+    /// the restoring superuser (the bootstrap superuser owned it before 15; an upgrade usually
+    /// keeps its name).
+    pub fn public_schema_before_15(&self) -> Option<String> {
+        let dump_major = pg::major_of(&self.manifest.postgres.dump_tool)?;
+        (dump_major < 15 && self.server_major >= 15).then(|| {
+            format!(
+                "ALTER SCHEMA public OWNER TO {};\nGRANT CREATE ON SCHEMA public TO PUBLIC;\n",
+                quote_ident(&self.user)
+            )
+        })
+    }
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = &self.manifest;
@@ -53,6 +73,20 @@ impl fmt::Display for Plan {
             self.server_major,
             self.user
         )?;
+        if self.server_major > m.postgres.major {
+            writeln!(
+                f,
+                "  upgrade    Postgres {} → {}: roles, databases with their owners, settings, comments and grants, extensions and large objects are carried over; planner statistics are not (run ANALYZE afterwards)",
+                m.postgres.major, self.server_major
+            )?;
+        }
+        if self.public_schema_before_15().is_some() {
+            writeln!(
+                f,
+                "  public     each database's public schema stays as before 15 (owned by {}, CREATE for everyone), as pg_upgrade keeps it; REVOKE CREATE ON SCHEMA public FROM PUBLIC afterwards for 15's safer default",
+                self.user
+            )?;
+        }
         if let Some(g) = &self.globals {
             writeln!(
                 f,

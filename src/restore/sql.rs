@@ -12,8 +12,9 @@
 //! - every `\connect` line connects to the temporary database;
 //! - a dump without a `CREATE DATABASE` (plain dumps of earlier versions) gets one, with the
 //!   session settings of its header replayed after the `\connect`;
-//! - `SET transaction_timeout = 0;`, which pg_dump 17 writes even for older servers, is dropped
-//!   for servers before 17.
+//! - what a newer pg_dump writes that an older server rejects is adapted to the server (see
+//!   [`ForServer`]): a connect-mode backup, written by the sidecar's newer pg_dump, then loads
+//!   into its own major.
 //!
 //! Table data (`COPY … FROM stdin;` up to `\.`) passes through untouched, whatever it contains.
 
@@ -24,8 +25,11 @@ pub struct Rewrite {
     pub from: String,
     /// The database to create and load instead: plain lower-case ASCII, never needs quoting.
     pub to: String,
-    /// The server is older than 17 (no `transaction_timeout`).
-    pub drop_transaction_timeout: bool,
+    /// The major of the server the SQL is loaded into.
+    pub server_major: u32,
+    /// Statements to run in the new database as soon as it is connected to, before any of the
+    /// dump's own (empty for none).
+    pub after_connect: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,35 +100,71 @@ impl Lines {
 }
 
 const TRANSACTION_TIMEOUT: &str = "SET transaction_timeout = 0;";
+const LIBC_PROVIDER: &str = " LOCALE_PROVIDER = libc";
 
-/// Drops `SET transaction_timeout = 0;` (outside table data) from what pg_dump 17+ writes for a
-/// server older than 17, which does not know the setting: a connect-mode dump of an older
-/// server then loads into that server with its own psql.
-#[derive(Debug, Default)]
-pub struct DropTransactionTimeout {
+/// What pg_dump of a newer major writes even for an older server, which that server rejects,
+/// adapted to a server of this major. pg_dump's output is only promised to load into its own
+/// major or newer; a connect-mode backup of an older server (the sidecar's pg_dump 18) must load
+/// into that server too. Statements only: table data never passes through here.
+///
+/// - `SET transaction_timeout = 0;` (pg_dump 17+): dropped before 17;
+/// - ` LOCALE_PROVIDER = libc` in `CREATE DATABASE` (pg_dump 15+): dropped before 15, where
+///   libc is the only provider and the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForServer(pub u32);
+
+impl ForServer {
+    /// `line` (a statement line, with its newline) as the server accepts it; `None`: drop it.
+    fn adapt<'a>(&self, line: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+        let trimmed = line.trim_ascii_end();
+        if self.0 < 17 && trimmed == TRANSACTION_TIMEOUT.as_bytes() {
+            return None;
+        }
+        if self.0 < 15 && trimmed.starts_with(b"CREATE DATABASE ") {
+            let text = String::from_utf8_lossy(line);
+            if text.contains(LIBC_PROVIDER) {
+                return Some(text.replacen(LIBC_PROVIDER, "", 1).into_bytes().into());
+            }
+        }
+        Some(line.into())
+    }
+}
+
+/// [`ForServer`] over streamed SQL (plain dumps at backup time: see `job::backup::dump`).
+#[derive(Debug)]
+pub struct ForServerFilter {
+    server: ForServer,
     lines: Lines,
 }
 
-impl DropTransactionTimeout {
+impl ForServerFilter {
+    pub fn new(server_major: u32) -> ForServerFilter {
+        ForServerFilter {
+            server: ForServer(server_major),
+            lines: Lines::default(),
+        }
+    }
+
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        self.lines.feed(input, &mut |line, data| {
-            keep_unless_timeout(line, data, out);
-            Ok(())
-        })
+        let server = self.server;
+        self.lines
+            .feed(input, &mut |line, data| adapt_into(server, line, data, out))
     }
 
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
-        self.lines.finish(&mut |line, data| {
-            keep_unless_timeout(line, data, out);
-            Ok(())
-        })
+        let server = self.server;
+        self.lines
+            .finish(&mut |line, data| adapt_into(server, line, data, out))
     }
 }
 
-fn keep_unless_timeout(line: &[u8], data: bool, out: &mut Vec<u8>) {
-    if data || line.trim_ascii_end() != TRANSACTION_TIMEOUT.as_bytes() {
+fn adapt_into(server: ForServer, line: &[u8], data: bool, out: &mut Vec<u8>) -> Result<(), String> {
+    if data {
         out.extend_from_slice(line);
+    } else if let Some(line) = server.adapt(line) {
+        out.extend_from_slice(&line);
     }
+    Ok(())
 }
 
 /// A streaming, line-based rewriter. Feed it chunks in order; it returns whole lines.
@@ -142,6 +182,8 @@ pub struct Rewriter {
     restricted: Option<String>,
     /// The key the header turns restricted mode on with (replayed with the header).
     header_key: Option<String>,
+    /// [`Rewrite::after_connect`] was written.
+    prepared: bool,
 }
 
 impl Rewriter {
@@ -157,6 +199,7 @@ impl Rewriter {
             header: Vec::new(),
             restricted: None,
             header_key: None,
+            prepared: false,
         }
     }
 
@@ -205,6 +248,15 @@ impl Rewriter {
         out.extend_from_slice(&self.header);
         self.restricted = self.header_key.clone();
         self.connected = true;
+        self.prepare(out);
+    }
+
+    /// [`Rewrite::after_connect`], once, right after the connection to the new database.
+    fn prepare(&mut self, out: &mut Vec<u8>) {
+        if !self.prepared {
+            out.extend_from_slice(self.rw.after_connect.as_bytes());
+            self.prepared = true;
+        }
     }
 
     fn line(&mut self, line: &[u8], data: bool, out: &mut Vec<u8>) -> Result<(), String> {
@@ -231,6 +283,7 @@ impl Rewriter {
             }
             out.extend_from_slice(format!("\\connect {}\n", self.rw.to).as_bytes());
             self.connected = true;
+            self.prepare(out);
             return Ok(());
         }
         if let Some(key) = trimmed.strip_prefix("\\restrict ") {
@@ -241,9 +294,11 @@ impl Rewriter {
         } else if trimmed.starts_with("\\unrestrict") {
             self.restricted = None;
         }
-        if self.rw.drop_transaction_timeout && trimmed == TRANSACTION_TIMEOUT {
+        let Some(line) = ForServer(self.rw.server_major).adapt(line) else {
             return Ok(());
-        }
+        };
+        let line = line.as_ref();
+        let text = String::from_utf8_lossy(line);
         if self.entry == Entry::Header {
             self.header.extend_from_slice(line);
         }
@@ -352,11 +407,12 @@ mod tests {
         Ok(String::from_utf8(out).unwrap())
     }
 
-    fn rw(from: &str, old: bool) -> Rewrite {
+    fn rw(from: &str, server_major: u32) -> Rewrite {
         Rewrite {
             from: from.into(),
             to: "pgbackup_restore_ab12_1".into(),
-            drop_transaction_timeout: old,
+            server_major,
+            after_connect: String::new(),
         }
     }
 
@@ -426,9 +482,9 @@ GRANT CONNECT ON DATABASE shop TO reader;
 
     #[test]
     fn database_statements_point_at_the_temporary_name_whatever_the_chunking() {
-        let expected = run(rw("shop", false), CREATED, 1 << 20).unwrap();
+        let expected = run(rw("shop", 17), CREATED, 1 << 20).unwrap();
         for chunk in [1, 2, 7, 64] {
-            assert_eq!(run(rw("shop", false), CREATED, chunk).unwrap(), expected);
+            assert_eq!(run(rw("shop", 17), CREATED, chunk).unwrap(), expected);
         }
         let t = "pgbackup_restore_ab12_1";
         for line in [
@@ -453,16 +509,55 @@ GRANT CONNECT ON DATABASE shop TO reader;
     }
 
     #[test]
-    fn transaction_timeout_is_dropped_for_older_servers_outside_table_data() {
-        let out = run(rw("shop", true), CREATED, 5).unwrap();
+    fn newer_pg_dump_statements_are_adapted_to_older_servers_outside_table_data() {
+        // 16: transaction_timeout goes, the locale provider stays.
+        let out = run(rw("shop", 16), CREATED, 5).unwrap();
         assert_eq!(out.matches("SET transaction_timeout = 0;").count(), 1);
         assert!(out.contains("FROM stdin;\nSET transaction_timeout = 0;\n"));
+        assert!(out.contains("ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE"), "{out}");
+        // 13: no locale providers before 15 (libc was the only one).
+        let out = run(rw("shop", 13), CREATED, 5).unwrap();
+        assert!(
+            out.contains("CREATE DATABASE pgbackup_restore_ab12_1 WITH TEMPLATE = template0 ENCODING = 'UTF8' LOCALE = 'C.UTF-8';\n"),
+            "{out}"
+        );
+        assert!(!out.contains("LOCALE_PROVIDER"), "{out}");
+        assert_eq!(out.matches("SET transaction_timeout = 0;").count(), 1);
+        // 17 and later: as written.
+        assert_eq!(
+            run(rw("shop", 17), CREATED, 5).unwrap(),
+            run(rw("shop", 18), CREATED, 5).unwrap()
+        );
+        assert!(run(rw("shop", 17), CREATED, 5).unwrap().contains("LOCALE_PROVIDER = libc"));
     }
 
     #[test]
-    fn the_backup_filter_drops_transaction_timeout_outside_table_data_only() {
+    fn after_connect_runs_once_right_after_the_connection_to_the_new_database() {
+        let prepare = "ALTER SCHEMA public OWNER TO postgres;\n";
+        let with = |input: &str| {
+            let mut rw = rw("shop", 17);
+            rw.after_connect = prepare.into();
+            run(rw, input, 3).unwrap()
+        };
+        let out = with(CREATED);
+        assert_eq!(out.matches(prepare).count(), 1, "{out}");
+        assert!(
+            out.contains(&format!("\\connect pgbackup_restore_ab12_1\n{prepare}")),
+            "{out}"
+        );
+        // A dump without CREATE DATABASE: after the connection the rewriter adds.
+        let bare = "SET statement_timeout = 0;\n\n--\n-- Name: notes; Type: TABLE; Schema: app; Owner: a\n--\n\nCREATE TABLE app.notes (body text);\n";
+        let out = with(bare);
+        assert_eq!(out.matches(prepare).count(), 1, "{out}");
+        let at = |s: &str| out.find(s).unwrap();
+        assert!(at("\\connect pgbackup_restore_ab12_1") < at(prepare), "{out}");
+        assert!(at(prepare) < at("CREATE TABLE app.notes"), "{out}");
+    }
+
+    #[test]
+    fn the_backup_filter_adapts_statements_outside_table_data_only() {
         for chunk in [1, 3, 1000] {
-            let mut f = DropTransactionTimeout::default();
+            let mut f = ForServerFilter::new(16);
             let mut out = Vec::new();
             for c in CREATED.as_bytes().chunks(chunk) {
                 f.feed(c, &mut out).unwrap();
@@ -481,30 +576,30 @@ GRANT CONNECT ON DATABASE shop TO reader;
         let sql = format!(
             "--\n-- Name: {odd}; Type: DATABASE; Schema: -; Owner: a\n--\n\nCREATE DATABASE {q} WITH TEMPLATE = template0;\nALTER DATABASE {q} OWNER TO a;\n\\connect -reuse-previous=on \"dbname='x'\"\n--\n-- Name: DATABASE {odd}; Type: COMMENT; Schema: -; Owner: a\n--\nCOMMENT ON DATABASE {q} IS 'c';\n"
         );
-        let out = run(rw(odd, false), &sql, 3).unwrap();
+        let out = run(rw(odd, 17), &sql, 3).unwrap();
         assert!(!out.contains(&q), "{out}");
         assert_eq!(out.matches("DATABASE pgbackup_restore_ab12_1").count(), 3);
         // A keyword is quoted by pg_dump even though it is lower case.
         let sql = "-- Name: user; Type: DATABASE; Schema: -; Owner: a\nCREATE DATABASE \"user\" WITH TEMPLATE = template0;\n\\connect \"user\"\n";
-        let out = run(rw("user", false), sql, 4).unwrap();
+        let out = run(rw("user", 17), sql, 4).unwrap();
         assert!(out.contains("CREATE DATABASE pgbackup_restore_ab12_1 WITH"));
         // A longer name that merely starts with the same letters is not renamed.
         let sql = "-- Name: shop; Type: DATABASE PROPERTIES; Schema: -; Owner: a\nALTER ROLE x IN DATABASE shop_old SET a TO 'b';\n";
-        let out = run(rw("shop", false), sql, 4).unwrap();
+        let out = run(rw("shop", 17), sql, 4).unwrap();
         assert!(out.contains("IN DATABASE shop_old SET"), "{out}");
     }
 
     #[test]
     fn a_dump_without_create_gets_one_with_its_settings_replayed() {
         let sql = "SET client_encoding = 'UTF8';\nSELECT pg_catalog.set_config('search_path', '', false);\n\n--\n-- Name: t; Type: TABLE; Schema: public; Owner: a\n--\nCREATE TABLE public.t (x int);\n";
-        let out = run(rw("app", false), sql, 3).unwrap();
+        let out = run(rw("app", 17), sql, 3).unwrap();
         let create = out.find("CREATE DATABASE pgbackup_restore_ab12_1").unwrap();
         let connect = out.find("\\connect pgbackup_restore_ab12_1\n").unwrap();
         let table = out.find("CREATE TABLE public.t").unwrap();
         assert!(create < connect && connect < table, "{out}");
         assert_eq!(out.matches("SET client_encoding = 'UTF8';").count(), 2);
         // An empty dump still creates the database.
-        let out = run(rw("app", false), "SET x = 1;\n", 1).unwrap();
+        let out = run(rw("app", 17), "SET x = 1;\n", 1).unwrap();
         assert!(
             out.ends_with("\\connect pgbackup_restore_ab12_1\nSET x = 1;\n"),
             "{out}"
@@ -512,10 +607,10 @@ GRANT CONNECT ON DATABASE shop TO reader;
         // psql's restricted mode (pg_dump 17.6+) is lifted for the added \connect and restored
         // by the replayed header.
         let sql = "\\restrict K3y\nSET x = 1;\n-- Name: t; Type: TABLE; Schema: public; Owner: a\nCREATE TABLE t (x int);\n\\unrestrict K3y\n";
-        let out = run(rw("app", false), sql, 2).unwrap();
+        let out = run(rw("app", 17), sql, 2).unwrap();
         assert!(out.contains("\\unrestrict K3y\n\\connect pgbackup_restore_ab12_1\n\\restrict K3y\nSET x = 1;\n-- Name: t"), "{out}");
         assert!(out.ends_with("\\unrestrict K3y\n"), "{out}");
-        let out = run(rw("app", false), "\\restrict K3y\nSET x = 1;\n", 2).unwrap();
+        let out = run(rw("app", 17), "\\restrict K3y\nSET x = 1;\n", 2).unwrap();
         assert!(
             out.ends_with("\\restrict K3y\nSET x = 1;\n\\unrestrict K3y\n"),
             "{out}"
@@ -525,11 +620,11 @@ GRANT CONNECT ON DATABASE shop TO reader;
     #[test]
     fn refuses_what_it_cannot_point_at_the_temporary_database() {
         let sql = "-- Name: shop; Type: DATABASE; Schema: -; Owner: a\nCREATE DATABASE other WITH TEMPLATE = template0;\n";
-        let e = run(rw("shop", false), sql, 8).unwrap_err();
+        let e = run(rw("shop", 17), sql, 8).unwrap_err();
         assert!(e.contains("nothing was restored"), "{e}");
-        let e = run(rw("shop", false), "\\connect shop\n", 8).unwrap_err();
+        let e = run(rw("shop", 17), "\\connect shop\n", 8).unwrap_err();
         assert!(e.contains("before creating it"), "{e}");
-        let e = run(rw("shop", false), "-- Name: t; Type: TABLE DATA; Schema: public; Owner: a\nCOPY public.t (x) FROM stdin;\n1\n", 8).unwrap_err();
+        let e = run(rw("shop", 17), "-- Name: t; Type: TABLE DATA; Schema: public; Owner: a\nCOPY public.t (x) FROM stdin;\n1\n", 8).unwrap_err();
         assert!(e.contains("inside table data"), "{e}");
     }
 }

@@ -77,7 +77,26 @@ pub fn wait_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 }
 
 pub fn postgres15_image() -> String {
-    std::env::var("POSTGRES15_IMAGE").unwrap_or_else(|_| "postgres:15".into())
+    postgres_image_of(15)
+}
+
+/// Every Postgres major the tests run, oldest first.
+pub const MAJORS: [u32; 4] = [13, 15, 17, 18];
+
+/// The image of Postgres `major`: `POSTGRES<major>_IMAGE` (scripts/images.sh exports one per
+/// major of [`MAJORS`]), the official `postgres:<major>` otherwise.
+pub fn postgres_image_of(major: u32) -> String {
+    std::env::var(format!("POSTGRES{major}_IMAGE")).unwrap_or_else(|_| format!("postgres:{major}"))
+}
+
+/// Where the data volume of Postgres `major`'s image is mounted: `/var/lib/postgresql/data` up
+/// to 17; from 18 on `/var/lib/postgresql`, with PGDATA `/var/lib/postgresql/<major>/docker`.
+pub fn data_mount(major: u32) -> &'static str {
+    if major >= 18 {
+        "/var/lib/postgresql"
+    } else {
+        "/var/lib/postgresql/data"
+    }
 }
 
 pub fn postgres_image() -> String {
@@ -496,6 +515,16 @@ impl Stack {
 }
 
 /// `pg_isready` over TCP inside the container.
+/// Waits until `container`'s health check says healthy (two minutes at most).
+pub fn wait_healthy(container: &str) {
+    let healthy = || {
+        (docker(&["inspect", "-f", "{{.State.Health.Status}}", container]) == "healthy")
+            .then_some(())
+    };
+    wait_until(Duration::from_secs(120), healthy)
+        .unwrap_or_else(|| panic!("{container} did not become healthy"));
+}
+
 pub fn pg_ready(container: &str) -> bool {
     run(Command::new("docker").args(["exec", container, "pg_isready", "-q", "-h", "127.0.0.1"]))
         .status

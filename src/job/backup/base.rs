@@ -77,7 +77,7 @@ async fn stream_base(
         "pg_basebackup",
         &args,
         "(base)",
-        false,
+        None,
     )
     .await?;
     Ok(stored(name, ObjectKind::Base, None, raw, up))

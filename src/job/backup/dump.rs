@@ -98,20 +98,20 @@ pub(super) async fn databases(
     })
 }
 
-/// A reader passing SQL through [`DropTransactionTimeout`] (see [`needs_timeout_filter`]).
+/// A reader passing SQL through [`ForServerFilter`] (see [`filter_for`]).
 pub(super) struct Filtered<R> {
     pub(super) inner: R,
-    pub(super) filter: Option<DropTransactionTimeout>,
+    pub(super) filter: Option<ForServerFilter>,
     pub(super) out: Vec<u8>,
     pub(super) pos: usize,
     pub(super) buf: Vec<u8>,
 }
 
 impl<R> Filtered<R> {
-    pub(super) fn new(inner: R, on: bool) -> Filtered<R> {
+    pub(super) fn new(inner: R, filter: Option<ForServerFilter>) -> Filtered<R> {
         Filtered {
             inner,
-            filter: on.then(DropTransactionTimeout::default),
+            filter,
             out: Vec::new(),
             pos: 0,
             buf: vec![0; 64 * 1024],
@@ -156,13 +156,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for Filtered<R> {
     }
 }
 
-/// pg_dump 17+ writes `SET transaction_timeout = 0;` into plain dumps of older servers, which
-/// reject it: such a dump (connect mode, the sidecar's newer pg_dump) is filtered so that it
-/// loads into its own major with standard tools.
-pub(super) fn needs_timeout_filter(format: Format, server_major: u32, dump_tool: &str) -> bool {
-    format != Format::Custom
-        && server_major < 17
-        && pg::major_of(dump_tool).is_some_and(|m| m >= 17)
+/// A newer pg_dump writes statements into plain dumps that an older server rejects (see
+/// [`crate::restore::sql::ForServer`]): such a dump (connect mode, the sidecar's newer pg_dump)
+/// is adapted to the server so that it loads into its own major with standard tools.
+pub(super) fn filter_for(
+    format: Format,
+    server_major: u32,
+    dump_tool: &str,
+) -> Option<ForServerFilter> {
+    (format != Format::Custom && pg::major_of(dump_tool).is_some_and(|m| m > server_major))
+        .then(|| ForServerFilter::new(server_major))
 }
 
 /// Streams one program's output into one object; checks the exit code after the stream ended.
@@ -175,7 +178,7 @@ pub(super) async fn dump_object(
     program: &str,
     args: &[String],
     label: &str,
-    filter: bool,
+    filter: Option<ForServerFilter>,
 ) -> Result<(u64, pipeline::Uploaded), BackupError> {
     let mut stream = access.stream(program, args).await?;
     let mut filtered = Filtered::new(&mut stream, filter);

@@ -16,7 +16,7 @@ use crate::model::layout::{self, BackupId, Kind};
 use crate::model::manifest::{self, Manifest, Object, ObjectKind, Postgres};
 use crate::model::{Databases, Format, Method};
 use crate::pipeline;
-use crate::restore::sql::DropTransactionTimeout;
+use crate::restore::sql::ForServerFilter;
 use crate::store::catalog;
 use crate::store::{Store, UploadError};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -115,7 +115,7 @@ async fn dump_globals(
         "pg_dumpall",
         &["--globals-only".into(), "--no-password".into()],
         "(globals)",
-        false,
+        None,
     )
     .await?;
     Ok(stored(name, ObjectKind::Globals, None, raw, up))
@@ -156,7 +156,7 @@ pub async fn logical(
             let key = layout::join(&[&dir, &name]);
             let args = pg_dump_args(spec, db);
             let started = std::time::Instant::now();
-            let filter = needs_timeout_filter(spec.format, server.major, &server.dump_tool);
+            let filter = filter_for(spec.format, server.major, &server.dump_tool);
             let (raw, up) =
                 dump_object(ctx, &access, spec, &key, "pg_dump", &args, db, filter).await?;
             tracing::info!(target_id = %target.target, database = %db, raw_bytes = raw, stored_bytes = up.size,
