@@ -413,7 +413,12 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
         from13.manifest.postgres.dump_tool = "pg_dump (PostgreSQL) 13.23".into();
         let text = from13.to_string();
         assert!(text.contains("  upgrade    Postgres 13 → 15"), "{text}");
-        assert!(text.contains("public schema stays as before 15 (owned by postgres, CREATE for everyone)"), "{text}");
+        assert!(
+            text.contains(
+                "public schema stays as before 15 (owned by postgres, CREATE for everyone)"
+            ),
+            "{text}"
+        );
         assert_eq!(
             from13.public_schema_before_15().unwrap(),
             "ALTER SCHEMA public OWNER TO \"postgres\";\nGRANT CREATE ON SCHEMA public TO PUBLIC;\n"

@@ -514,7 +514,10 @@ GRANT CONNECT ON DATABASE shop TO reader;
         let out = run(rw("shop", 16), CREATED, 5).unwrap();
         assert_eq!(out.matches("SET transaction_timeout = 0;").count(), 1);
         assert!(out.contains("FROM stdin;\nSET transaction_timeout = 0;\n"));
-        assert!(out.contains("ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE"), "{out}");
+        assert!(
+            out.contains("ENCODING = 'UTF8' LOCALE_PROVIDER = libc LOCALE"),
+            "{out}"
+        );
         // 13: no locale providers before 15 (libc was the only one).
         let out = run(rw("shop", 13), CREATED, 5).unwrap();
         assert!(
@@ -528,7 +531,11 @@ GRANT CONNECT ON DATABASE shop TO reader;
             run(rw("shop", 17), CREATED, 5).unwrap(),
             run(rw("shop", 18), CREATED, 5).unwrap()
         );
-        assert!(run(rw("shop", 17), CREATED, 5).unwrap().contains("LOCALE_PROVIDER = libc"));
+        assert!(
+            run(rw("shop", 17), CREATED, 5)
+                .unwrap()
+                .contains("LOCALE_PROVIDER = libc")
+        );
     }
 
     #[test]
@@ -550,7 +557,10 @@ GRANT CONNECT ON DATABASE shop TO reader;
         let out = with(bare);
         assert_eq!(out.matches(prepare).count(), 1, "{out}");
         let at = |s: &str| out.find(s).unwrap();
-        assert!(at("\\connect pgbackup_restore_ab12_1") < at(prepare), "{out}");
+        assert!(
+            at("\\connect pgbackup_restore_ab12_1") < at(prepare),
+            "{out}"
+        );
         assert!(at(prepare) < at("CREATE TABLE app.notes"), "{out}");
     }
 
