@@ -1,6 +1,6 @@
 //! End-to-end: logical backups on the real stack. Data written to targets is backed up by the
 //! schedule and by `pgctl backup`, for `exec` (Postgres 17) and `connect` (Postgres 15 dumped by
-//! the sidecar's 17 client); the stored objects pass `sha256sum -c` and restore with standard
+//! the sidecar's 18 client); the stored objects pass `sha256sum -c` and restore with standard
 //! tools alone; failures leave nothing listed and no open multipart upload.
 
 mod common;
@@ -165,7 +165,7 @@ fn manual_backup_connect_pg15_restores_with_standard_tools() {
         last["postgres"]["dump_tool"]
             .as_str()
             .unwrap()
-            .contains(" 17."),
+            .contains(" 18."),
         "the sidecar's newer client dumped it: {last}"
     );
     check_restorable(&s, &last, &db15, "legacy", "legacy", "items");
