@@ -145,8 +145,10 @@ garage_binary() {
     local tag=$LOCAL/garage:v$GARAGE_VERSION bin=$CACHE/garage-$GARAGE_VERSION/bin/garage
     have "$tag" && return
     if [ ! -x "$bin" ]; then
-        log "cargo install garage $GARAGE_VERSION (about 7 minutes on 2 cores)"
-        cargo install garage --version "$GARAGE_VERSION" --locked --no-default-features \
+        log "cargo install garage $GARAGE_VERSION (7 to 11 minutes on 2 cores)"
+        # A target directory of its own: a CARGO_TARGET_DIR shared with a build running
+        # meanwhile (scripts/test.sh) would make one wait for the other's lock.
+        CARGO_TARGET_DIR=$CACHE/garage-build cargo install garage --version "$GARAGE_VERSION" --locked --no-default-features \
             --features bundled-libs,lmdb --root "$CACHE/garage-$GARAGE_VERSION" >&2
     fi
 }
@@ -178,12 +180,16 @@ local_images() {
     # The sidecar's pgctl is compiled here and copied onto the local trixie base.
     # PGCTL_PREBUILT=1: target/release/pgctl is fresh already (scripts/test.sh builds it with the
     # tests, whose feature set differs; building it again here would recompile half the tree).
-    if [ "${PGCTL_PREBUILT:-0}" != 1 ]; then
+    # PGCTL_PREBUILT=later: it is being built meanwhile; the caller copies it to docker/bin.
+    case "${PGCTL_PREBUILT:-0}" in
+    later) ;;
+    1) mkdir -p docker/bin && cp "${CARGO_TARGET_DIR:-target}/release/pgctl" docker/bin/pgctl ;;
+    *)
         log "cargo build --release --locked (pgctl for the sidecar image)"
         cargo build --release --locked --bin pgctl >&2
-    fi
-    mkdir -p docker/bin
-    cp "${CARGO_TARGET_DIR:-target}/release/pgctl" docker/bin/pgctl
+        mkdir -p docker/bin && cp "${CARGO_TARGET_DIR:-target}/release/pgctl" docker/bin/pgctl
+        ;;
+    esac
     postgres_vars "$LOCAL/postgres"
     cat <<OUT
 export PGBACKUP_APT_OPTIONS='$(apt_options sid)'

@@ -5,9 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/deps.sh
-# One release build serves the tests and the sidecar image.
+# The images are made while the tests compile (from nothing: Garage compiles for minutes and
+# debootstrap waits on the network; two builds keep the 2 cores busier than one after the
+# other). One release build serves the tests and the sidecar image.
+vars=$(mktemp)
+PGCTL_PREBUILT=later scripts/images.sh 13 15 17 18 >"$vars" &
+images=$!
 cargo test --release --locked --all-targets --no-run
-eval "$(PGCTL_PREBUILT=1 scripts/images.sh 13 15 17 18)"
+wait "$images" || { echo "test: scripts/images.sh failed" >&2; exit 1; }
+eval "$(cat "$vars")"
+rm -f "$vars"
+if [ -n "${PGCTL_BINARY:-}" ]; then # local images: the sidecar gets the pgctl just built
+    mkdir -p "$(dirname "$PGCTL_BINARY")"
+    cp "${CARGO_TARGET_DIR:-target}/release/pgctl" "$PGCTL_BINARY"
+fi
 
 # The aws CLI scripts/deps.sh installed, for the README recipes the tests run as written.
 export PGBACKUP_E2E_AWS_BIN=${PGBACKUP_CACHE:-$HOME/.cache/pgbackup}/awscli-venv/bin
