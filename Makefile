@@ -36,14 +36,20 @@ list:
 # A terminal for the progress bar when there is one; -T otherwise (CI, pipes).
 TTY := $(shell [ -t 0 ] || echo -T)
 
+# make itself only ever exits 0 or 2: pgctl's own exit code is printed when it is not 0, so
+# the reason is not lost (scripts that branch on it call `docker compose exec backup pgctl …`).
+SAID = code=$$?; [ $$code -eq 0 ] || { echo "make: pgctl exited with code $$code ($(1))" >&2; exit $$code; }
+
 ## restore: FILE=latest|<backup id>|<key> [FROM=project/service] [TO=service] [ARGS="--db app --clean"]
 restore:
 	@[ -n "$(FILE)" ] || { echo 'usage: make restore FILE=latest|<backup id>|<key> [FROM=…] [TO=…] [ARGS=…]; see `make list`' >&2; exit 2; }
-	$(COMPOSE) exec $(TTY) backup pgctl restore $(FILE) $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(ARGS)
+	$(COMPOSE) exec $(TTY) backup pgctl restore $(FILE) $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(ARGS); \
+	$(call SAID,1 failed and rolled back; 2 bad arguments; 3 Docker or storage unreachable; 4 refused before changing anything)
 
-## verify: re-read stored backups and check their SHA-256 (FILE=… for one, default all)
+## verify: re-read stored backups and check their SHA-256 (FILE=… for one, default all; FROM=project/service for whose)
 verify:
-	$(COMPOSE) exec -T backup pgctl verify $(if $(FILE),$(FILE),--all)
+	$(COMPOSE) exec -T backup pgctl verify $(if $(FILE),$(FILE),--all) $(if $(FROM),--from $(FROM)); \
+	$(call SAID,1 a backup is damaged or missing; 2 bad arguments; 3 storage unreachable)
 
 ## prune: apply retention now (ARGS=--dry-run to only print the plan)
 prune:

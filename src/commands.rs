@@ -91,6 +91,10 @@ pub struct RestoreArgs {
     pub physical: Option<physical::Options>,
     /// Options given that only apply to --physical.
     pub physical_only: Vec<&'static str>,
+    /// `--post-sql` of a logical restore.
+    pub post_sql: Option<std::path::PathBuf>,
+    /// `--restore-option`s, as given.
+    pub restore_options: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -144,6 +148,22 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
     }
     let store = pgbackup::store::open(&cfg.destination).await;
     let defaults = cfg.defaults();
+    let mut options = Vec::new();
+    for o in &args.restore_options {
+        match pgbackup::config::labels::validate_restore_options(o) {
+            Ok(v) => options.extend(v),
+            Err(why) => {
+                eprintln!("pgctl: --restore-option {o:?} is not valid: expected {why}");
+                return exit::USAGE;
+            }
+        }
+    }
+    if !options.is_empty() && args.physical.is_some() {
+        eprintln!(
+            "pgctl: --restore-option applies to logical restores (pg_restore); a --physical restore unpacks the data directory as it was"
+        );
+        return exit::USAGE;
+    }
     let req = Request {
         backup,
         from: args.from,
@@ -155,6 +175,8 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         } else {
             layout::Kind::Logical
         },
+        options,
+        post_sql: args.post_sql,
     };
     if let Some(options) = args.physical {
         return restore_physical(
@@ -514,6 +536,8 @@ async fn chosen(
         db: None,
         clean: false,
         kind: pgbackup::model::layout::Kind::Logical,
+        options: vec![],
+        post_sql: None,
     };
     let (m, object) = restore::resolve_backup(&docker, store, &cfg.defaults(), &req)
         .await

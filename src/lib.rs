@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod engine;
 pub mod job;
 pub mod model;
+pub mod notify;
 pub mod pipeline;
 pub mod restore;
 pub mod retention;

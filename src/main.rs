@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Run => cmd_run().await,
+            Command::Run { once, targets } => cmd_run(once, targets).await,
             Command::Status { json, controller } => cmd_status(json, controller).await,
             Command::Backup {
                 targets,
@@ -70,6 +70,7 @@ fn main() -> ExitCode {
                 standby,
                 auto_conf,
                 post_sql,
+                restore_options,
                 dry_run,
                 json,
                 resume,
@@ -100,12 +101,13 @@ fn main() -> ExitCode {
                             (yes, "--yes"),
                             (standby, "--standby"),
                             (auto_conf.is_some(), "--auto-conf"),
-                            (post_sql.is_some(), "--post-sql"),
                         ]
                         .iter()
                         .filter(|(set, _)| *set)
                         .map(|(_, name)| *name)
                         .collect(),
+                        post_sql: (!physical).then_some(post_sql).flatten(),
+                        restore_options,
                         dry_run,
                     },
                     json,
@@ -159,7 +161,7 @@ fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     }
 }
 
-async fn cmd_run() -> i32 {
+async fn cmd_run(once: bool, targets: Vec<String>) -> i32 {
     let cfg = match env_map().and_then(|m| Config::from_map(&m)) {
         Ok(c) => c,
         Err(e) => {
@@ -183,6 +185,9 @@ async fn cmd_run() -> i32 {
             .map(String::as_str),
     ) {
         tracing::warn!(variable = %name, "Unknown variable ignored: pgbackup reads no such setting (a typo? see the README's variables).");
+    }
+    if once || cfg.single_shot {
+        return controller::once(cfg, targets).await;
     }
     match controller::run(cfg).await {
         Ok(()) => exit::OK,
@@ -318,33 +323,68 @@ async fn cmd_backup(
             pgbackup::model::layout::Kind::Logical
         },
         wait,
+        dry_run: true,
     };
-    if !json {
-        eprintln!("pgctl: backing up (this waits until every backup is committed or failed)…");
-    }
-    let resp = async {
-        // No overall timeout: a backup takes as long as it takes (each job has its own limit).
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
-        let r = client
-            .post(format!(
-                "{}{}",
-                base.trim_end_matches('/'),
-                http::BACKUPS_PATH
-            ))
-            .json(&req)
-            .send()
-            .await?
-            .error_for_status()?;
-        anyhow::Ok(r.json::<http::BackupResponse>().await?)
-    }
-    .await;
-    let resp = match resp {
+    let ask = |req: http::BackupRequest| {
+        let url = format!("{}{}", base.trim_end_matches('/'), http::BACKUPS_PATH);
+        async move {
+            // No overall timeout: a backup takes as long as it takes (each job has its own limit).
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()?;
+            let r = client
+                .post(url)
+                .json(&req)
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(r.json::<http::BackupResponse>().await?)
+        }
+    };
+    // The names first: an unknown one is an error before anything starts.
+    let chosen = match ask(req.clone()).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!(
-                "pgctl: no controller answered at {base} ({e:#}); `pgctl backup` runs through the controller: is `pgctl run` running (docker compose exec backup pgctl backup …)?"
+                "pgctl: no controller answered at {base} ({e:#}); `pgctl backup` runs through the controller started by `pgctl run` (docker compose exec backup pgctl backup …). Without a controller, back up once with `pgctl run --once [TARGET…]`."
+            );
+            return exit::FAILED;
+        }
+    };
+    if !chosen.unknown.is_empty() || chosen.outcomes.is_empty() {
+        for u in &chosen.unknown {
+            eprintln!(
+                "pgctl: no valid target named {u}; see `pgctl status`. Nothing was backed up."
+            );
+        }
+        if chosen.unknown.is_empty() {
+            eprintln!("pgctl: no valid targets to back up; see `pgctl status`");
+            return exit::FAILED;
+        }
+        return exit::USAGE;
+    }
+    if !json {
+        let kind = if physical {
+            "base backup"
+        } else {
+            "logical backup"
+        };
+        let names: Vec<&str> = chosen.outcomes.iter().map(|o| o.target.as_str()).collect();
+        eprintln!(
+            "pgctl: {kind} of {} (this waits until every backup is committed or failed)…",
+            names.join(", ")
+        );
+    }
+    let resp = match ask(http::BackupRequest {
+        dry_run: false,
+        ..req
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "pgctl: the controller at {base} stopped answering ({e:#}); see `pgctl status` for the backups' outcome."
             );
             return exit::FAILED;
         }
@@ -358,10 +398,17 @@ async fn cmd_backup(
         for o in &resp.outcomes {
             match (&o.result, o.ok) {
                 (Some(r), true) => println!(
-                    "ok      {}  {}  {} database(s), {} in {:.1}s",
+                    "ok      {}  {}  {}, {} in {:.1}s",
                     o.target,
                     r["backup_id"].as_str().unwrap_or(""),
-                    r["databases"].as_array().map(|a| a.len()).unwrap_or(0),
+                    if physical {
+                        "base backup".to_string()
+                    } else {
+                        format!(
+                            "{} database(s)",
+                            r["databases"].as_array().map(|a| a.len()).unwrap_or(0)
+                        )
+                    },
                     pgbackup::table::human_bytes(r["bytes"].as_u64().unwrap_or(0)),
                     r["duration_seconds"].as_f64().unwrap_or(0.0)
                 ),

@@ -18,7 +18,19 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the controller: discover labelled Postgres containers and back them up on schedule.
-    Run,
+    ///
+    /// With --once (or PGBACKUP_SINGLE_SHOT=true): back up every valid target (or the named
+    /// ones) now, apply retention, send notifications, and exit: 0 when every backup
+    /// succeeded, 1 when any failed or a target's labels are invalid, 2 for an unknown target.
+    /// For host cron, Kubernetes CronJobs and CI.
+    Run {
+        /// Back up once and exit instead of running on schedule.
+        #[arg(long)]
+        once: bool,
+        /// With --once: only these targets (`project/service`, or just the service).
+        #[arg(value_name = "TARGET", requires = "once")]
+        targets: Vec<String>,
+    },
     /// Back up targets now, through the running controller (never overlapping a scheduled run).
     Backup {
         /// Targets (`project/service`, or just the service); see `pgctl status`.
@@ -107,10 +119,23 @@ pub enum Command {
         /// With --physical: replace postgresql.auto.conf with this file.
         #[arg(long, value_name = "FILE")]
         auto_conf: Option<std::path::PathBuf>,
-        /// With --physical: run the *.sql files of this directory, in name order, once the
-        /// restored server answers (any failure rolls the restore back).
+        /// Run the *.sql files of this directory (as the sidecar sees it), in name order, with
+        /// psql in the target's POSTGRES_DB once the restored databases answer under their
+        /// names; any failure undoes the restore (logical: the old databases take their names
+        /// back; --physical: the service goes back to its old volume).
         #[arg(long, value_name = "DIR")]
         post_sql: Option<std::path::PathBuf>,
+        /// A pg_restore option for a logical restore of a custom-format backup, added to the
+        /// target's pgbackup.restore_options label; repeat it for several: --no-owner,
+        /// --no-privileges, --no-comments, --no-publications, --no-subscriptions,
+        /// --no-security-labels, --no-tablespaces, --no-table-access-method,
+        /// --exclude-schema=NAME, --use-set-session-authorization.
+        #[arg(
+            long = "restore-option",
+            value_name = "OPTION",
+            allow_hyphen_values = true
+        )]
+        restore_options: Vec<String>,
         /// Print what would happen and change nothing.
         #[arg(long)]
         dry_run: bool,

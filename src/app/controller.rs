@@ -8,7 +8,8 @@ use tokio::sync::watch;
 use crate::config::{self, Config};
 use crate::discovery::{self, S3_PROBE_EVERY, Shared};
 use crate::engine::docker::{DockerClient, DockerError};
-use crate::job::runner::Runner;
+use crate::job::runner::{Runner, Trigger};
+use crate::model::layout::Kind;
 use crate::store::{self, SharedStore, StoreError};
 use crate::{app::http, exit};
 
@@ -73,15 +74,148 @@ struct Started {
     listener: Option<tokio::net::TcpListener>,
 }
 
-async fn startup(cfg: &Config) -> Result<Started, StartupError> {
-    tracing::info!(settings = ?config::describe(cfg), version = env!("CARGO_PKG_VERSION"), "pgbackup controller starting.");
+/// How long a single-shot run waits, before it exits, for notifications and pings still on
+/// their way (each is tried for up to about half a minute).
+const FLUSH_WITHIN: Duration = Duration::from_secs(45);
+
+/// `pgctl run --once [TARGET…]` (or `PGBACKUP_SINGLE_SHOT=true`): the start-up checks, one
+/// listing, a backup of every chosen target (logical unless `pgbackup.schedule=off`, physical
+/// too when `pgbackup.physical.schedule` is set), retention, notifications, then exit: 0 only
+/// when every backup succeeded. For host cron, Kubernetes CronJobs and CI.
+pub async fn once(cfg: Config, names: Vec<String>) -> i32 {
+    let mut signal = std::pin::pin!(wait_for_signal());
+    let started = tokio::select! {
+        r = connect(&cfg) => r,
+        _ = &mut signal => {
+            tracing::info!("Shutdown requested during start-up; stopping.");
+            return exit::FAILED;
+        }
+    };
+    let (docker, store) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("{e}");
+            return e.exit_code();
+        }
+    };
+    let containers = match docker.list_labelled().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("listing the labelled containers failed: {e}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    let mut registry = discovery::Registry::default();
+    registry.replace_all(&containers, &cfg.defaults());
+    let all = registry.targets();
+    for t in &all {
+        if let discovery::Parsed::Invalid { errors } = &t.spec {
+            let errors: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+            tracing::error!(target_id = %t.target, "Target skipped, its labels are invalid: {}", errors.join("; "));
+        }
+    }
+    let (chosen, unknown) = discovery::choose(&all, &names, names.is_empty());
+    if !unknown.is_empty() {
+        tracing::error!(
+            "No valid target named {}; see `pgctl status`. Nothing was backed up.",
+            unknown.join(", ")
+        );
+        return exit::USAGE;
+    }
+    let invalid = all.iter().filter(|t| t.settings().is_none()).count();
+    if chosen.is_empty() {
+        tracing::error!(
+            invalid,
+            "No valid target to back up (label a Postgres service with pgbackup.enable=true; see `pgctl status`)."
+        );
+        return exit::FAILED;
+    }
+    let runner = Arc::new(Runner::new(
+        docker,
+        store,
+        cfg.timezone,
+        cfg.concurrency,
+        cfg.min_backups,
+        cfg.notify.clone(),
+    ));
+    let mut jobs = Vec::new();
+    for t in &chosen {
+        let spec = t.settings().expect("chosen targets are valid");
+        if !spec.schedule_parsed.is_off() {
+            jobs.push(runner.submit(t.clone(), Kind::Logical, Trigger::Once, true));
+        }
+        if !spec.physical_schedule_parsed.is_off() {
+            jobs.push(runner.submit(t.clone(), Kind::Physical, Trigger::Once, true));
+        }
+    }
+    tracing::info!(
+        targets = chosen.len(),
+        jobs = jobs.len(),
+        "Single-shot run: backing up."
+    );
+    let results = tokio::select! {
+        r = futures_util::future::join_all(jobs) => r,
+        _ = &mut signal => {
+            tracing::info!("Shutdown requested; stopping the running backups.");
+            runner.shutdown(STOP_GRACE).await;
+            runner.notifier.flush(Duration::from_secs(5)).await;
+            return exit::FAILED;
+        }
+    };
+    let (mut ok, mut failed) = (0, 0);
+    for r in results {
+        match r {
+            Ok(Ok(res)) if res.ok => ok += 1,
+            Ok(Ok(_)) => failed += 1,
+            Ok(Err(e)) => {
+                failed += 1;
+                tracing::error!("A backup did not run: {e}");
+            }
+            Err(_) => {
+                failed += 1;
+                tracing::error!("A backup task was aborted.");
+            }
+        }
+    }
+    let lost = runner.notifier.flush(FLUSH_WITHIN).await;
+    if lost > 0 {
+        tracing::warn!(
+            messages = lost,
+            "Notifications still undelivered at exit were given up."
+        );
+    }
+    runner.shutdown(Duration::from_secs(1)).await;
+    if failed == 0 && invalid == 0 {
+        tracing::info!(
+            backups = ok,
+            "Single-shot run finished: every backup succeeded."
+        );
+        exit::OK
+    } else {
+        tracing::error!(
+            succeeded = ok,
+            failed,
+            invalid_targets = invalid,
+            "Single-shot run finished with failures."
+        );
+        exit::FAILED
+    }
+}
+
+/// Docker and the backup destination, both checked.
+async fn connect(cfg: &Config) -> Result<(DockerClient, SharedStore), StartupError> {
+    tracing::info!(settings = ?config::describe(cfg), version = env!("CARGO_PKG_VERSION"), "pgbackup starting.");
     let docker = DockerClient::connect_scoped(cfg.docker_host.as_deref(), &cfg.scope).await?;
     tracing::info!(host = docker.host(), scope = %docker.scope(), own_project = docker.own_project().unwrap_or("(none)"),
         "Docker daemon reachable; acting on the containers in scope (PGBACKUP_SCOPE).");
     let store = store::open(&cfg.destination).await;
     store.probe(S3_PATIENCE).await?;
     tracing::info!(destination = %store.location(), "Backup destination reachable and writable.");
+    Ok((docker, store))
+}
 
+async fn startup(cfg: &Config) -> Result<Started, StartupError> {
+    let (docker, store) = connect(cfg).await?;
     let listener = match cfg.http_addr {
         Some(addr) => Some(
             http::bind(addr)
@@ -119,6 +253,7 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
         cfg.timezone,
         cfg.concurrency,
         cfg.min_backups,
+        cfg.notify.clone(),
     ));
 
     let disco = tokio::spawn(discovery::run(
@@ -160,6 +295,8 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
             "Jobs did not finish cleaning up within the grace period and were aborted; prune removes what they left."
         );
     }
+    // The cancelled jobs' failure notices, within what is left of compose's stop grace period.
+    runner.notifier.flush(Duration::from_secs(10)).await;
     let _ = disco.await;
     let _ = sched.await;
     let _ = probe.await;

@@ -111,7 +111,7 @@ async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
     Json(report)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackupRequest {
     /// Target names (`project/service`, or the service alone when unambiguous); empty with
     /// `all` = every valid target.
@@ -120,6 +120,9 @@ pub struct BackupRequest {
     pub kind: Kind,
     /// Wait for a running job of the same target instead of refusing.
     pub wait: bool,
+    /// Only resolve the names: `outcomes` lists the chosen targets, nothing runs.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -140,43 +143,21 @@ pub struct BackupResponse {
 
 async fn backups(State(s): State<AppState>, Json(req): Json<BackupRequest>) -> impl IntoResponse {
     let targets = s.shared.registry.read().await.targets();
-    let mut chosen = Vec::new();
-    let mut unknown = Vec::new();
-    if req.all {
-        let mut seen = std::collections::BTreeSet::new();
-        chosen.extend(
-            targets
+    let (chosen, unknown) = crate::discovery::choose(&targets, &req.targets, req.all);
+    if req.dry_run {
+        return Json(BackupResponse {
+            outcomes: chosen
                 .iter()
-                .filter(|t| t.settings().is_some() && seen.insert(t.target.clone()))
-                .cloned(),
-        );
-    }
-    for name in &req.targets {
-        let matches: Vec<_> = targets.iter().filter(|t| t.target.matches(name)).collect();
-        let mut ids: Vec<_> = matches.iter().map(|t| t.target.clone()).collect();
-        ids.dedup();
-        match (matches.first(), ids.len()) {
-            (Some(t), 1) if t.settings().is_some() => {
-                if !chosen
-                    .iter()
-                    .any(|c: &crate::discovery::Target| c.target == t.target)
-                {
-                    chosen.push((*t).clone());
-                }
-            }
-            (Some(t), 1) => unknown.push(format!(
-                "{name} (target {} has invalid labels; see pgctl status)",
-                t.target
-            )),
-            (Some(_), _) => unknown.push(format!(
-                "{name} (ambiguous: {})",
-                ids.iter()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )),
-            (None, _) => unknown.push(name.clone()),
-        }
+                .map(|t| BackupOutcome {
+                    target: t.target.to_string(),
+                    ok: true,
+                    refused: false,
+                    result: None,
+                    error: None,
+                })
+                .collect(),
+            unknown,
+        });
     }
     let jobs = chosen.into_iter().map(|t| {
         let runner = s.runner.clone();

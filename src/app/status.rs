@@ -74,29 +74,79 @@ pub fn report(
     }
 }
 
-/// Human table: one line per target, then one indented line per label error.
+/// An RFC 3339 time of the report as people read it: in the report's zone, named.
+fn local(v: &serde_json::Value, tz: Tz) -> Option<String> {
+    let t = DateTime::parse_from_rfc3339(v.as_str()?).ok()?;
+    Some(
+        t.with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+    )
+}
+
+/// The last run's columns: when, result, size, duration; a running job instead when there is
+/// one.
+fn last_run(run: &serde_json::Value, tz: Tz) -> [String; 4] {
+    let dash = || "-".to_string();
+    if let Some(since) = local(&run["running"]["started_at"], tz) {
+        return [
+            since,
+            format!(
+                "running ({})",
+                run["running"]["kind"].as_str().unwrap_or("?")
+            ),
+            dash(),
+            dash(),
+        ];
+    }
+    let last = &run["last"];
+    let Some(when) = local(&last["started_at"], tz) else {
+        return [dash(), dash(), dash(), dash()];
+    };
+    let ok = last["ok"].as_bool().unwrap_or(false);
+    [
+        when,
+        format!(
+            "{} {}",
+            if ok { "ok" } else { "FAILED" },
+            last["kind"].as_str().unwrap_or("")
+        ),
+        if ok {
+            crate::table::human_bytes(last["bytes"].as_u64().unwrap_or(0))
+        } else {
+            dash()
+        },
+        format!("{:.1}s", last["duration_seconds"].as_f64().unwrap_or(0.0)),
+    ]
+}
+
+/// Human table: one line per target, then one indented line per label error, failed last run
+/// or storage note. Times are in the report's zone (`TZ`), named on each.
 pub fn render(r: &Report) -> String {
+    let tz: Tz = r.timezone.parse().unwrap_or(Tz::UTC);
     let mut rows: Vec<Vec<String>> = vec![vec![
         "TARGET".into(),
         "CONTAINER".into(),
         "STATE".into(),
         "SCHEDULE".into(),
         "NEXT RUN".into(),
+        "LAST RUN".into(),
+        "RESULT".into(),
+        "SIZE".into(),
+        "TOOK".into(),
         "METHOD/DATABASES".into(),
     ]];
     let mut notes: Vec<(usize, String)> = vec![];
     for t in &r.targets {
         let s = |k: &str| t[k].as_str().unwrap_or("").to_string();
         let settings = &t["settings"];
-        let next = t["next_run"]
-            .as_str()
-            .and_then(|n| DateTime::parse_from_rfc3339(n).ok())
-            .map(|n| {
-                n.with_timezone(&Utc)
-                    .format("%Y-%m-%d %H:%M:%S UTC")
-                    .to_string()
-            })
-            .unwrap_or_else(|| "-".into());
+        let next = local(&t["next_run"], tz).unwrap_or_else(|| "-".into());
+        let last = last_run(&t["run"], tz);
+        if t["run"]["running"].is_null()
+            && let Some(e) = t["run"]["last"]["error"].as_str()
+        {
+            notes.push((rows.len(), format!("last backup failed: {e}")));
+        }
         let state = s("state");
         if state == "invalid" {
             for e in t["errors"].as_array().into_iter().flatten() {
@@ -150,6 +200,10 @@ pub fn render(r: &Report) -> String {
             state.clone(),
             settings["schedule"].as_str().unwrap_or("-").to_string(),
             if state == "valid" { next } else { "-".into() },
+            last[0].clone(),
+            last[1].clone(),
+            last[2].clone(),
+            last[3].clone(),
             if state == "valid" {
                 format!("{}/{}", settings["method"].as_str().unwrap_or(""), dbs)
             } else {
@@ -222,9 +276,9 @@ mod tests {
         );
         let text = render(&r);
         let expected = "\
-TARGET    CONTAINER   STATE    SCHEDULE  NEXT RUN                 METHOD/DATABASES
-shop/db   shop-db-1   valid    @daily    2026-11-21 00:00:00 UTC  exec/app,audit
-shop/old  shop-old-1  invalid  -         -                        -
+TARGET    CONTAINER   STATE    SCHEDULE  NEXT RUN                 LAST RUN  RESULT  SIZE  TOOK  METHOD/DATABASES
+shop/db   shop-db-1   valid    @daily    2026-11-21 00:00:00 UTC  -         -       -     -     exec/app,audit
+shop/old  shop-old-1  invalid  -         -                        -         -       -     -     -
     label pgbackup.schedule=\"not-a-cron\" is not valid: expected a cron expression with 5 fields (minute precision) or 6 (with seconds first), @hourly, @daily, @weekly, @monthly, @yearly, or off (it has 1 fields)
 ";
         assert_eq!(text, expected);
@@ -233,6 +287,65 @@ shop/old  shop-old-1  invalid  -         -                        -
         assert_eq!(
             json["targets"][1]["errors"][0]["label"],
             "pgbackup.schedule"
+        );
+    }
+
+    #[test]
+    fn the_last_run_and_a_running_job_show_in_the_zone_of_tz() {
+        let now = DateTime::parse_from_rfc3339("2026-11-20T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        let mut r = report(
+            "controller",
+            &[target("db", &[]), target("wh", &[])],
+            DockerView {
+                connected: true,
+                ..Default::default()
+            },
+            now,
+            tz,
+        );
+        r.targets[0]["run"] = serde_json::json!({
+            "last": {"ok": false, "kind": "logical", "started_at": "2026-11-20T09:00:00Z",
+                     "bytes": 0, "duration_seconds": 2.5,
+                     "error": "pg_dump of database \"app\" failed (exit code 1): boom"},
+        });
+        r.targets[1]["run"] = serde_json::json!({
+            "running": {"kind": "physical", "trigger": "manual", "started_at": "2026-11-20T09:59:00Z"},
+            "last": {"ok": true, "kind": "logical", "started_at": "2026-11-19T23:00:00Z",
+                     "bytes": 3145728, "duration_seconds": 12.0},
+        });
+        let text = render(&r);
+        let lines: Vec<&str> = text.lines().collect();
+        // Columns are separated by two or more spaces.
+        let cols = |l: &str| -> Vec<String> {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(cols(lines[0])[5..9], ["LAST RUN", "RESULT", "SIZE", "TOOK"]);
+        assert_eq!(
+            cols(lines[1])[4..9],
+            [
+                "2026-11-21 00:00:00 CET",
+                "2026-11-20 10:00:00 CET",
+                "FAILED logical",
+                "-",
+                "2.5s"
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            lines[2].trim(),
+            "last backup failed: pg_dump of database \"app\" failed (exit code 1): boom"
+        );
+        assert_eq!(
+            cols(lines[3])[5..9],
+            ["2026-11-20 10:59:00 CET", "running (physical)", "-", "-"],
+            "{text}"
         );
     }
 

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::model::KeepPolicy;
 use crate::model::Schedule;
+use crate::notify::{self, ping::PingUrl};
 
 /// A configuration error always names the variable and the expected form.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -81,6 +82,10 @@ pub const VARIABLES: &[&str] = &[
     "PGBACKUP_HTTP_ADDR",
     "PGBACKUP_LOG_FORMAT",
     "PGBACKUP_SCOPE",
+    "PGBACKUP_NOTIFY_URLS",
+    "PGBACKUP_NOTIFY_LEVEL",
+    "PGBACKUP_PING_URL",
+    "PGBACKUP_SINGLE_SHOT",
     "DOCKER_HOST",
 ];
 
@@ -114,6 +119,10 @@ struct Raw {
     pgbackup_http_addr: Option<String>,
     pgbackup_log_format: Option<String>,
     pgbackup_scope: Option<String>,
+    pgbackup_notify_urls: Option<String>,
+    pgbackup_notify_level: Option<String>,
+    pgbackup_ping_url: Option<String>,
+    pgbackup_single_shot: Option<String>,
     docker_host: Option<String>,
 }
 
@@ -211,6 +220,10 @@ pub struct Config {
     pub http_addr: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub docker_host: Option<String>,
+    /// Notification services and the default ping URL.
+    pub notify: notify::Settings,
+    /// `PGBACKUP_SINGLE_SHOT`: `pgctl run` behaves as `pgctl run --once`.
+    pub single_shot: bool,
 }
 
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
@@ -239,6 +252,12 @@ impl Config {
         // Label defaults first: the rest consumes `raw` field by field.
         let defaults = Defaults::from_raw(&raw)?;
         let destination = destination(&mut raw)?;
+        let notify = notify_settings(&mut raw)?;
+        let single_shot = parse_bool(
+            "PGBACKUP_SINGLE_SHOT",
+            raw.pgbackup_single_shot.take(),
+            false,
+        )?;
         let concurrency = parse_num("PGBACKUP_CONCURRENCY", raw.pgbackup_concurrency, 2, 1)?;
         let run_on_startup = parse_bool(
             "PGBACKUP_RUN_ON_STARTUP",
@@ -289,6 +308,8 @@ impl Config {
             http_addr,
             log_format,
             docker_host: non_empty(raw.docker_host),
+            notify,
+            single_shot,
         })
     }
 
@@ -463,6 +484,38 @@ fn parse_num(name: &str, v: Option<String>, default: u64, min: u64) -> Result<u6
     }
 }
 
+/// `PGBACKUP_NOTIFY_URLS`, `PGBACKUP_NOTIFY_LEVEL`, `PGBACKUP_PING_URL`. The URLs hold secrets:
+/// an error names the entry by its position, never its text.
+fn notify_settings(raw: &mut Raw) -> Result<notify::Settings, ConfigError> {
+    let mut services = Vec::new();
+    let urls = non_empty(raw.pgbackup_notify_urls.take()).unwrap_or_default();
+    for (i, url) in notify::service::split_list(&urls).iter().enumerate() {
+        services.push(notify::service::parse(url).map_err(|why| {
+            invalid(
+                "PGBACKUP_NOTIFY_URLS",
+                &format!("(entry {} of the list, not shown)", i + 1),
+                &why,
+            )
+        })?);
+    }
+    let level = match non_empty(raw.pgbackup_notify_level.take()) {
+        None => notify::Level::default(),
+        Some(v) => notify::Level::parse(&v)
+            .ok_or_else(|| invalid("PGBACKUP_NOTIFY_LEVEL", &v, notify::Level::EXPECTED))?,
+    };
+    let ping = match non_empty(raw.pgbackup_ping_url.take()) {
+        None => None,
+        Some(v) => Some(
+            PingUrl::parse(&v).map_err(|why| invalid("PGBACKUP_PING_URL", "(not shown)", &why))?,
+        ),
+    };
+    Ok(notify::Settings {
+        services,
+        level,
+        ping,
+    })
+}
+
 /// `PGBACKUP_DESTINATION`: unset or `s3` for the S3 bucket of the `S3_*` settings, or an
 /// absolute path (`/backups`, also `file:///backups`) of a directory mounted into the sidecar.
 fn destination(raw: &mut Raw) -> Result<Destination, ConfigError> {
@@ -620,6 +673,17 @@ pub fn describe(cfg: &Config) -> BTreeMap<&'static str, String> {
     m.insert("schedule", cfg.schedule.to_string());
     m.insert("timezone", cfg.timezone.to_string());
     m.insert("concurrency", cfg.concurrency.to_string());
+    if !cfg.notify.services.is_empty() {
+        let shown: Vec<String> = cfg.notify.services.iter().map(|s| s.shown()).collect();
+        m.insert("notify", shown.join(", "));
+        m.insert(
+            "notify_level",
+            format!("{:?}", cfg.notify.level).to_lowercase(),
+        );
+    }
+    if let Some(p) = &cfg.notify.ping {
+        m.insert("ping", p.shown());
+    }
     m
 }
 

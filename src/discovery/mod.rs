@@ -112,6 +112,48 @@ impl Registry {
 /// default `project/service` becomes invalid, naming the others. Retention and `latest` of one
 /// target then never see another's backups. (Containers of one scaled service share a target and
 /// its folder; that is not a collision.)
+/// The valid targets `names` (or `all`) choose, each once, and the names that choose none (with
+/// why: unknown, ambiguous, invalid labels). The one rule `pgctl backup` and `pgctl run --once`
+/// share. Pure.
+pub fn choose(targets: &[Target], names: &[String], all: bool) -> (Vec<Target>, Vec<String>) {
+    let mut chosen: Vec<Target> = Vec::new();
+    let mut unknown = Vec::new();
+    if all {
+        let mut seen = std::collections::BTreeSet::new();
+        chosen.extend(
+            targets
+                .iter()
+                .filter(|t| t.settings().is_some() && seen.insert(t.target.clone()))
+                .cloned(),
+        );
+    }
+    for name in names {
+        let matches: Vec<_> = targets.iter().filter(|t| t.target.matches(name)).collect();
+        let mut ids: Vec<_> = matches.iter().map(|t| t.target.clone()).collect();
+        ids.dedup();
+        match (matches.first(), ids.len()) {
+            (Some(t), 1) if t.settings().is_some() => {
+                if !chosen.iter().any(|c| c.target == t.target) {
+                    chosen.push((*t).clone());
+                }
+            }
+            (Some(t), 1) => unknown.push(format!(
+                "{name} (target {} has invalid labels; see pgctl status)",
+                t.target
+            )),
+            (Some(_), _) => unknown.push(format!(
+                "{name} (ambiguous: {})",
+                ids.iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            (None, _) => unknown.push(name.clone()),
+        }
+    }
+    (chosen, unknown)
+}
+
 pub fn refuse_shared_folders(targets: &mut [Target]) {
     let mut by_folder: BTreeMap<String, Vec<TargetId>> = BTreeMap::new();
     for t in targets.iter() {

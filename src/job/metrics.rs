@@ -20,6 +20,12 @@ pub struct DbLabels {
     pub database: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub target: String,
+    pub hook: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -33,6 +39,8 @@ pub struct Metrics {
     pub db_size: Family<DbLabels, Gauge>,
     pub db_failures: Family<DbLabels, Counter>,
     pub running: Gauge,
+    pub hook_failures: Family<HookLabels, Counter>,
+    pub notify: crate::notify::Counters,
 }
 
 impl Default for Metrics {
@@ -48,6 +56,8 @@ impl Default for Metrics {
             db_size: Family::default(),
             db_failures: Family::default(),
             running: Gauge::default(),
+            hook_failures: Family::default(),
+            notify: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -83,6 +93,21 @@ impl Default for Metrics {
             m.db_failures.clone(),
         );
         registry.register("jobs_running", "Backup jobs running now", m.running.clone());
+        registry.register(
+            "hook_failures",
+            "Hooks that failed or timed out (a failed pre_backup hook also fails its backup)",
+            m.hook_failures.clone(),
+        );
+        registry.register(
+            "notifications",
+            "Notifications by service, event and result (sent, or failed after its retries)",
+            m.notify.notifications.clone(),
+        );
+        registry.register(
+            "pings",
+            "Dead-man pings by target, signal (start, success, fail) and result",
+            m.notify.pings.clone(),
+        );
         Metrics { registry, ..m }
     }
 }

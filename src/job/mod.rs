@@ -2,5 +2,6 @@
 //! logical or physical backup (dumps through the pipeline into the store, manifest last).
 
 pub mod backup;
+pub mod hook;
 pub mod metrics;
 pub mod runner;

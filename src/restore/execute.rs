@@ -4,32 +4,22 @@
 use super::*;
 use crate::engine::pg::Query;
 
-/// The swap, one transaction: every database being replaced is renamed out of the way (its
-/// sessions ended first), every loaded database takes its name. Either all of it commits or
-/// none of it does.
-pub fn swap_sql(pairs: &[(&DbPlan, &Temporary)], also: &[String]) -> String {
-    let mut s = String::from("BEGIN;\n");
-    for stmt in also {
-        s.push_str(stmt);
-        s.push('\n');
-    }
-    for (d, t) in pairs {
-        if d.exists {
-            let name = sql::quote_literal(&d.database);
-            let rename = sql::quote_literal(&format!(
-                "ALTER DATABASE {} RENAME TO {}",
-                sql::quote_ident(&d.database),
-                t.replaced
-            ));
-            // Sessions on the database are ended first; one that reconnects before the rename
-            // makes it fail with object_in_use (after the server's own 5 s wait): end it, try again.
-            s.push_str(&format!(
-                "DO $pgbackup$
+/// Renames database `name` to the identifier `to`, ending its sessions first; one that
+/// reconnects before the rename makes it fail with object_in_use (after the server's own 5 s
+/// wait): it is ended too and the rename tried again.
+fn rename_ending_sessions(name: &str, to: &str) -> String {
+    let literal = sql::quote_literal(name);
+    let rename = sql::quote_literal(&format!(
+        "ALTER DATABASE {} RENAME TO {to}",
+        sql::quote_ident(name)
+    ));
+    format!(
+        "DO $pgbackup$
 DECLARE tries int := 0;
 BEGIN
   LOOP
     PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
-      WHERE datname = {name} AND pid <> pg_backend_pid();
+      WHERE datname = {literal} AND pid <> pg_backend_pid();
     BEGIN
       EXECUTE {rename};
       EXIT;
@@ -42,13 +32,45 @@ BEGIN
 END
 $pgbackup$;
 "
-            ));
+    )
+}
+
+/// The swap, one transaction: every database being replaced is renamed out of the way (its
+/// sessions ended first), every loaded database takes its name. Either all of it commits or
+/// none of it does.
+pub fn swap_sql(pairs: &[(&DbPlan, &Temporary)], also: &[String]) -> String {
+    let mut s = String::from("BEGIN;\n");
+    for stmt in also {
+        s.push_str(stmt);
+        s.push('\n');
+    }
+    for (d, t) in pairs {
+        if d.exists {
+            s.push_str(&rename_ending_sessions(&d.database, &t.replaced));
         }
         s.push_str(&format!(
             "ALTER DATABASE {} RENAME TO {};\n",
             t.load,
             sql::quote_ident(&d.database)
         ));
+    }
+    s.push_str("COMMIT;\n");
+    s
+}
+
+/// The swap undone, one transaction: every restored database goes back to its temporary name
+/// (its sessions ended), every replaced one takes its name again.
+pub fn unswap_sql(pairs: &[(&DbPlan, &Temporary)]) -> String {
+    let mut s = String::from("BEGIN;\n");
+    for (d, t) in pairs {
+        s.push_str(&rename_ending_sessions(&d.database, &t.load));
+        if d.exists {
+            s.push_str(&format!(
+                "ALTER DATABASE {} RENAME TO {};\n",
+                t.replaced,
+                sql::quote_ident(&d.database)
+            ));
+        }
     }
     s.push_str("COMMIT;\n");
     s
@@ -113,6 +135,37 @@ pub async fn execute(
     let swapped = match loaded {
         Ok(()) => swap(&access, plan, maint, &temps, &created_roles).await,
         Err(e) => Err(e),
+    };
+    // The `--post-sql` scripts run on the restored databases under their names; a failure
+    // puts the old ones back and is undone like any other.
+    let swapped = match swapped {
+        Ok(_) if !plan.scripts.is_empty() => {
+            match super::scripts::run(
+                docker,
+                &plan.container.id,
+                &plan.user,
+                &plan.scripts_database,
+                &plan.scripts,
+            )
+            .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let pairs: Vec<(&DbPlan, &Temporary)> =
+                        plan.databases.iter().zip(&temps).collect();
+                    match access.query(maint, &unswap_sql(&pairs)).await {
+                        Ok(_) => Err(e),
+                        Err(back) => {
+                            alive.release().await;
+                            return Err(RestoreError::Failed(format!(
+                                "{e}; putting the old databases back failed too ({back}): the restored databases keep their names and the old ones are named {REPLACED_PREFIX}{run}_*"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        other => other.map(|_| ()),
     };
     if let Err(e) = swapped {
         let state = undo(&access, plan, maint, &run, &temps, &created_roles).await;
@@ -269,9 +322,9 @@ async fn convert(
 ) -> Result<(), RestoreError> {
     let plan = s.plan;
     let mut conv = if plan.convert_in_sidecar {
-        Converter::in_sidecar()?
+        Converter::in_sidecar(&plan.options)?
     } else {
-        Converter::in_target(s.docker, &plan.container).await?
+        Converter::in_target(s.docker, &plan.container, &plan.options).await?
     };
     let feed = async {
         let r = stream_object(

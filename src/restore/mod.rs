@@ -41,6 +41,7 @@ mod globals;
 pub mod physical;
 mod plan;
 mod resolve;
+pub mod scripts;
 mod session;
 pub mod sql;
 use sql::quote_ident;
@@ -176,6 +177,10 @@ pub struct Request {
     pub clean: bool,
     /// Which kind `latest` means.
     pub kind: Kind,
+    /// `--restore-option`s (validated), added to the target's `pgbackup.restore_options`.
+    pub options: Vec<String>,
+    /// `--post-sql`: scripts run once the restored databases have their names.
+    pub post_sql: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]
@@ -389,6 +394,9 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
             databases: vec![db_plan("shop", true), db_plan("new", false)],
             clean: true,
             leftovers: Leftovers::default(),
+            options: vec![],
+            scripts: vec![],
+            scripts_database: "postgres".into(),
         }
     }
 

@@ -28,9 +28,14 @@ pub struct Plan {
     pub globals: Option<Object>,
     pub databases: Vec<DbPlan>,
     pub clean: bool,
-    /// Temporary databases of earlier restores that were interrupted.
     /// What earlier restores left on this server.
     pub leftovers: Leftovers,
+    /// pg_restore options: the target's `pgbackup.restore_options`, then `--restore-option`s.
+    pub options: Vec<String>,
+    /// `--post-sql` scripts, run after the swap (a failure swaps back).
+    pub scripts: Vec<super::scripts::Script>,
+    /// The database the scripts start in: the target's `POSTGRES_DB` (or its user's).
+    pub scripts_database: String,
 }
 
 impl Plan {
@@ -94,6 +99,9 @@ impl fmt::Display for Plan {
                 g.name
             )?;
         }
+        if !self.options.is_empty() {
+            writeln!(f, "  options    pg_restore {}", self.options.join(" "))?;
+        }
         if self.convert_in_sidecar {
             writeln!(
                 f,
@@ -119,6 +127,15 @@ impl fmt::Display for Plan {
             f,
             "  method     each database is loaded into a new database; all take their names in one transaction at the end"
         )?;
+        if !self.scripts.is_empty() {
+            let names: Vec<&str> = self.scripts.iter().map(|(n, _)| n.as_str()).collect();
+            writeln!(
+                f,
+                "  post-sql   {} in database {}, after the names are taken; a failing script puts the old databases back",
+                names.join(", "),
+                self.scripts_database
+            )?;
+        }
         for db in &self.leftovers.abandoned_databases {
             writeln!(
                 f,
@@ -169,6 +186,13 @@ pub fn check(plan: &Plan) -> Result<(), RestoreError> {
             plan.target,
             plan.restore_tool,
             plan.sidecar_tool.as_deref().unwrap_or("has no pg_restore")
+        )));
+    }
+    if !plan.options.is_empty() && plan.manifest.format != Format::Custom {
+        return Err(RestoreError::Refused(format!(
+            "pg_restore options ({}) apply to custom-format backups, and {} is a plain SQL dump (pgbackup.format=plain): nothing was changed. Restore it without them, or take custom-format backups",
+            plan.options.join(" "),
+            plan.manifest.backup_id
         )));
     }
     if plan.server_major < plan.manifest.postgres.major {
@@ -224,6 +248,27 @@ pub async fn plan(
     let container = find_container(docker, &to, source_project.as_deref()).await?;
     ensure_postgres(&container)?;
     let user = user_of(&container, defaults);
+    let mut options = match container.labels.get(crate::config::labels::RESTORE_OPTIONS_LABEL) {
+        None => vec![],
+        Some(v) => crate::config::labels::validate_restore_options(v).map_err(|why| {
+            RestoreError::Usage(format!(
+                "{} has label {}={v:?}, which is not valid: expected {why}; fix the label (nothing was changed)",
+                container.name,
+                crate::config::labels::RESTORE_OPTIONS_LABEL
+            ))
+        })?,
+    };
+    options.extend(req.options.iter().cloned());
+    let scripts = match &req.post_sql {
+        Some(dir) => super::scripts::read(dir)?,
+        None => vec![],
+    };
+    let scripts_database = container
+        .env
+        .get("POSTGRES_DB")
+        .filter(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| user.clone());
     let access = exec_access(docker, &container, &user);
     let chosen = chosen_objects(&manifest, object.as_deref(), req.db.as_deref())?;
     let globals = manifest
@@ -255,6 +300,9 @@ pub async fn plan(
         databases,
         clean: req.clean,
         leftovers,
+        options,
+        scripts,
+        scripts_database,
     })
 }
 

@@ -147,13 +147,15 @@ pub(super) struct Converter {
 pub(super) const CONVERT: [&str; 3] = ["--create", "--file=-", "--exit-on-error"];
 
 impl Converter {
-    /// In the target, with its own pg_restore.
+    /// In the target, with its own pg_restore; `options` are the user's pg_restore options.
     pub(super) async fn in_target(
         docker: &DockerClient,
         c: &Container,
+        options: &[String],
     ) -> Result<Converter, RestoreError> {
         let mut cmd = vec!["pg_restore".to_string()];
         cmd.extend(CONVERT.map(String::from));
+        cmd.extend(options.iter().cloned());
         let (stream, input) = docker.exec_with_stdin(&c.id, &cmd, &[], None).await?;
         Ok(Converter {
             input: Raw(input),
@@ -163,8 +165,10 @@ impl Converter {
     }
 
     /// In the sidecar, whose pg_restore reads archives the target's is too old for.
-    pub(super) fn in_sidecar() -> Result<Converter, RestoreError> {
-        let (output, input) = pg::local_with_stdin("pg_restore", &CONVERT.map(String::from))?;
+    pub(super) fn in_sidecar(options: &[String]) -> Result<Converter, RestoreError> {
+        let mut args: Vec<String> = CONVERT.map(String::from).to_vec();
+        args.extend(options.iter().cloned());
+        let (output, input) = pg::local_with_stdin("pg_restore", &args)?;
         Ok(Converter {
             input: Raw(Box::pin(input)),
             output,

@@ -245,6 +245,8 @@ async fn delete_folder(store: &dyn Store, keys: Vec<String>) -> Result<(), Store
 /// What a prune did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Done {
+    /// The ids of the backups deleted.
+    pub deleted: Vec<String>,
     pub backups_deleted: usize,
     pub leftovers_deleted: usize,
     pub uploads_aborted: usize,
@@ -258,6 +260,7 @@ pub async fn execute(store: &dyn Store, plan: &TargetPlan) -> Result<Done, Store
         if let Some(keys) = plan.folders.get(&d.id) {
             delete_folder(store, keys.clone()).await?;
             done.backups_deleted += 1;
+            done.deleted.push(d.id.to_string());
         }
     }
     for l in &plan.leftovers {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod receiver;
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -399,9 +400,22 @@ impl Stack {
 pub struct HostController {
     pub child: std::process::Child,
     pub url: String,
+    /// Its log (stderr) so far: read all along, so a full pipe never blocks it.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl HostController {
+    /// Stops it (SIGTERM, as Docker does) and returns its whole log.
+    pub fn stop_and_log(&mut self) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        // The reader thread sees end of file once the process is gone.
+        std::thread::sleep(Duration::from_millis(200));
+        self.log.lock().unwrap().clone()
+    }
+
     /// Waits until this controller's status lists `target`.
     pub fn wait_lists(&self, target: &str) {
         let listed = wait_until(Duration::from_secs(30), || {
@@ -462,11 +476,36 @@ impl Stack {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let mut child = cmd.spawn().expect("start pgctl run on the host");
+        let log: std::sync::Arc<std::sync::Mutex<String>> = Default::default();
+        let (stderr, l) = (child.stderr.take().expect("piped"), log.clone());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = l.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
         HostController {
-            child: cmd.spawn().expect("start pgctl run on the host"),
+            child,
             url: format!("http://127.0.0.1:{http_port}"),
+            log,
         }
     }
+}
+
+/// `pgctl ARGS` on the host with the stack's S3 settings, no HTTP server, and `env`.
+pub fn host_pgctl_env(s: &Stack, args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = s.host_pgctl_cmd(args);
+    cmd.env("PGBACKUP_HTTP_ADDR", "off");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
 }
 
 /// `pgctl ARGS` on the host (the binary under test).
@@ -550,6 +589,8 @@ impl Stack {
 pub struct Project {
     pub project: String,
     pub dir: std::path::PathBuf,
+    /// The compose files, in order (`compose.yaml`, then an override if any).
+    files: Vec<&'static str>,
 }
 
 impl Project {
@@ -560,14 +601,29 @@ impl Project {
         let dir = std::path::Path::new(&scratch).join(&project);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("compose.yaml"), compose).unwrap();
-        Project { project, dir }
+        Project {
+            project,
+            dir,
+            files: vec!["compose.yaml"],
+        }
+    }
+
+    /// [`Project::new`] with a `compose.override.yaml` too (what Compose merges by itself when
+    /// run in the directory without `-f`). The directory's name is the project's name.
+    pub fn with_override(prefix: &str, compose: &str, over: &str) -> Project {
+        let mut p = Project::new(prefix, compose);
+        std::fs::write(p.dir.join("compose.override.yaml"), over).unwrap();
+        p.files.push("compose.override.yaml");
+        p
     }
 
     pub fn compose(&self, args: &[&str]) -> Output {
-        run(Command::new("docker")
-            .args(["compose", "-p", &self.project, "-f", "compose.yaml"])
-            .args(args)
-            .current_dir(&self.dir))
+        let mut cmd = Command::new("docker");
+        cmd.args(["compose", "-p", &self.project]);
+        for f in &self.files {
+            cmd.args(["-f", f]);
+        }
+        run(cmd.args(args).current_dir(&self.dir))
     }
 
     /// `pgctl ARGS` in the project's `backup` service.
@@ -601,12 +657,14 @@ impl Stack {
     }
 }
 
-/// The ```{lang} blocks under the README heading `### {heading}`, in order.
+/// The ```{lang} blocks under the README heading `### {heading}` (or `## {heading}`, up to
+/// the next heading), in order.
 pub fn readme_blocks(heading: &str, lang: &str) -> Vec<String> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let start = readme
         .find(&format!("\n### {heading}\n"))
+        .or_else(|| readme.find(&format!("\n## {heading}\n")))
         .unwrap_or_else(|| panic!("README has no section {heading:?}"));
     let section = &readme[start + 1..];
     let end = section[4..]

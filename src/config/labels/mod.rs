@@ -13,6 +13,7 @@ use crate::config::Defaults;
 use crate::model::KeepPolicy;
 use crate::model::Schedule;
 use crate::model::{Compression, Databases, Format, Method, TargetId};
+use crate::notify::ping::{self, PingUrl};
 
 pub const PREFIX: &str = "pgbackup.";
 pub const ENABLE: &str = "pgbackup.enable";
@@ -28,6 +29,7 @@ pub const KNOWN: &[&str] = &[
     "pgbackup.format",
     "pgbackup.compression",
     "pgbackup.dump_options",
+    "pgbackup.restore_options",
     "pgbackup.physical.schedule",
     "pgbackup.keep.last",
     "pgbackup.keep.hourly",
@@ -37,6 +39,10 @@ pub const KNOWN: &[&str] = &[
     "pgbackup.keep.yearly",
     "pgbackup.timeout",
     "pgbackup.prefix",
+    "pgbackup.ping_url",
+    "pgbackup.hook.pre_backup",
+    "pgbackup.hook.post_backup",
+    "pgbackup.hook.timeout",
 ];
 
 /// Everything needed to back up one target, with defaults applied.
@@ -52,6 +58,8 @@ pub struct TargetSpec {
     pub format: Format,
     pub compression: Compression,
     pub dump_options: Vec<String>,
+    /// pg_restore options every logical restore into this target gets.
+    pub restore_options: Vec<String>,
     pub physical_schedule: String,
     #[serde(skip)]
     pub physical_schedule_parsed: Schedule,
@@ -59,6 +67,31 @@ pub struct TargetSpec {
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
     pub prefix: String,
+    /// Shown as its host only (the path is the check's secret).
+    pub ping_url: Option<PingUrl>,
+    pub hooks: Hooks,
+}
+
+/// Commands run inside the target's container around each backup (`pgbackup.hook.*`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hooks {
+    pub pre_backup: Option<Vec<String>>,
+    pub post_backup: Option<Vec<String>>,
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+/// `pgbackup.hook.timeout` when unset.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl Default for Hooks {
+    fn default() -> Hooks {
+        Hooks {
+            pre_backup: None,
+            post_backup: None,
+            timeout: HOOK_TIMEOUT,
+        }
+    }
 }
 
 mod humantime_serde_compat {
@@ -170,20 +203,14 @@ pub fn parse(
         })
         .unwrap_or(Compression::Zstd(3));
     let dump_options = r.dump_options();
+    let restore_options = r.restore_options();
     let keep = r.keep();
     let timeout = r
-        .parsed(
-            "pgbackup.timeout",
-            "a duration of at least 1s such as 90s, 30m or 2h",
-            |v| {
-                humantime::parse_duration(v)
-                    .ok()
-                    .filter(|d| *d >= Duration::from_secs(1))
-                    .ok_or(())
-            },
-        )
+        .duration("pgbackup.timeout", "90s, 30m or 2h")
         .unwrap_or(Duration::from_secs(2 * 3600));
     let prefix = r.prefix(id);
+    let ping_url = r.ping_url();
+    let hooks = r.hooks();
 
     let mut errors = r.errors;
     if !errors.is_empty() {
@@ -200,11 +227,14 @@ pub fn parse(
         format,
         compression,
         dump_options,
+        restore_options,
         physical_schedule: physical_schedule.to_string(),
         physical_schedule_parsed: physical_schedule,
         keep: defaults.keep.merged(&keep),
         timeout,
         prefix,
+        ping_url,
+        hooks,
     })
 }
 
@@ -271,6 +301,20 @@ impl<'a> Reader<'a> {
                 None
             }
         }
+    }
+
+    /// A duration of at least a second; `examples` such as "30s or 5m".
+    fn duration(&mut self, label: &str, examples: &str) -> Option<Duration> {
+        self.parsed(
+            label,
+            &format!("a duration of at least 1s such as {examples}"),
+            |v| {
+                humantime::parse_duration(v)
+                    .ok()
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .ok_or(())
+            },
+        )
     }
 
     fn schedule(&mut self, label: &str) -> Option<Schedule> {
@@ -343,6 +387,16 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn restore_options(&mut self) -> Vec<String> {
+        let Some(v) = self.get(RESTORE_OPTIONS_LABEL) else {
+            return vec![];
+        };
+        validate_restore_options(v).unwrap_or_else(|why| {
+            self.err(RESTORE_OPTIONS_LABEL, v, &why);
+            vec![]
+        })
+    }
+
     fn keep(&mut self) -> KeepPolicy {
         let mut keep = KeepPolicy::default();
         for (class, slot) in [
@@ -361,6 +415,53 @@ impl<'a> Reader<'a> {
             );
         }
         keep
+    }
+
+    fn ping_url(&mut self) -> Option<PingUrl> {
+        let v = self.get("pgbackup.ping_url")?;
+        match PingUrl::parse(v) {
+            Ok(u) => Some(u),
+            Err(_) => {
+                // The URL is the check's secret: never echoed.
+                self.err("pgbackup.ping_url", "(not shown)", ping::EXPECTED);
+                None
+            }
+        }
+    }
+
+    fn hooks(&mut self) -> Hooks {
+        let mut command = |label: &str| {
+            let v = self.get(label)?;
+            match shell_words::split(v) {
+                Ok(words) if !words.is_empty() => Some(words),
+                Ok(_) => {
+                    self.err(
+                        label,
+                        v,
+                        "a command such as pg_isready or sh -c 'curl -fsS http://app/pause'",
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.err(
+                        label,
+                        v,
+                        &format!("a command with shell-style quoting ({e})"),
+                    );
+                    None
+                }
+            }
+        };
+        let pre_backup = command("pgbackup.hook.pre_backup");
+        let post_backup = command("pgbackup.hook.post_backup");
+        let timeout = self
+            .duration("pgbackup.hook.timeout", "30s or 5m")
+            .unwrap_or(HOOK_TIMEOUT);
+        Hooks {
+            pre_backup,
+            post_backup,
+            timeout,
+        }
     }
 
     fn prefix(&mut self, id: &TargetId) -> String {
@@ -469,12 +570,59 @@ const DUMP_OPTIONS: &[(&str, Option<char>, bool)] = &[
     ("--verbose", Some('v'), false),
 ];
 
+pub const RESTORE_OPTIONS_LABEL: &str = "pgbackup.restore_options";
+
+/// pg_restore options a logical restore may pass on. Only those that keep the archive's
+/// `CREATE DATABASE` (the restore loads into a new database and renames it): not `--schema`,
+/// `--table` or `--section`, which leave it out; not `--clean` or `--single-transaction`, which
+/// the restore's own method replaces.
+const RESTORE_OPTIONS: &[(&str, Option<char>, bool)] = &[
+    ("--no-owner", Some('O'), false),
+    ("--no-privileges", Some('x'), false),
+    ("--no-acl", None, false),
+    ("--no-comments", None, false),
+    ("--no-publications", None, false),
+    ("--no-subscriptions", None, false),
+    ("--no-security-labels", None, false),
+    ("--no-tablespaces", None, false),
+    ("--no-table-access-method", None, false),
+    ("--exclude-schema", Some('N'), true),
+    ("--use-set-session-authorization", None, false),
+];
+
+/// [`RESTORE_OPTIONS`] from `--restore-option` or `pgbackup.restore_options`, normalised to
+/// `--long[=value]`.
+pub fn validate_restore_options(s: &str) -> Result<Vec<String>, String> {
+    validate_options(
+        s,
+        RESTORE_OPTIONS,
+        "pg_restore",
+        "(the restore creates, loads and renames the databases itself)",
+    )
+}
+
 /// Splits with shell quoting rules (no shell is ever run) and accepts only known pg_dump options,
 /// returning them normalised to `--long[=value]` form.
 pub fn validate_dump_options(s: &str) -> Result<Vec<String>, String> {
+    validate_options(
+        s,
+        DUMP_OPTIONS,
+        "pg_dump",
+        "(connection, output and format are set by pgbackup)",
+    )
+}
+
+/// Options of `tool` from `table` (long name, short letter, takes a value), in `--long[=value]`
+/// form; `why_not` says why others are refused.
+fn validate_options(
+    s: &str,
+    table: &[(&str, Option<char>, bool)],
+    tool: &str,
+    why_not: &str,
+) -> Result<Vec<String>, String> {
     let words = shell_words::split(s).map_err(|e| format!("shell-style words ({e})"))?;
     let allowed = || {
-        DUMP_OPTIONS
+        table
             .iter()
             .map(|(l, _, _)| *l)
             .collect::<Vec<_>>()
@@ -488,11 +636,11 @@ pub fn validate_dump_options(s: &str) -> Result<Vec<String>, String> {
                 Some((n, v)) => (format!("--{n}"), Some(v.to_string())),
                 None => (w.clone(), None),
             };
-            match DUMP_OPTIONS.iter().find(|(l, _, _)| *l == name) {
+            match table.iter().find(|(l, _, _)| *l == name) {
                 Some((l, _, tv)) => (*l, *tv, value),
                 None => {
                     return Err(format!(
-                        "pg_dump options from this list: {}; {name} is not allowed (connection, output and format are set by pgbackup)",
+                        "{tool} options from this list: {}; {name} is not allowed {why_not}",
                         allowed()
                     ));
                 }
@@ -501,19 +649,19 @@ pub fn validate_dump_options(s: &str) -> Result<Vec<String>, String> {
             let mut chars = rest.chars();
             let c = chars.next().expect("non-empty");
             let tail: String = chars.collect();
-            match DUMP_OPTIONS.iter().find(|(_, s, _)| *s == Some(c)) {
+            match table.iter().find(|(_, s, _)| *s == Some(c)) {
                 Some((l, _, true)) => (*l, true, (!tail.is_empty()).then_some(tail)),
                 Some((l, _, false)) if tail.is_empty() => (*l, false, None),
                 _ => {
                     return Err(format!(
-                        "pg_dump options from this list: {}; -{c} is not allowed (connection, output and format are set by pgbackup)",
+                        "{tool} options from this list: {}; -{c} is not allowed {why_not}",
                         allowed()
                     ));
                 }
             }
         } else {
             return Err(format!(
-                "options only; {w:?} is not an option (the database list comes from pgbackup.databases)"
+                "options only; {w:?} is not an option (databases are chosen by pgbackup.databases, or --db for a restore)"
             ));
         };
         match (takes_value, inline) {

@@ -193,6 +193,7 @@ pub(super) async fn dump_object(
             let _ = ctx.store.delete(key).await;
         }
         return Err(BackupError::Dump {
+            program: program.to_string(),
             database: label.to_string(),
             code: exit.code,
             stderr: exit.stderr,

@@ -41,8 +41,11 @@ pub enum BackupError {
         #[source]
         source: UploadError,
     },
-    #[error("pg_dump of database {database:?} failed (exit code {code}): {stderr}")]
+    #[error("{} failed (exit code {code}): {stderr}", dumped(program, database))]
     Dump {
+        /// pg_dump, pg_dumpall or pg_basebackup.
+        program: String,
+        /// The database, or `(globals)` / `(base)`.
         database: String,
         code: i64,
         stderr: String,
@@ -53,6 +56,18 @@ pub enum BackupError {
     /// writer's and must not be removed.
     #[error("{0}")]
     FolderTaken(String),
+    /// The pre-backup hook failed: no backup was taken.
+    #[error("{0}")]
+    Hook(#[from] crate::job::hook::HookError),
+}
+
+/// What a failed dump program was doing, for its error message.
+fn dumped(program: &str, database: &str) -> String {
+    match program {
+        "pg_dump" => format!("pg_dump of database {database:?}"),
+        "pg_dumpall" => "pg_dumpall --globals-only (roles and tablespaces)".to_string(),
+        other => other.to_string(),
+    }
 }
 
 impl BackupError {

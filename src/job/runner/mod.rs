@@ -18,10 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::discovery::Target;
 use crate::engine::docker::DockerClient;
 use crate::job::backup::{self, BackupError, Ctx};
-use crate::job::metrics::{DbLabels, JobLabels, Metrics};
+use crate::job::hook::{self, HookError, Point};
+use crate::job::metrics::{DbLabels, HookLabels, JobLabels, Metrics};
 use crate::model::TargetId;
 use crate::model::layout::{self, BackupId, Kind};
 use crate::model::manifest::Manifest;
+use crate::notify::ping::Signal;
+use crate::notify::{self, Event, EventKind, Notifier};
 use crate::retention::prune;
 use crate::store::SharedStore;
 
@@ -31,6 +34,19 @@ pub enum Trigger {
     Schedule,
     Startup,
     Manual,
+    /// `pgctl run --once`.
+    Once,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Startup => "startup",
+            Trigger::Manual => "manual",
+            Trigger::Once => "once",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,6 +114,18 @@ pub trait Work: Send + Sync {
     async fn backup(&self, target: &Target, id: BackupId) -> Result<Manifest, BackupError>;
     /// Removes what a failed attempt wrote in `dir`, its folder.
     async fn discard(&self, dir: &str);
+    /// Runs a hook's `command` in the target's container; its output on success. (Fakes that
+    /// have no hooks to run keep this default.)
+    async fn hook(
+        &self,
+        _target: &Target,
+        _point: Point,
+        _command: &[String],
+        _env: &[String],
+        _timeout: Duration,
+    ) -> Result<String, HookError> {
+        Ok(String::new())
+    }
 }
 
 /// The real work: dumps or base backups from the target through the pipeline into the store.
@@ -126,6 +154,25 @@ impl Work for Backups {
         };
         backup::discard(&ctx, dir).await;
     }
+
+    async fn hook(
+        &self,
+        target: &Target,
+        point: Point,
+        command: &[String],
+        env: &[String],
+        timeout: Duration,
+    ) -> Result<String, HookError> {
+        hook::run(
+            &self.docker,
+            &target.container_id,
+            point,
+            command,
+            env,
+            timeout,
+        )
+        .await
+    }
 }
 
 pub struct Runner {
@@ -144,6 +191,8 @@ pub struct Runner {
     locks: Mutex<HashMap<TargetId, Arc<Mutex<()>>>>,
     pub state: RwLock<BTreeMap<String, TargetState>>,
     pub metrics: Metrics,
+    /// Notifications and pings about every job.
+    pub notifier: Notifier,
 }
 
 impl Runner {
@@ -153,6 +202,7 @@ impl Runner {
         tz: Tz,
         concurrency: usize,
         min_backups: u32,
+        notify: notify::Settings,
     ) -> Runner {
         let work = Arc::new(Backups {
             docker: docker.clone(),
@@ -160,6 +210,7 @@ impl Runner {
         });
         let mut r = Runner::with_work(work, store, tz, concurrency, min_backups);
         r.docker = Some(docker);
+        r.notifier = Notifier::new(notify, r.metrics.notify.clone());
         r
     }
 
@@ -171,7 +222,9 @@ impl Runner {
         concurrency: usize,
         min_backups: u32,
     ) -> Runner {
+        let metrics = Metrics::default();
         Runner {
+            notifier: Notifier::new(notify::Settings::default(), metrics.notify.clone()),
             docker: None,
             work,
             store,
@@ -183,7 +236,7 @@ impl Runner {
             jobs: std::sync::Mutex::new(JoinSet::new()),
             locks: Mutex::default(),
             state: RwLock::default(),
-            metrics: Metrics::default(),
+            metrics,
         }
     }
 
@@ -291,20 +344,48 @@ impl Runner {
         });
         self.metrics.running.inc();
         let clock = Instant::now();
-        tracing::info!(target_id = %key, kind = %kind, trigger = ?trigger, container = %target.container, "Backup started.");
+        tracing::info!(target_id = %key, kind = %kind, trigger = %trigger, container = %target.container, "Backup started.");
+        let ping_url = self
+            .notifier
+            .ping_url(target.settings().and_then(|s| s.ping_url.as_ref()))
+            .cloned();
+        let start_ping = self
+            .notifier
+            .ping(&key, ping_url.as_ref(), Signal::Start, None);
         let timeout = target
             .settings()
             .map(|s| s.timeout)
             .unwrap_or(Duration::from_secs(7200));
-        let outcome = self
-            .with_retries(target, kind, trigger, timeout, permit)
-            .await;
+        let hooks = target
+            .settings()
+            .map(|s| s.hooks.clone())
+            .unwrap_or_default();
+        let outcome = match self.pre_hook(target, kind, &hooks).await {
+            Err(e) => {
+                drop(permit);
+                Err(e)
+            }
+            Ok(()) => {
+                self.with_retries(target, kind, trigger, timeout, permit)
+                    .await
+            }
+        };
         let duration = clock.elapsed().as_secs_f64();
         self.metrics.running.dec();
         let result = self.record(target, kind, trigger, started_at, duration, outcome);
+        self.post_hook(target, &hooks, &result).await;
+        let signal = match &result.error {
+            None => Signal::Success {
+                duration_ms: (duration * 1000.0) as u64,
+            },
+            Some(e) => Signal::Fail { error: e.clone() },
+        };
+        self.notifier
+            .ping(&key, ping_url.as_ref(), signal, start_ping);
+        self.notifier.notify(event_of(&result));
         if result.ok && trigger != Trigger::Manual {
             // Retention runs after every scheduled backup, still under the target's lock.
-            self.prune(target).await;
+            self.prune(target, kind, trigger).await;
         }
         let mut st = self.state.write().await;
         let entry = st.entry(key).or_default();
@@ -328,7 +409,7 @@ impl Runner {
     ) -> Result<Manifest, BackupError> {
         let mut permit = Some(permit);
         let retries = match trigger {
-            Trigger::Manual => 0,
+            Trigger::Manual | Trigger::Once => 0,
             Trigger::Schedule | Trigger::Startup => RETRY_DELAYS.len(),
         };
         let mut attempt = 0;
@@ -523,6 +604,131 @@ impl Runner {
     }
 }
 
+/// The notification about a job's result.
+fn event_of(r: &JobResult) -> Event {
+    Event {
+        event: if r.ok {
+            EventKind::BackupSucceeded
+        } else {
+            EventKind::BackupFailed
+        },
+        target: r.target.clone(),
+        kind: r.kind,
+        trigger: r.trigger.to_string(),
+        backup_id: r.backup_id.clone(),
+        databases: r.databases.clone(),
+        bytes: r.bytes,
+        duration_seconds: r.duration_seconds,
+        error: r.error.clone(),
+        deleted: vec![],
+        time: Utc::now(),
+    }
+}
+
+impl Runner {
+    /// The pre-backup hook, if any: a failure (or a shutdown meanwhile) fails the job before
+    /// anything is written.
+    async fn pre_hook(
+        &self,
+        target: &Target,
+        kind: Kind,
+        hooks: &crate::config::labels::Hooks,
+    ) -> Result<(), BackupError> {
+        let Some(cmd) = &hooks.pre_backup else {
+            return Ok(());
+        };
+        let env = hook_env(target, kind, Point::PreBackup, None);
+        let r = tokio::select! {
+            r = self.work.hook(target, Point::PreBackup, cmd, &env, hooks.timeout) => r,
+            _ = self.cancel.cancelled() => return Err(BackupError::Refused(
+                "the controller is shutting down (SIGTERM) during the pre_backup hook: no backup was taken".into(),
+            )),
+        };
+        match r {
+            Ok(output) => {
+                tracing::info!(target_id = %target.target, hook = "pre_backup", output = %output, "Hook ran.");
+                Ok(())
+            }
+            Err(e) => {
+                self.hook_failed(target, Point::PreBackup);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The post-backup hook, if any, told the outcome through its environment. Its failure is
+    /// logged and counted; the backup's own result stands.
+    async fn post_hook(
+        &self,
+        target: &Target,
+        hooks: &crate::config::labels::Hooks,
+        result: &JobResult,
+    ) {
+        let Some(cmd) = &hooks.post_backup else {
+            return;
+        };
+        let env = hook_env(target, result.kind, Point::PostBackup, Some(result));
+        match self
+            .work
+            .hook(target, Point::PostBackup, cmd, &env, hooks.timeout)
+            .await
+        {
+            Ok(output) => {
+                tracing::info!(target_id = %target.target, hook = "post_backup", output = %output, "Hook ran.")
+            }
+            Err(e) => {
+                self.hook_failed(target, Point::PostBackup);
+                tracing::warn!(target_id = %target.target, hook = "post_backup", "Hook failed (the backup's result stands): {e}");
+            }
+        }
+    }
+
+    fn hook_failed(&self, target: &Target, point: Point) {
+        self.metrics
+            .hook_failures
+            .get_or_create(&HookLabels {
+                target: target.target.to_string(),
+                hook: point.name().to_string(),
+            })
+            .inc();
+    }
+}
+
+/// What a hook is told (`NAME=value`): the target, the kind, which hook; a post-backup hook
+/// also the outcome. Pure.
+pub fn hook_env(
+    target: &Target,
+    kind: Kind,
+    point: Point,
+    result: Option<&JobResult>,
+) -> Vec<String> {
+    let mut env = vec![
+        format!("PGBACKUP_TARGET={}", target.target),
+        format!("PGBACKUP_KIND={kind}"),
+        format!("PGBACKUP_HOOK={}", point.name()),
+    ];
+    if let Some(r) = result {
+        env.push(format!(
+            "PGBACKUP_RESULT={}",
+            if r.ok { "ok" } else { "failed" }
+        ));
+        env.push(format!(
+            "PGBACKUP_BACKUP_ID={}",
+            r.backup_id.as_deref().unwrap_or("")
+        ));
+        env.push(format!("PGBACKUP_BYTES={}", r.bytes));
+        env.push(format!(
+            "PGBACKUP_DURATION_SECONDS={:.1}",
+            r.duration_seconds
+        ));
+        env.push(format!(
+            "PGBACKUP_ERROR={}",
+            r.error.as_deref().unwrap_or("")
+        ));
+    }
+    env
+}
+
 fn timed_out(timeout: Duration) -> BackupError {
     BackupError::Refused(format!(
         "the backup took longer than its timeout of {} (pgbackup.timeout) and was aborted",
@@ -531,7 +737,7 @@ fn timed_out(timeout: Duration) -> BackupError {
 }
 
 impl Runner {
-    async fn prune(&self, target: &Target) {
+    async fn prune(&self, target: &Target, kind: Kind, trigger: Trigger) {
         let Some(scope) = prune::scope_of(target, self.store.prefix()) else {
             return;
         };
@@ -566,9 +772,26 @@ impl Runner {
         }
         .await;
         match result {
-            Ok(d) => tracing::info!(target_id = %scope.target, policy = %scope.policy,
-                backups_deleted = d.backups_deleted, leftovers_deleted = d.leftovers_deleted,
-                uploads_aborted = d.uploads_aborted, "Retention applied."),
+            Ok(d) => {
+                tracing::info!(target_id = %scope.target, policy = %scope.policy,
+                    backups_deleted = d.backups_deleted, leftovers_deleted = d.leftovers_deleted,
+                    uploads_aborted = d.uploads_aborted, "Retention applied.");
+                if !d.deleted.is_empty() {
+                    self.notifier.notify(Event {
+                        event: EventKind::RetentionDeleted,
+                        target: scope.target.clone(),
+                        kind,
+                        trigger: trigger.to_string(),
+                        backup_id: None,
+                        databases: vec![],
+                        bytes: 0,
+                        duration_seconds: 0.0,
+                        error: None,
+                        deleted: d.deleted,
+                        time: Utc::now(),
+                    });
+                }
+            }
             Err(e) => {
                 tracing::warn!(target_id = %scope.target, "Retention failed (retried after the next backup): {e}")
             }

@@ -7,6 +7,7 @@ fn only_failures_that_may_pass_are_retried() {
         source: crate::store::UploadError::TooLarge,
     };
     let dump = BackupError::Dump {
+        program: "pg_dump".into(),
         database: "app".into(),
         code: 1,
         stderr: "connection reset".into(),
@@ -27,6 +28,9 @@ fn only_failures_that_may_pass_are_retried() {
     assert!(RETRY_DELAYS.iter().sum::<Duration>() <= Duration::from_secs(600));
 }
 
+/// A hook the fake ran: which, its command, its environment.
+type HookRun = (Point, Vec<String>, Vec<String>);
+
 /// A fake attempt: each call takes the next scripted step; it records what was asked.
 #[derive(Default)]
 struct Fake {
@@ -35,6 +39,10 @@ struct Fake {
     discarded: std::sync::Mutex<Vec<String>>,
     /// Discards never end (a store that hangs during clean-up).
     discard_hangs: bool,
+    /// Every hook run: which, the command, its environment.
+    hooks: std::sync::Mutex<Vec<HookRun>>,
+    /// Hooks that fail, by point.
+    failing_hooks: Vec<Point>,
 }
 
 enum Step {
@@ -48,6 +56,7 @@ enum Step {
 
 fn dump_error() -> BackupError {
     BackupError::Dump {
+        program: "pg_dump".into(),
         database: "app".into(),
         code: 1,
         stderr: "server closed the connection".into(),
@@ -75,6 +84,29 @@ impl Work for Fake {
         if self.discard_hangs {
             std::future::pending::<()>().await;
         }
+    }
+
+    async fn hook(
+        &self,
+        _target: &Target,
+        point: Point,
+        command: &[String],
+        env: &[String],
+        _timeout: Duration,
+    ) -> Result<String, HookError> {
+        self.hooks
+            .lock()
+            .unwrap()
+            .push((point, command.to_vec(), env.to_vec()));
+        if self.failing_hooks.contains(&point) {
+            return Err(HookError::Failed {
+                point: point.name(),
+                command: shell_words::join(command),
+                code: 3,
+                output: "not now".into(),
+            });
+        }
+        Ok(String::new())
     }
 }
 
@@ -256,4 +288,107 @@ async fn a_job_that_cannot_clean_up_within_the_grace_is_aborted() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(r.shutdown(Duration::from_secs(5)).await, 1);
     assert!(rx.await.is_err(), "the aborted job sends no result");
+}
+
+fn hooked() -> Target {
+    crate::discovery::test_target(
+        "db",
+        &[
+            ("pgbackup.hook.pre_backup", "sh -c 'touch /tmp/paused'"),
+            ("pgbackup.hook.post_backup", "resume-app --now"),
+        ],
+    )
+}
+
+fn env_of(f: &Fake, point: Point) -> Vec<String> {
+    f.hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(p, _, _)| *p == point)
+        .map(|(_, _, env)| env.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn hooks_run_around_the_backup_and_the_post_hook_is_told_the_outcome() {
+    let (r, fake) = runner(Fake::default());
+    let res = r
+        .run(&hooked(), Kind::Logical, Trigger::Manual, false)
+        .await
+        .unwrap();
+    assert!(res.ok, "{:?}", res.error);
+    let hooks = fake.hooks.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 2);
+    assert_eq!(hooks[0].0, Point::PreBackup);
+    assert_eq!(hooks[0].1, ["sh", "-c", "touch /tmp/paused"]);
+    assert_eq!(hooks[1].0, Point::PostBackup);
+    assert_eq!(hooks[1].1, ["resume-app", "--now"]);
+    let post = env_of(&fake, Point::PostBackup);
+    assert!(post.contains(&"PGBACKUP_RESULT=ok".to_string()), "{post:?}");
+    assert!(
+        post.contains(&"PGBACKUP_TARGET=shop/db".to_string()),
+        "{post:?}"
+    );
+    assert!(post.contains(&format!("PGBACKUP_BACKUP_ID={}", res.backup_id.unwrap())));
+    assert!(env_of(&fake, Point::PreBackup).contains(&"PGBACKUP_HOOK=pre_backup".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_pre_hook_fails_the_backup_before_anything_is_written() {
+    let (r, fake) = runner(Fake {
+        failing_hooks: vec![Point::PreBackup],
+        ..Default::default()
+    });
+    let res = r
+        .run(&hooked(), Kind::Logical, Trigger::Schedule, false)
+        .await
+        .unwrap();
+    assert!(!res.ok);
+    assert_eq!(
+        res.error.as_deref(),
+        Some("pre_backup hook `sh -c 'touch /tmp/paused'` failed (exit code 3): not now")
+    );
+    assert_eq!(calls(&fake), 0, "no backup attempt, no retry");
+    let post = env_of(&fake, Point::PostBackup);
+    assert!(
+        post.contains(&"PGBACKUP_RESULT=failed".to_string()),
+        "{post:?}"
+    );
+    assert!(
+        post.iter()
+            .any(|e| e.starts_with("PGBACKUP_ERROR=pre_backup hook"))
+    );
+    let failures = |hook: &str| {
+        r.metrics
+            .hook_failures
+            .get_or_create(&HookLabels {
+                target: "shop/db".into(),
+                hook: hook.into(),
+            })
+            .get()
+    };
+    assert_eq!((failures("pre_backup"), failures("post_backup")), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_post_hook_is_counted_and_the_backup_stands() {
+    let (r, _fake) = runner(Fake {
+        failing_hooks: vec![Point::PostBackup],
+        ..Default::default()
+    });
+    let res = r
+        .run(&hooked(), Kind::Logical, Trigger::Manual, false)
+        .await
+        .unwrap();
+    assert!(res.ok);
+    let post = r
+        .metrics
+        .hook_failures
+        .get_or_create(&HookLabels {
+            target: "shop/db".into(),
+            hook: "post_backup".into(),
+        })
+        .get();
+    assert_eq!(post, 1);
 }

@@ -154,33 +154,14 @@ pub(super) async fn post_sql(
     id: &str,
     plan: &Plan,
 ) -> Result<(), RestoreError> {
-    for (name, sql) in &plan.inputs.scripts {
-        let cmd: Vec<String> = [
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            &plan.service.user,
-            "-d",
-            &plan.service.database,
-            "-f",
-            "-",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let exit = docker.exec_feed(id, &cmd, sql.clone(), None).await?;
-        if exit.code != 0 {
-            return Err(RestoreError::Failed(format!(
-                "post-restore script {name} failed (psql exit {}): {}",
-                exit.code, exit.stderr
-            )));
-        }
-        tracing::info!(script = %name, "Post-restore script ran.");
-    }
-    Ok(())
+    crate::restore::scripts::run(
+        docker,
+        id,
+        &plan.service.user,
+        &plan.service.database,
+        &plan.inputs.scripts,
+    )
+    .await
 }
 
 /// What has been changed so far, to undo it.

@@ -82,7 +82,7 @@ pub struct Options {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inputs {
     pub auto_conf: Option<Vec<u8>>,
-    pub scripts: Vec<(String, Vec<u8>)>,
+    pub scripts: Vec<crate::restore::scripts::Script>,
 }
 
 /// Misused options, before anything is looked at.
@@ -125,33 +125,7 @@ pub fn load_inputs(o: &Options) -> Result<Inputs, RestoreError> {
         inputs.auto_conf = Some(bytes);
     }
     if let Some(dir) = &o.post_sql {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            RestoreError::Usage(format!(
-                "--post-sql {}: {e}; pass a directory of *.sql files pgctl can read",
-                dir.display()
-            ))
-        })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "sql"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(RestoreError::Usage(format!(
-                "--post-sql {} holds no *.sql files",
-                dir.display()
-            )));
-        }
-        for f in files {
-            let bytes = std::fs::read(&f).map_err(|e| {
-                RestoreError::Usage(format!("--post-sql: cannot read {}: {e}", f.display()))
-            })?;
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            inputs.scripts.push((name, bytes));
-        }
+        inputs.scripts = crate::restore::scripts::read(dir)?;
     }
     Ok(inputs)
 }
