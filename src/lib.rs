@@ -33,3 +33,14 @@ pub mod exit {
     /// incompatible Postgres version.
     pub const REFUSED: i32 = 4;
 }
+
+/// An HTTP client builder whose TLS is rustls with ring (the crypto provider installed for the
+/// process on first use): notifications, pings and the CLI's calls to the controller.
+pub fn http_client() -> reqwest::ClientBuilder {
+    static RING: std::sync::Once = std::sync::Once::new();
+    RING.call_once(|| {
+        // Another provider installed first is as good; only "none at all" would be an error.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}

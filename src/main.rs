@@ -47,7 +47,11 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Run { once, targets } => cmd_run(once, targets).await,
+            Command::Run {
+                once,
+                physical,
+                targets,
+            } => cmd_run(once, physical, targets).await,
             Command::Status { json, controller } => cmd_status(json, controller).await,
             Command::Backup {
                 targets,
@@ -161,7 +165,7 @@ fn init_logging(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     }
 }
 
-async fn cmd_run(once: bool, targets: Vec<String>) -> i32 {
+async fn cmd_run(once: bool, physical: bool, targets: Vec<String>) -> i32 {
     let cfg = match env_map().and_then(|m| Config::from_map(&m)) {
         Ok(c) => c,
         Err(e) => {
@@ -187,7 +191,7 @@ async fn cmd_run(once: bool, targets: Vec<String>) -> i32 {
         tracing::warn!(variable = %name, "Unknown variable ignored: pgbackup reads no such setting (a typo? see the README's variables).");
     }
     if once || cfg.single_shot {
-        return controller::once(cfg, targets).await;
+        return controller::once(cfg, targets, physical).await;
     }
     match controller::run(cfg).await {
         Ok(()) => exit::OK,
@@ -259,7 +263,7 @@ fn controller_url(addr: Option<&String>) -> String {
 }
 
 async fn fetch_report(base: &str) -> anyhow::Result<Report> {
-    let client = reqwest::Client::builder()
+    let client = pgbackup::http_client()
         .timeout(Duration::from_secs(5))
         .build()?;
     let resp = client
@@ -329,7 +333,7 @@ async fn cmd_backup(
         let url = format!("{}{}", base.trim_end_matches('/'), http::BACKUPS_PATH);
         async move {
             // No overall timeout: a backup takes as long as it takes (each job has its own limit).
-            let client = reqwest::Client::builder()
+            let client = pgbackup::http_client()
                 .connect_timeout(Duration::from_secs(5))
                 .build()?;
             let r = client

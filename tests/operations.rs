@@ -33,7 +33,6 @@ fn service(name: &str, labels: &[(&str, &str)]) -> String {
       retries: 60
     labels:
       pgbackup.enable: "true"
-      pgbackup.schedule: "off"
 "#,
         image = common::postgres_image()
     );
@@ -64,11 +63,11 @@ impl Ops {
                     ("pgbackup.ping_url", &rx.url(&format!("/ping/{PING_GOOD}"))),
                     (
                         "pgbackup.hook.pre_backup",
-                        "sh -c 'echo \"$PGBACKUP_HOOK $PGBACKUP_TARGET $PGBACKUP_KIND\" > /tmp/pre.txt'",
+                        "sh -c 'echo \"$$PGBACKUP_HOOK $$PGBACKUP_TARGET $$PGBACKUP_KIND\" > /tmp/pre.txt'",
                     ),
                     (
                         "pgbackup.hook.post_backup",
-                        "sh -c 'echo \"$PGBACKUP_RESULT $PGBACKUP_BACKUP_ID\" > /tmp/post.txt'",
+                        "sh -c 'echo \"$$PGBACKUP_RESULT $$PGBACKUP_BACKUP_ID\" > /tmp/post.txt'",
                     ),
                 ],
             ),
@@ -111,7 +110,7 @@ impl Ops {
             (
                 "PGBACKUP_NOTIFY_URLS",
                 format!(
-                    "generic+http://127.0.0.1:{}/hook/{HOOK_TOKEN}?level=all&@Authorization=Bearer%20{HEADER_SECRET}, generic+http://127.0.0.1:{}/dead/{DEAD_TOKEN}",
+                    "generic+http://127.0.0.1:{}/hook/{HOOK_TOKEN}?level=all&@Authorization=Bearer%20{HEADER_SECRET}, generic+http://127.0.0.1:{}/dead/{DEAD_TOKEN}?level=success",
                     self.rx.port, self.dead
                 ),
             ),
@@ -590,7 +589,7 @@ networks:
     // The README's single-shot recipe, in the project's directory as written.
     let once = common::run(
         std::process::Command::new("sh")
-            .args(["-c", "docker compose run --rm -T backup pgctl run --once"])
+            .args(["-c", "docker compose run --rm -T backup run --once"])
             .current_dir(&p.dir),
     );
     assert_eq!(
@@ -600,7 +599,7 @@ networks:
         stdout(&once),
         stderr(&once)
     );
-    let o = p.pgctl(&["list", "--json"]);
+    let o = p.pgctl(&["list", &target, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
     let leftover = common::docker(&[

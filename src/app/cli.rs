@@ -20,13 +20,17 @@ pub enum Command {
     /// Run the controller: discover labelled Postgres containers and back them up on schedule.
     ///
     /// With --once (or PGBACKUP_SINGLE_SHOT=true): back up every valid target (or the named
-    /// ones) now, apply retention, send notifications, and exit: 0 when every backup
-    /// succeeded, 1 when any failed or a target's labels are invalid, 2 for an unknown target.
-    /// For host cron, Kubernetes CronJobs and CI.
+    /// ones) now, logically (base backups with --physical; schedules are not consulted), apply
+    /// retention, send notifications, and exit: 0 when every backup succeeded, 1 when any
+    /// failed or a target's labels are invalid, 2 for an unknown target, 3 when Docker or the
+    /// destination is unreachable. For host cron, Kubernetes CronJobs and CI.
     Run {
         /// Back up once and exit instead of running on schedule.
         #[arg(long)]
         once: bool,
+        /// With --once: physical base backups instead of logical dumps.
+        #[arg(long, requires = "once")]
+        physical: bool,
         /// With --once: only these targets (`project/service`, or just the service).
         #[arg(value_name = "TARGET", requires = "once")]
         targets: Vec<String>,

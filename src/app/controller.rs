@@ -78,11 +78,11 @@ struct Started {
 /// their way (each is tried for up to about half a minute).
 const FLUSH_WITHIN: Duration = Duration::from_secs(45);
 
-/// `pgctl run --once [TARGET…]` (or `PGBACKUP_SINGLE_SHOT=true`): the start-up checks, one
-/// listing, a backup of every chosen target (logical unless `pgbackup.schedule=off`, physical
-/// too when `pgbackup.physical.schedule` is set), retention, notifications, then exit: 0 only
-/// when every backup succeeded. For host cron, Kubernetes CronJobs and CI.
-pub async fn once(cfg: Config, names: Vec<String>) -> i32 {
+/// `pgctl run --once [--physical] [TARGET…]` (or `PGBACKUP_SINGLE_SHOT=true`): the start-up
+/// checks, one listing, a backup of every chosen target (logical, or base backups with
+/// `physical`; schedules are not consulted), retention, notifications, then exit: 0 only when
+/// every backup succeeded. For host cron, Kubernetes CronJobs and CI.
+pub async fn once(cfg: Config, names: Vec<String>, physical: bool) -> i32 {
     let mut signal = std::pin::pin!(wait_for_signal());
     let started = tokio::select! {
         r = connect(&cfg) => r,
@@ -138,16 +138,15 @@ pub async fn once(cfg: Config, names: Vec<String>) -> i32 {
         cfg.min_backups,
         cfg.notify.clone(),
     ));
-    let mut jobs = Vec::new();
-    for t in &chosen {
-        let spec = t.settings().expect("chosen targets are valid");
-        if !spec.schedule_parsed.is_off() {
-            jobs.push(runner.submit(t.clone(), Kind::Logical, Trigger::Once, true));
-        }
-        if !spec.physical_schedule_parsed.is_off() {
-            jobs.push(runner.submit(t.clone(), Kind::Physical, Trigger::Once, true));
-        }
-    }
+    let kind = if physical {
+        Kind::Physical
+    } else {
+        Kind::Logical
+    };
+    let jobs: Vec<_> = chosen
+        .iter()
+        .map(|t| runner.submit(t.clone(), kind, Trigger::Once, true))
+        .collect();
     tracing::info!(
         targets = chosen.len(),
         jobs = jobs.len(),

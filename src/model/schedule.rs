@@ -36,10 +36,6 @@ impl fmt::Display for Schedule {
 }
 
 impl Schedule {
-    /// `off`: this kind of backup is not taken.
-    pub fn is_off(&self) -> bool {
-        matches!(self, Schedule::Off)
-    }
     pub const EXPECTED: &'static str = "a cron expression with 5 fields (minute precision) or 6 (with seconds first), \
          @hourly, @daily, @weekly, @monthly, @yearly, or off";
 

@@ -227,7 +227,7 @@ pub type Pending = Option<tokio::task::JoinHandle<()>>;
 
 impl Notifier {
     pub fn new(settings: Settings, counters: Counters) -> Notifier {
-        let client = reqwest::Client::builder()
+        let client = crate::http_client()
             .timeout(REQUEST_TIMEOUT)
             .user_agent(concat!("pgbackup/", env!("CARGO_PKG_VERSION")))
             .build()

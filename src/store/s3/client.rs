@@ -9,7 +9,7 @@ pub(super) fn to_utc(t: &aws_sdk_s3::primitives::DateTime) -> Option<DateTime<Ut
 }
 
 pub(super) async fn client(cfg: &S3Config) -> Client {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https());
     match (&cfg.region, &cfg.endpoint) {
         (Some(r), _) => loader = loader.region(Region::new(r.clone())),
         // S3-compatibles rarely care about the region but SigV4 needs one.
@@ -37,6 +37,14 @@ pub(super) async fn client(cfg: &S3Config) -> Client {
         b = b.endpoint_url(e);
     }
     Client::from_conf(b.build())
+}
+
+/// The SDK's HTTP client: rustls with ring (see Cargo.toml), the system's CA roots.
+fn https() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 /// A part upload may take `S3_TIMEOUT` per this many bytes of its body (at least one unit).
