@@ -621,3 +621,42 @@ networks:
         "from-the-snippet"
     );
 }
+
+#[test]
+fn make_verify_takes_from_and_make_restore_says_pgctls_exit_code() {
+    let s = stack!();
+    let db = format!("{}/db", s.project);
+    let have = wait_until(Duration::from_secs(60), || {
+        (!s.list(&db).is_empty()).then_some(())
+    });
+    assert!(have.is_some(), "the stack's start-up backup of {db}");
+    let compose = format!(
+        "COMPOSE=docker compose -p {} -f compose.yaml -f compose.test.yaml",
+        s.project
+    );
+    let make = |args: &[&str]| {
+        common::run(
+            std::process::Command::new("make")
+                .arg("-s")
+                .arg(&compose)
+                .args(args)
+                .current_dir(env!("CARGO_MANIFEST_DIR")),
+        )
+    };
+    let o = make(&["verify", "FILE=latest", &format!("FROM={db}")]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("ok"), "{}", stdout(&o));
+    // make itself exits 2 on any failure; pgctl's own code is said.
+    let o = make(&[
+        "restore",
+        "FILE=20200101T000000.000Z-000000-logical",
+        &format!("FROM={db}"),
+        "TO=db-restore",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("make: pgctl exited with code 2 (1 failed and rolled back;"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -159,14 +159,7 @@ fn controller_reconnects_after_losing_the_docker_daemon() {
         child.child.try_wait().ok().flatten()
     })
     .expect("the controller stops on SIGTERM");
-    let mut log = String::new();
-    child
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = child.log();
     assert!(code.success(), "exit status {code:?}; log:\n{log}");
     assert!(log.contains("Reconnected to the Docker daemon"), "{log}");
     assert!(

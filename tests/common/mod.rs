@@ -411,7 +411,12 @@ impl HostController {
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
-        // The reader thread sees end of file once the process is gone.
+        self.log()
+    }
+
+    /// Its log so far; once it has exited, all of it.
+    pub fn log(&self) -> String {
+        // The reader thread reaches the end of the pipe just after the process is gone.
         std::thread::sleep(Duration::from_millis(200));
         self.log.lock().unwrap().clone()
     }
