@@ -54,22 +54,7 @@ pub async fn run(
     scripts: &[Script],
 ) -> Result<(), RestoreError> {
     for (name, sql) in scripts {
-        let cmd: Vec<String> = [
-            "psql",
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-U",
-            user,
-            "-d",
-            database,
-            "-f",
-            "-",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let cmd = crate::engine::pg::psql_script_argv(user, database);
         let exit = docker.exec_feed(container, &cmd, sql.clone(), None).await?;
         if exit.code != 0 {
             return Err(RestoreError::Failed(format!(

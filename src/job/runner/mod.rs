@@ -208,9 +208,8 @@ impl Runner {
             docker: docker.clone(),
             store: store.clone(),
         });
-        let mut r = Runner::with_work(work, store, tz, concurrency, min_backups);
+        let mut r = Runner::build(work, store, tz, concurrency, min_backups, notify);
         r.docker = Some(docker);
-        r.notifier = Notifier::new(notify, r.metrics.notify.clone());
         r
     }
 
@@ -222,9 +221,27 @@ impl Runner {
         concurrency: usize,
         min_backups: u32,
     ) -> Runner {
+        Runner::build(
+            work,
+            store,
+            tz,
+            concurrency,
+            min_backups,
+            notify::Settings::default(),
+        )
+    }
+
+    fn build(
+        work: Arc<dyn Work>,
+        store: SharedStore,
+        tz: Tz,
+        concurrency: usize,
+        min_backups: u32,
+        notify: notify::Settings,
+    ) -> Runner {
         let metrics = Metrics::default();
         Runner {
-            notifier: Notifier::new(notify::Settings::default(), metrics.notify.clone()),
+            notifier: Notifier::new(notify, metrics.notify.clone()),
             docker: None,
             work,
             store,
