@@ -582,6 +582,7 @@ fn fake_manifest(target: &str, dir: &str, t: DateTime<Utc>) -> pgbackup::model::
         finished_at: t,
         tool: Tool::default(),
         physical: None,
+        facts: None,
     }
 }
 

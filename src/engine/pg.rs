@@ -46,6 +46,9 @@ impl Query for Access {
     }
 }
 
+/// The stdin of a client program started with [`Access::session`], in the target or the sidecar.
+pub type PgInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
 /// How to reach a target's Postgres.
 #[derive(Clone)]
 pub enum Access {
@@ -83,14 +86,50 @@ impl Access {
     }
 
     async fn spawn(&self, program: &str, args: &[String]) -> Result<PgStream, PgError> {
+        Ok(self.spawn_with(program, args, false).await?.0)
+    }
+
+    /// `psql` reading SQL from its stdin as this access's user in `database`, unaligned and
+    /// tuples-only (one row per line), stopping at the first error: a session the caller
+    /// drives, reading its output while writing (see [`crate::job::backup`]'s snapshot facts).
+    pub async fn session(&self, database: &str) -> Result<(PgStream, PgInput), PgError> {
+        let args = [
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            self.user(),
+            "-d",
+            &conninfo_dbname(database),
+        ]
+        .map(String::from);
+        let (out, input) = self.spawn_with("psql", &args, true).await?;
+        Ok((out, input.expect("stdin piped")))
+    }
+
+    async fn spawn_with(
+        &self,
+        program: &str,
+        args: &[String],
+        stdin: bool,
+    ) -> Result<(PgStream, Option<PgInput>), PgError> {
         let mut argv = vec![program.to_string()];
         argv.extend_from_slice(args);
         match self {
             Access::Exec {
                 docker, container, ..
-            } => Ok(PgStream::Exec(
-                docker.exec(container, &argv, &[], None).await?,
-            )),
+            } => {
+                if stdin {
+                    let (out, input) = docker.exec_with_stdin(container, &argv, &[], None).await?;
+                    Ok((PgStream::Exec(out), Some(input)))
+                } else {
+                    let out = docker.exec(container, &argv, &[], None).await?;
+                    Ok((PgStream::Exec(out), None))
+                }
+            }
             Access::Connect {
                 host,
                 port,
@@ -107,7 +146,8 @@ impl Access {
                     // Environment, never argv: `ps` shows arguments to everyone.
                     cmd.env("PGPASSWORD", p.expose());
                 }
-                Ok(local(program, cmd, false)?.0)
+                let (out, input) = local(program, cmd, stdin)?;
+                Ok((out, input.map(|i| Box::pin(i) as PgInput)))
             }
         }
     }

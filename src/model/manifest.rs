@@ -77,6 +77,10 @@ pub struct Manifest {
     /// Physical backups only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub physical: Option<Physical>,
+    /// Row counts taken in the dump's own snapshot, for restore drills (logical backups whose
+    /// dump options leave no table or row out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<super::facts::Facts>,
 }
 
 /// What a physical restore must match and know.
@@ -125,6 +129,7 @@ impl Manifest {
             finished_at: at,
             tool: Tool::default(),
             physical: None,
+            facts: None,
         }
     }
 }
@@ -201,6 +206,7 @@ mod tests {
             finished_at: t,
             tool: Tool::default(),
             physical: None,
+            facts: None,
         };
         let back = Manifest::from_json(m.to_json().as_bytes()).unwrap();
         assert_eq!(back, m);

@@ -147,6 +147,7 @@ pub async fn physical(
                 wal_method: "fetch".into(),
                 image: c.image.clone(),
             }),
+            facts: None,
         };
         commit_manifest(ctx, &dir, m).await
     }

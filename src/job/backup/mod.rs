@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 mod base;
 mod commit;
 mod dump;
+mod facts;
 pub use base::*;
 pub use commit::*;
 pub use dump::*;
@@ -85,8 +86,9 @@ pub struct Ctx<'a> {
     pub store: &'a dyn Store,
 }
 
-/// `pg_dump`'s arguments for one database of `spec`. Pure.
-pub fn pg_dump_args(spec: &TargetSpec, db: &str) -> Vec<String> {
+/// `pg_dump`'s arguments for one database of `spec`, in `snapshot` when one was exported for
+/// it ([`facts`]). Pure.
+pub fn pg_dump_args(spec: &TargetSpec, db: &str, snapshot: Option<&str>) -> Vec<String> {
     let mut args = vec![
         "--no-password".to_string(),
         match spec.format {
@@ -100,6 +102,9 @@ pub fn pg_dump_args(spec: &TargetSpec, db: &str) -> Vec<String> {
         // The database itself too (owner, ACL, comment, settings): restores and `psql -f`
         // bring it back whole. Custom archives always hold it.
         Format::Plain | Format::Tar => args.push("--create".into()),
+    }
+    if let Some(id) = snapshot {
+        args.push(format!("--snapshot={id}"));
     }
     args.extend(spec.dump_options.iter().cloned());
     args.push(dbname_arg(db));
@@ -154,6 +159,17 @@ pub async fn logical(
     ensure_own_folder(ctx, spec, target).await?;
     ensure_new_folder(ctx, &dir).await?;
     let mut objects = Vec::new();
+    // Row counts for restore drills, unless the dump options leave tables or rows out.
+    let mut counted = match crate::model::facts::options_select_data(&spec.dump_options) {
+        None => Some(crate::model::facts::Facts {
+            method: crate::model::facts::IN_SNAPSHOT.into(),
+            databases: Default::default(),
+        }),
+        Some(option) => {
+            tracing::debug!(target_id = %target.target, option, "No row counts recorded: a dump option leaves tables or rows out.");
+            None
+        }
+    };
     {
         if spec.globals {
             objects.push(dump_globals(ctx, &c, spec, &dir).await?);
@@ -169,11 +185,41 @@ pub async fn logical(
                 )));
             }
             let key = layout::join(&[&dir, &name]);
-            let args = pg_dump_args(spec, db);
+            let snapshot = match &mut counted {
+                Some(_) => match facts::Snapshot::open(&access, db).await {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(target_id = %target.target, database = %db,
+                            "No row counts for restore drills in this backup: {e}");
+                        counted = None;
+                        None
+                    }
+                },
+                None => None,
+            };
+            let args = pg_dump_args(spec, db, snapshot.as_ref().map(|s| s.id.as_str()));
             let started = std::time::Instant::now();
             let filter = filter_for(spec.format, server.major, &server.dump_tool);
-            let (raw, up) =
-                dump_object(ctx, &access, spec, &key, "pg_dump", &args, db, filter).await?;
+            let dumped = dump_object(ctx, &access, spec, &key, "pg_dump", &args, db, filter).await;
+            if let Some(s) = snapshot {
+                if dumped.is_err() {
+                    s.abandon().await;
+                } else {
+                    match s.finish().await {
+                        Ok(f) => {
+                            if let Some(c) = counted.as_mut() {
+                                c.databases.insert(db.clone(), f);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(target_id = %target.target, database = %db,
+                                "No row counts for restore drills in this backup: {e}");
+                            counted = None;
+                        }
+                    }
+                }
+            }
+            let (raw, up) = dumped?;
             tracing::info!(target_id = %target.target, database = %db, raw_bytes = raw, stored_bytes = up.size,
                 duration_ms = started.elapsed().as_millis() as u64, "Database dumped.");
             objects.push(stored(
@@ -206,6 +252,7 @@ pub async fn logical(
             finished_at: Utc::now(),
             tool: manifest::Tool::default(),
             physical: None,
+            facts: counted,
         };
         commit_manifest(ctx, &dir, m).await
     }
@@ -222,7 +269,7 @@ mod tests {
             &[("pgbackup.dump_options", "--exclude-table=audit_log")],
         );
         let spec = t.settings().unwrap();
-        let args = pg_dump_args(spec, "a=b");
+        let args = pg_dump_args(spec, "a=b", None);
         assert_eq!(
             args,
             [
@@ -234,7 +281,15 @@ mod tests {
             ]
         );
         let t = crate::discovery::test_target("db", &[("pgbackup.format", "plain")]);
-        let args = pg_dump_args(t.settings().unwrap(), "shop");
-        assert_eq!(&args[1..3], ["--format=plain", "--create"]);
+        let args = pg_dump_args(t.settings().unwrap(), "shop", Some("00000003-0000001B-1"));
+        assert_eq!(
+            &args[1..],
+            [
+                "--format=plain",
+                "--create",
+                "--snapshot=00000003-0000001B-1",
+                "--dbname=dbname='shop'"
+            ]
+        );
     }
 }

@@ -48,6 +48,7 @@ fn manifest(major: u32, kind: Kind) -> Manifest {
             wal_method: "fetch".into(),
             image: "postgres:17".into(),
         }),
+        facts: None,
     }
 }
 
