@@ -62,6 +62,12 @@ fn main() -> ExitCode {
                 controller,
             } => cmd_backup(targets, all, physical, wait, json, controller).await,
             Command::List { target, json } => cmd_list(target, json).await,
+            Command::Drill {
+                targets,
+                all,
+                json,
+                controller,
+            } => cmd_drill(targets, all, json, controller).await,
             Command::Restore {
                 backup,
                 from,
@@ -329,22 +335,7 @@ async fn cmd_backup(
         wait,
         dry_run: true,
     };
-    let ask = |req: http::BackupRequest| {
-        let url = format!("{}{}", base.trim_end_matches('/'), http::BACKUPS_PATH);
-        async move {
-            // No overall timeout: a backup takes as long as it takes (each job has its own limit).
-            let client = pgbackup::http_client()
-                .connect_timeout(Duration::from_secs(5))
-                .build()?;
-            let r = client
-                .post(url)
-                .json(&req)
-                .send()
-                .await?
-                .error_for_status()?;
-            anyhow::Ok(r.json::<http::BackupResponse>().await?)
-        }
-    };
+    let ask = |req: http::BackupRequest| ask_controller(&base, http::BACKUPS_PATH, req);
     // The names first: an unknown one is an error before anything starts.
     let chosen = match ask(req.clone()).await {
         Ok(r) => r,
@@ -434,6 +425,124 @@ async fn cmd_backup(
     if !resp.unknown.is_empty() {
         exit::USAGE
     } else if resp.outcomes.iter().all(|o| o.ok) && !resp.outcomes.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    }
+}
+
+/// POSTs `req` to the controller at `base` and reads its answer. No overall timeout: a job takes
+/// as long as it takes (each has its own limit).
+async fn ask_controller<Q: serde::Serialize>(
+    base: &str,
+    path: &str,
+    req: Q,
+) -> anyhow::Result<http::BackupResponse> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let client = pgbackup::http_client()
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let r = client
+        .post(url)
+        .json(&req)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(r.json::<http::BackupResponse>().await?)
+}
+
+async fn cmd_drill(targets: Vec<String>, all: bool, json: bool, controller: Option<String>) -> i32 {
+    let map = match env_map() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("pgctl: configuration error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let base = controller.unwrap_or_else(|| controller_url(map.get("PGBACKUP_HTTP_ADDR")));
+    let req = http::DrillRequest {
+        targets,
+        all,
+        dry_run: true,
+    };
+    let chosen = match ask_controller(&base, http::DRILLS_PATH, req.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "pgctl: no controller answered at {base} ({e:#}); `pgctl drill` runs through the controller started by `pgctl run` (docker compose exec backup pgctl drill …)."
+            );
+            return exit::FAILED;
+        }
+    };
+    for u in &chosen.unknown {
+        eprintln!("pgctl: no valid target named {u}; see `pgctl status`. Nothing was drilled.");
+    }
+    if !chosen.unknown.is_empty() {
+        return exit::USAGE;
+    }
+    if chosen.outcomes.is_empty() {
+        eprintln!("pgctl: no valid targets to drill; see `pgctl status`");
+        return exit::FAILED;
+    }
+    if !json {
+        let names: Vec<&str> = chosen.outcomes.iter().map(|o| o.target.as_str()).collect();
+        eprintln!(
+            "pgctl: restore drill of {} (restores the latest logical backup into a throwaway server; this waits until it is checked)…",
+            names.join(", ")
+        );
+    }
+    let resp = match ask_controller(
+        &base,
+        http::DRILLS_PATH,
+        http::DrillRequest {
+            dry_run: false,
+            ..req
+        },
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "pgctl: the controller at {base} stopped answering ({e:#}); see `pgctl status` for the drills' outcome."
+            );
+            return exit::FAILED;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resp).expect("serialises")
+        );
+    } else {
+        for o in &resp.outcomes {
+            let r = o.result.as_ref();
+            let field = |k: &str| r.map(|r| r[k].clone()).unwrap_or_default();
+            if o.ok {
+                println!(
+                    "passed  {}  {}  {} database(s), {} table(s), {} row(s) as recorded, in {:.1}s",
+                    o.target,
+                    field("backup_id").as_str().unwrap_or(""),
+                    field("databases").as_array().map(|a| a.len()).unwrap_or(0),
+                    field("tables_checked").as_u64().unwrap_or(0),
+                    field("rows_checked").as_u64().unwrap_or(0),
+                    field("duration_seconds").as_f64().unwrap_or(0.0)
+                );
+                if let Some(note) = field("note").as_str() {
+                    println!("        note: {note}");
+                }
+            } else {
+                println!(
+                    "{}  {}  {}  {}",
+                    if o.refused { "refused" } else { "FAILED " },
+                    o.target,
+                    field("backup_id").as_str().unwrap_or("-"),
+                    o.error.as_deref().unwrap_or("unknown error")
+                );
+            }
+        }
+    }
+    if resp.outcomes.iter().all(|o| o.ok) {
         exit::OK
     } else {
         exit::FAILED

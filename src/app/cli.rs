@@ -60,6 +60,31 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         controller: Option<String>,
     },
+    /// Restore drill, through the running controller: restore each target's latest logical
+    /// backup into a throwaway server from the target's own image (no network, memory and CPU
+    /// limits), with the same code as `pgctl restore`, and compare every table's row count and
+    /// the large objects with what the backup recorded in its own snapshot. The server is
+    /// removed whatever happens; the source is never touched. Exit codes: 0 every drill
+    /// passed, 1 a drill failed (the difference is printed) or no controller answered,
+    /// 2 an unknown target.
+    Drill {
+        /// Targets (`project/service`, or just the service); see `pgctl status`.
+        #[arg(
+            value_name = "TARGET",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        targets: Vec<String>,
+        /// Every valid target.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Controller to ask (default: this container's PGBACKUP_HTTP_ADDR on localhost).
+        #[arg(long, value_name = "URL")]
+        controller: Option<String>,
+    },
     /// List committed backups (newest last), read from the backup destination.
     List {
         /// Only this target (`project/service`, or just the service).

@@ -133,7 +133,7 @@ pub async fn once(cfg: Config, names: Vec<String>, physical: bool) -> i32 {
     let runner = Arc::new(Runner::new(
         docker,
         store,
-        cfg.timezone,
+        cfg.defaults(),
         cfg.concurrency,
         cfg.min_backups,
         cfg.notify.clone(),
@@ -243,13 +243,15 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
         let service = u.split(' ').next().unwrap_or(&u).to_string();
         tracing::warn!(service = %service, "Unfinished physical restore of {u}: finish it with `pgctl restore --resume {service}` or undo it with `pgctl restore --rollback {service}`.");
     }
+    // Throwaway servers of drills a killed sidecar could not remove.
+    crate::job::drill::remove_leftovers(&docker).await;
     let shared = Shared::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (changed_tx, changed_rx) = watch::channel(0u64);
     let runner = Arc::new(Runner::new(
         docker.clone(),
         store,
-        cfg.timezone,
+        cfg.defaults(),
         cfg.concurrency,
         cfg.min_backups,
         cfg.notify.clone(),

@@ -1,5 +1,6 @@
 //! HTTP endpoints of `pgctl run` on `PGBACKUP_HTTP_ADDR`: health, status, metrics, and manual
-//! backups (so `pgctl backup` shares the controller's locks and never overlaps a scheduled run).
+//! backups (so `pgctl backup` shares the controller's locks and never overlaps a scheduled run)
+//! and restore drills (`pgctl drill`, in the same job slots).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ struct AppState {
 
 pub const STATUS_PATH: &str = "/v1/status";
 pub const BACKUPS_PATH: &str = "/v1/backups";
+pub const DRILLS_PATH: &str = "/v1/drills";
 
 /// Binds first, so a port conflict fails start-up with a clear message.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -43,6 +45,7 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route(STATUS_PATH, get(status_json))
         .route(BACKUPS_PATH, post(backups))
+        .route(DRILLS_PATH, post(drills))
         .with_state(AppState { shared, runner });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -174,6 +177,61 @@ async fn backups(State(s): State<AppState>, Json(req): Json<BackupRequest>) -> i
                 Ok(res) => outcome(&t.target.to_string(), res),
                 Err(e) => BackupOutcome {
                     target: t.target.to_string(),
+                    ok: false,
+                    refused: true,
+                    result: None,
+                    error: Some(e.to_string()),
+                },
+            }
+        }
+    });
+    let outcomes = futures_util::future::join_all(jobs).await;
+    Json(BackupResponse { outcomes, unknown })
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillRequest {
+    /// Target names, as for backups; empty with `all` = every valid target.
+    pub targets: Vec<String>,
+    pub all: bool,
+    /// Only resolve the names.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Runs the drills asked for (each a task the runner owns) and answers when all have ended;
+/// the outcomes' `result` is each drill's result.
+async fn drills(State(s): State<AppState>, Json(req): Json<DrillRequest>) -> impl IntoResponse {
+    let targets = s.shared.registry.read().await.targets();
+    let (chosen, unknown) = crate::discovery::choose(&targets, &req.targets, req.all);
+    let jobs = chosen.into_iter().map(|t| {
+        let runner = s.runner.clone();
+        let dry_run = req.dry_run;
+        async move {
+            let target = t.target.to_string();
+            if dry_run {
+                return BackupOutcome {
+                    target,
+                    ok: true,
+                    refused: false,
+                    result: None,
+                    error: None,
+                };
+            }
+            match runner
+                .submit_drill(t, Trigger::Manual)
+                .await
+                .unwrap_or_else(|_| Err(RunError::Crashed("the drill was aborted".into())))
+            {
+                Ok(r) => BackupOutcome {
+                    target,
+                    ok: r.ok,
+                    refused: false,
+                    error: r.error.clone(),
+                    result: Some(serde_json::to_value(r).expect("result serialises")),
+                },
+                Err(e) => BackupOutcome {
+                    target,
                     ok: false,
                     refused: true,
                     result: None,

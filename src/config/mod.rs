@@ -68,6 +68,7 @@ pub const VARIABLES: &[&str] = &[
     "S3_OBJECT_LOCK",
     "S3_TIMEOUT",
     "PGBACKUP_SCHEDULE",
+    "PGBACKUP_DRILL_SCHEDULE",
     "PGBACKUP_CONCURRENCY",
     "PGBACKUP_RUN_ON_STARTUP",
     "PGBACKUP_RESYNC_INTERVAL",
@@ -105,6 +106,7 @@ struct Raw {
     s3_object_lock: Option<String>,
     s3_timeout: Option<String>,
     pgbackup_schedule: Option<String>,
+    pgbackup_drill_schedule: Option<String>,
     pgbackup_concurrency: Option<String>,
     pgbackup_run_on_startup: Option<String>,
     pgbackup_resync_interval: Option<String>,
@@ -209,6 +211,7 @@ pub enum LogFormat {
 pub struct Config {
     pub destination: Destination,
     pub schedule: Schedule,
+    pub drill_schedule: Schedule,
     pub concurrency: usize,
     pub run_on_startup: bool,
     pub resync_interval: Duration,
@@ -232,6 +235,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:8080";
 #[derive(Debug, Clone)]
 pub struct Defaults {
     pub schedule: Schedule,
+    /// `PGBACKUP_DRILL_SCHEDULE`: restore drills of every target (default off).
+    pub drill_schedule: Schedule,
     pub timezone: Tz,
     pub keep: KeepPolicy,
     /// `PGBACKUP_SCOPE`: which containers this sidecar acts on.
@@ -298,6 +303,7 @@ impl Config {
         Ok(Config {
             destination,
             schedule: defaults.schedule,
+            drill_schedule: defaults.drill_schedule,
             concurrency: concurrency as usize,
             run_on_startup,
             resync_interval,
@@ -316,6 +322,7 @@ impl Config {
     pub fn defaults(&self) -> Defaults {
         Defaults {
             schedule: self.schedule.clone(),
+            drill_schedule: self.drill_schedule.clone(),
             timezone: self.timezone,
             keep: self.keep.clone(),
             scope: self.scope.clone(),
@@ -348,6 +355,16 @@ impl Defaults {
                 )
             })?,
         };
+        let drill_schedule = match non_empty(raw.pgbackup_drill_schedule.clone()) {
+            None => Schedule::Off,
+            Some(v) => Schedule::parse(&v).map_err(|e| {
+                invalid(
+                    "PGBACKUP_DRILL_SCHEDULE",
+                    &v,
+                    &format!("{} ({e})", Schedule::EXPECTED),
+                )
+            })?,
+        };
         let timezone = match non_empty(raw.tz.clone()) {
             None => Tz::UTC,
             Some(v) => v.parse::<Tz>().map_err(|_| {
@@ -369,6 +386,7 @@ impl Defaults {
         let [last, hourly, daily, weekly, monthly, yearly] = values;
         Ok(Defaults {
             schedule,
+            drill_schedule,
             timezone,
             keep: KeepPolicy {
                 last,

@@ -291,3 +291,15 @@ pub(crate) fn fixture_json() -> serde_json::Value {
 
 #[cfg(test)]
 mod tests;
+
+/// A throwaway server for a restore drill ([`crate::engine::docker::DockerClient::start_sandbox`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub image: String,
+    /// `NAME=value`.
+    pub env: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub memory_bytes: i64,
+    /// CPUs × 10⁹.
+    pub nano_cpus: i64,
+}

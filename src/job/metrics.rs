@@ -26,6 +26,18 @@ pub struct HookLabels {
     pub hook: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillLabels {
+    pub target: String,
+    /// `passed` or `failed`.
+    pub result: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -40,6 +52,10 @@ pub struct Metrics {
     pub db_failures: Family<DbLabels, Counter>,
     pub running: Gauge,
     pub hook_failures: Family<HookLabels, Counter>,
+    pub drill_last_success: Family<TargetLabels, FGauge>,
+    pub drill_last_duration: Family<TargetLabels, FGauge>,
+    pub drill_last_result: Family<TargetLabels, Gauge>,
+    pub drills: Family<DrillLabels, Counter>,
     pub notify: crate::notify::Counters,
 }
 
@@ -57,6 +73,10 @@ impl Default for Metrics {
             db_failures: Family::default(),
             running: Gauge::default(),
             hook_failures: Family::default(),
+            drill_last_success: Family::default(),
+            drill_last_duration: Family::default(),
+            drill_last_result: Family::default(),
+            drills: Family::default(),
             notify: Default::default(),
             registry: Registry::default(),
         };
@@ -98,6 +118,22 @@ impl Default for Metrics {
             "Hooks that failed or timed out (a failed pre_backup hook also fails its backup)",
             m.hook_failures.clone(),
         );
+        registry.register(
+            "drill_last_success_timestamp_seconds",
+            "Unix time of the last restore drill that passed",
+            m.drill_last_success.clone(),
+        );
+        registry.register(
+            "drill_last_duration_seconds",
+            "Duration of the last restore drill, passed or not",
+            m.drill_last_duration.clone(),
+        );
+        registry.register(
+            "drill_last_result",
+            "1 when the last restore drill passed, 0 when it failed",
+            m.drill_last_result.clone(),
+        );
+        registry.register("drills", "Restore drills by result", m.drills.clone());
         registry.register(
             "notifications",
             "Notifications by service, event and result (sent, or failed after its retries)",

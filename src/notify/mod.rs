@@ -32,6 +32,10 @@ pub enum EventKind {
     BackupSucceeded,
     #[serde(rename = "retention.deleted")]
     RetentionDeleted,
+    #[serde(rename = "drill.failed")]
+    DrillFailed,
+    #[serde(rename = "drill.succeeded")]
+    DrillSucceeded,
 }
 
 impl EventKind {
@@ -40,6 +44,8 @@ impl EventKind {
             EventKind::BackupFailed => "backup.failed",
             EventKind::BackupSucceeded => "backup.succeeded",
             EventKind::RetentionDeleted => "retention.deleted",
+            EventKind::DrillFailed => "drill.failed",
+            EventKind::DrillSucceeded => "drill.succeeded",
         }
     }
 }
@@ -70,8 +76,8 @@ impl Level {
 
     pub fn includes(self, event: EventKind) -> bool {
         match event {
-            EventKind::BackupFailed => true,
-            EventKind::BackupSucceeded => self != Level::Failure,
+            EventKind::BackupFailed | EventKind::DrillFailed => true,
+            EventKind::BackupSucceeded | EventKind::DrillSucceeded => self != Level::Failure,
             EventKind::RetentionDeleted => self == Level::All,
         }
     }
@@ -109,13 +115,15 @@ impl Event {
                 self.deleted.len(),
                 self.target
             ),
+            EventKind::DrillFailed => format!("restore drill of {} failed", self.target),
+            EventKind::DrillSucceeded => format!("restore drill of {} passed", self.target),
         }
     }
 
     /// The details under the title, at most `max` characters.
     pub fn body(&self, max: usize) -> String {
         let s = match self.event {
-            EventKind::BackupFailed => format!(
+            EventKind::BackupFailed | EventKind::DrillFailed => format!(
                 "After {:.1} s ({} run): {}",
                 self.duration_seconds,
                 self.trigger,
@@ -135,6 +143,13 @@ impl Event {
                 )
             }
             EventKind::RetentionDeleted => self.deleted.join(", "),
+            EventKind::DrillSucceeded => format!(
+                "{} restored into a throwaway server and matched its recorded facts ({} database(s), {:.1} s, {} run)",
+                self.backup_id.as_deref().unwrap_or("?"),
+                self.databases.len(),
+                self.duration_seconds,
+                self.trigger
+            ),
         };
         truncate(&s, max)
     }
@@ -142,8 +157,8 @@ impl Event {
     /// Title and body as one chat message of at most `max` characters.
     pub fn text(&self, max: usize) -> String {
         let mark = match self.event {
-            EventKind::BackupFailed => "❌",
-            EventKind::BackupSucceeded => "✅",
+            EventKind::BackupFailed | EventKind::DrillFailed => "❌",
+            EventKind::BackupSucceeded | EventKind::DrillSucceeded => "✅",
             EventKind::RetentionDeleted => "🗑",
         };
         truncate(

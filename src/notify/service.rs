@@ -120,14 +120,19 @@ impl Configured {
                     (
                         "Tags".to_string(),
                         match event.event {
-                            EventKind::BackupFailed => "x",
-                            EventKind::BackupSucceeded => "white_check_mark",
+                            EventKind::BackupFailed | EventKind::DrillFailed => "x",
+                            EventKind::BackupSucceeded | EventKind::DrillSucceeded => {
+                                "white_check_mark"
+                            }
                             EventKind::RetentionDeleted => "wastebasket",
                         }
                         .to_string(),
                     ),
                 ];
-                if event.event == EventKind::BackupFailed {
+                if matches!(
+                    event.event,
+                    EventKind::BackupFailed | EventKind::DrillFailed
+                ) {
                     headers.push(("Priority".into(), "high".into()));
                 }
                 if let Some((user, pass)) = auth {

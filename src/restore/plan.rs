@@ -246,6 +246,19 @@ pub async fn plan(
     let to = req.to.clone().unwrap_or_else(|| manifest.target.clone());
     let source_project = manifest.target.split_once('/').map(|(p, _)| p.to_string());
     let container = find_container(docker, &to, source_project.as_deref()).await?;
+    plan_into(docker, defaults, manifest, object, req, container).await
+}
+
+/// [`plan`] into a container already found (a restore drill's throwaway server).
+pub async fn plan_into(
+    docker: &DockerClient,
+    defaults: &Defaults,
+    manifest: Manifest,
+    object: Option<String>,
+    req: &Request,
+    container: Container,
+) -> Result<Plan, RestoreError> {
+    let to = container.name.clone();
     ensure_postgres(&container)?;
     let user = user_of(&container, defaults);
     let mut options = match container.labels.get(crate::config::labels::RESTORE_OPTIONS_LABEL) {

@@ -1,4 +1,4 @@
-//! When backups run: the plan of next runs per target and kind (pure, the clock an argument)
+//! When backups and restore drills run: the plan of next runs per target and job (pure, the clock an argument)
 //! and the loop that wakes at the earliest one, or when the targets change, and submits the
 //! due jobs to the runner.
 
@@ -15,8 +15,30 @@ use crate::job::runner::{Runner, Trigger};
 use crate::model::Schedule;
 use crate::model::{Kind, TargetId};
 
-/// Plan key: one schedule per target and kind.
-pub type PlanKey = (TargetId, Kind);
+/// What a schedule runs: a backup of one kind, or a restore drill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Job {
+    Backup(Kind),
+    Drill,
+}
+
+/// Plan key: one schedule per target and job.
+pub type PlanKey = (TargetId, Job);
+
+/// The schedule of `job` in a target's settings.
+fn schedule_of(spec: &crate::config::labels::TargetSpec, job: Job) -> &Schedule {
+    match job {
+        Job::Backup(Kind::Logical) => &spec.schedule_parsed,
+        Job::Backup(Kind::Physical) => &spec.physical_schedule_parsed,
+        Job::Drill => &spec.drill_schedule_parsed,
+    }
+}
+
+const JOBS: [Job; 3] = [
+    Job::Backup(Kind::Logical),
+    Job::Backup(Kind::Physical),
+    Job::Drill,
+];
 
 /// A planned next run, with the schedule it came from (to notice label changes).
 #[derive(Debug, Clone, PartialEq)]
@@ -37,14 +59,12 @@ pub fn plan(
     let mut next = BTreeMap::new();
     for t in targets {
         let Some(s) = t.settings() else { continue };
-        for (kind, sched) in [
-            (Kind::Logical, &s.schedule_parsed),
-            (Kind::Physical, &s.physical_schedule_parsed),
-        ] {
+        for job in JOBS {
+            let sched = schedule_of(s, job);
             if *sched == Schedule::Off {
                 continue;
             }
-            let key = (t.target.clone(), kind);
+            let key = (t.target.clone(), job);
             if next.contains_key(&key) {
                 continue; // a scaled service: one schedule per target
             }
@@ -121,12 +141,24 @@ impl Scheduler {
             planned = plan(&planned, &targets, now, runner.tz);
             for key in due(&planned, now) {
                 if let Some(t) = find(&targets, &key.0).cloned() {
-                    let rx = runner.submit(t.clone(), key.1, Trigger::Schedule, false);
-                    tokio::spawn(async move {
-                        if let Ok(Err(e)) = rx.await {
-                            tracing::warn!(target_id = %t.target, "Scheduled backup skipped: {e}.");
+                    match key.1 {
+                        Job::Backup(kind) => {
+                            let rx = runner.submit(t.clone(), kind, Trigger::Schedule, false);
+                            tokio::spawn(async move {
+                                if let Ok(Err(e)) = rx.await {
+                                    tracing::warn!(target_id = %t.target, "Scheduled backup skipped: {e}.");
+                                }
+                            });
                         }
-                    });
+                        Job::Drill => {
+                            let rx = runner.submit_drill(t.clone(), Trigger::Schedule);
+                            tokio::spawn(async move {
+                                if let Ok(Err(e)) = rx.await {
+                                    tracing::warn!(target_id = %t.target, "Scheduled restore drill skipped: {e}.");
+                                }
+                            });
+                        }
+                    }
                 }
                 advance(&mut planned, &key, &targets, now, runner.tz);
             }
@@ -155,10 +187,7 @@ fn advance(
 ) {
     let sched = find(targets, &key.0)
         .and_then(|t| t.settings())
-        .map(|s| match key.1 {
-            Kind::Logical => s.schedule_parsed.clone(),
-            Kind::Physical => s.physical_schedule_parsed.clone(),
-        });
+        .map(|s| schedule_of(s, key.1).clone());
     match sched.and_then(|s| s.next_after(now, tz)) {
         Some(n) => {
             if let Some(p) = planned.get_mut(key) {

@@ -27,11 +27,11 @@ fn plan_keeps_unchanged_schedules_and_replans_changed_ones() {
     assert_eq!(p1.len(), 2, "b is off; a has logical and physical");
     let a = p1.keys().next().unwrap().0.clone();
     assert_eq!(
-        p1[&(a.clone(), Kind::Logical)].next,
+        p1[&(a.clone(), Job::Backup(Kind::Logical))].next,
         at("2026-11-20T11:00:00Z")
     );
     assert_eq!(
-        p1[&(a.clone(), Kind::Physical)].next,
+        p1[&(a.clone(), Job::Backup(Kind::Physical))].next,
         at("2026-11-21T00:00:00Z")
     );
 
@@ -48,7 +48,10 @@ fn plan_keeps_unchanged_schedules_and_replans_changed_ones() {
     // Changed schedule: re-planned from now.
     let p3 = plan(&p1, &[target("a", "*/5 * * * *", None)], later, Tz::UTC);
     assert_eq!(p3.len(), 1);
-    assert_eq!(p3[&(a, Kind::Logical)].next, at("2026-11-20T10:35:00Z"));
+    assert_eq!(
+        p3[&(a, Job::Backup(Kind::Logical))].next,
+        at("2026-11-20T10:35:00Z")
+    );
 
     // Target gone: nothing planned.
     assert!(plan(&p3, &[], later, Tz::UTC).is_empty());
@@ -73,9 +76,12 @@ fn due_is_exactly_the_past_runs() {
     assert_eq!(due(&p, at("2026-11-21T00:00:00Z")).len(), 2);
 }
 
-/// Counts the backups it is asked for; each succeeds at once.
+/// Counts the backups (and drills) it is asked for; each succeeds at once.
 #[derive(Default)]
-struct Count(std::sync::atomic::AtomicUsize);
+struct Count(
+    std::sync::atomic::AtomicUsize,
+    std::sync::atomic::AtomicUsize,
+);
 
 #[async_trait::async_trait]
 impl crate::job::runner::Work for Count {
@@ -93,6 +99,88 @@ impl crate::job::runner::Work for Count {
     }
 
     async fn discard(&self, _dir: &str) {}
+
+    async fn drill(
+        &self,
+        target: &Target,
+        _cancel: &tokio_util::sync::CancellationToken,
+    ) -> crate::job::drill::DrillResult {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        crate::job::drill::DrillResult {
+            ok: true,
+            error: None,
+            ..crate::job::drill::DrillResult::failed(target, "")
+        }
+    }
+}
+
+#[test]
+fn drills_are_planned_on_their_own_schedule() {
+    let now = at("2026-11-20T10:00:30Z");
+    let t = crate::discovery::test_target(
+        "a",
+        &[
+            ("pgbackup.schedule", "off"),
+            ("pgbackup.drill.schedule", "30 4 * * *"),
+        ],
+    );
+    let p = plan(&BTreeMap::new(), &[t.clone()], now, Tz::UTC);
+    assert_eq!(p.len(), 1);
+    assert_eq!(
+        p[&(t.target.clone(), Job::Drill)].next,
+        at("2026-11-21T04:30:00Z")
+    );
+}
+
+/// Drills run on their schedule through the runner, and status keeps the last one.
+#[tokio::test(start_paused = true)]
+async fn the_loop_runs_drills_when_due() {
+    let work = Arc::new(Count::default());
+    let store = Arc::new(crate::store::memory::MemoryStore::new());
+    let runner = Arc::new(Runner::with_work(work.clone(), store, Tz::UTC, 2, 1));
+    let shared = Shared::default();
+    let defaults = crate::config::Defaults::from_map(&Default::default()).unwrap();
+    let c = crate::discovery::test_container(
+        "c1",
+        "db",
+        &[
+            ("pgbackup.schedule", "off"),
+            ("pgbackup.drill.schedule", "*/10 * * * * *"),
+        ],
+        true,
+    );
+    shared.registry.write().await.upsert(&c, &defaults);
+    let base = at("2026-11-21T12:00:05Z");
+    let start = tokio::time::Instant::now();
+    let clock: Clock =
+        Arc::new(move || base + chrono::Duration::from_std(start.elapsed()).unwrap());
+    let (_changed_tx, changed_rx) = watch::channel(0u64);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let looping = tokio::spawn(
+        Scheduler {
+            runner: runner.clone(),
+            shared: shared.clone(),
+            run_on_startup: false,
+            clock,
+        }
+        .run(changed_rx, shutdown_rx),
+    );
+    tokio::time::sleep(Duration::from_secs(26)).await;
+    assert_eq!(work.1.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(work.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let st = runner.state.read().await;
+    let last = st.values().next().unwrap().last_drill.clone().unwrap();
+    assert!(last.ok);
+    assert_eq!(last.trigger, "schedule");
+    drop(st);
+    let metrics = runner.metrics.encode();
+    assert!(
+        metrics.contains("pgbackup_drill_last_result{target=\"")
+            && metrics.contains("pgbackup_drills_total{"),
+        "{metrics}"
+    );
+    shutdown_tx.send(true).unwrap();
+    looping.await.unwrap();
 }
 
 /// The loop on a paused clock: due runs are submitted at their times, and a changed schedule

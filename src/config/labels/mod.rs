@@ -31,6 +31,7 @@ pub const KNOWN: &[&str] = &[
     "pgbackup.dump_options",
     "pgbackup.restore_options",
     "pgbackup.physical.schedule",
+    "pgbackup.drill.schedule",
     "pgbackup.keep.last",
     "pgbackup.keep.hourly",
     "pgbackup.keep.daily",
@@ -63,6 +64,10 @@ pub struct TargetSpec {
     pub physical_schedule: String,
     #[serde(skip)]
     pub physical_schedule_parsed: Schedule,
+    /// Restore drills of the latest logical backup (`pgbackup.drill.schedule`).
+    pub drill_schedule: String,
+    #[serde(skip)]
+    pub drill_schedule_parsed: Schedule,
     pub keep: KeepPolicy,
     #[serde(with = "humantime_serde_compat")]
     pub timeout: Duration,
@@ -184,6 +189,9 @@ pub fn parse(
     let physical_schedule = r
         .schedule("pgbackup.physical.schedule")
         .unwrap_or(Schedule::Off);
+    let drill_schedule = r
+        .schedule("pgbackup.drill.schedule")
+        .unwrap_or_else(|| defaults.drill_schedule.clone());
     let method = r.choice(
         "pgbackup.method",
         &[("exec", Method::Exec), ("connect", Method::Connect)],
@@ -230,6 +238,8 @@ pub fn parse(
         restore_options,
         physical_schedule: physical_schedule.to_string(),
         physical_schedule_parsed: physical_schedule,
+        drill_schedule: drill_schedule.to_string(),
+        drill_schedule_parsed: drill_schedule,
         keep: defaults.keep.merged(&keep),
         timeout,
         prefix,

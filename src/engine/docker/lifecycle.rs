@@ -1,5 +1,5 @@
-//! Container and volume lifecycle, for physical restores: inspect, create a copy, stop, rename,
-//! start, remove, volumes, helper containers, logs.
+//! Container and volume lifecycle, for physical restores and restore drills: inspect, create a
+//! copy, stop, rename, start, remove, volumes, helper and sandbox containers, logs.
 
 use super::*;
 
@@ -176,6 +176,64 @@ impl DockerClient {
             self.docker.remove_container(id, Some(opts)),
         )
         .await
+    }
+
+    /// Removes a container (running or not) with its anonymous volumes: a throwaway server's
+    /// data goes with it.
+    pub async fn remove_with_volumes(&self, id: &str) -> Result<(), DockerError> {
+        let opts = bollard::query_parameters::RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match timed(
+            "remove_container",
+            self.docker.remove_container(id, Some(opts)),
+        )
+        .await
+        {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Ids of every container, running or not and whatever the scope, carrying `label`
+    /// (`name=value`): the sidecar's own throwaway containers.
+    pub async fn ids_labelled(&self, label: &str) -> Result<Vec<String>, DockerError> {
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![label.to_string()],
+            )])),
+            ..Default::default()
+        };
+        let summaries = timed("list_containers", self.docker.list_containers(Some(opts))).await?;
+        Ok(summaries.into_iter().filter_map(|s| s.id).collect())
+    }
+
+    /// Creates and starts a throwaway Postgres server from `s`: on no network (no published
+    /// port, nothing else can reach it), within its memory and CPU limits, its data in the
+    /// container (removed by [`Self::remove_with_volumes`]).
+    pub async fn start_sandbox(&self, name: &str, s: &Sandbox) -> Result<String, DockerError> {
+        let body = bollard::models::ContainerCreateBody {
+            image: Some(s.image.clone()),
+            env: Some(s.env.clone()),
+            labels: Some(s.labels.clone()),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("none".into()),
+                memory: Some(s.memory_bytes),
+                nano_cpus: Some(s.nano_cpus),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let id = self.create_container(name, body).await?;
+        if let Err(e) = self.start_container(&id).await {
+            let _ = self.remove_with_volumes(&id).await;
+            return Err(e);
+        }
+        Ok(id)
     }
 
     /// The last `lines` lines a container logged (stdout and stderr), for error messages.

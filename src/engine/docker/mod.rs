@@ -10,7 +10,7 @@ use futures_util::{Stream, StreamExt};
 
 use crate::config::labels::ENABLE;
 use crate::config::scope::{self, Scope};
-use crate::engine::container::{Copy, Inspected};
+use crate::engine::container::{Copy, Inspected, Sandbox};
 mod exec;
 mod lifecycle;
 pub use exec::*;

@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::discovery::Target;
 use crate::engine::docker::DockerClient;
 use crate::job::backup::{self, BackupError, Ctx};
+use crate::job::drill::{self, DrillResult};
 use crate::job::hook::{self, HookError, Point};
-use crate::job::metrics::{DbLabels, HookLabels, JobLabels, Metrics};
+use crate::job::metrics::{DbLabels, DrillLabels, HookLabels, JobLabels, Metrics, TargetLabels};
 use crate::model::TargetId;
 use crate::model::layout::{self, BackupId, Kind};
 use crate::model::manifest::Manifest;
@@ -71,6 +72,12 @@ pub struct TargetState {
     /// What the last retention run found and kept (young leftovers, open uploads, backups it
     /// could not count), so status shows it between prunes.
     pub storage: Option<StorageNotes>,
+    /// Since when a restore drill of this target runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drilling: Option<DateTime<Utc>>,
+    /// The last restore drill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_drill: Option<DrillResult>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -100,6 +107,11 @@ pub enum RunError {
         trigger: Trigger,
         since: DateTime<Utc>,
     },
+    #[error("a restore drill of {target} is already running since {since}; see `pgctl status`")]
+    DrillBusy {
+        target: String,
+        since: DateTime<Utc>,
+    },
     #[error("the controller is shutting down; no new backup starts")]
     ShuttingDown,
     #[error("the backup task failed: {0}")]
@@ -126,12 +138,19 @@ pub trait Work: Send + Sync {
     ) -> Result<String, HookError> {
         Ok(String::new())
     }
+    /// Restores `target`'s latest backup into a throwaway server and compares it with the
+    /// backup's facts ([`drill::run`]); stops when `cancel` fires.
+    async fn drill(&self, target: &Target, _cancel: &CancellationToken) -> DrillResult {
+        DrillResult::failed(target, "restore drills need Docker")
+    }
 }
 
 /// The real work: dumps or base backups from the target through the pipeline into the store.
 pub struct Backups {
     pub docker: DockerClient,
     pub store: SharedStore,
+    /// For the restores of drills (who a container's role is).
+    pub defaults: crate::config::Defaults,
 }
 
 #[async_trait::async_trait]
@@ -173,6 +192,16 @@ impl Work for Backups {
         )
         .await
     }
+
+    async fn drill(&self, target: &Target, cancel: &CancellationToken) -> DrillResult {
+        let ctx = drill::Ctx {
+            docker: &self.docker,
+            store: self.store.as_ref(),
+            defaults: &self.defaults,
+            cancel,
+        };
+        drill::run(&ctx, target).await
+    }
 }
 
 pub struct Runner {
@@ -189,6 +218,8 @@ pub struct Runner {
     /// Every job started through [`Runner::submit`]: owned here, drained by a shutdown.
     jobs: std::sync::Mutex<JoinSet<()>>,
     locks: Mutex<HashMap<TargetId, Arc<Mutex<()>>>>,
+    /// Targets with a restore drill running: never two of one target.
+    drilling: std::sync::Mutex<std::collections::HashSet<String>>,
     pub state: RwLock<BTreeMap<String, TargetState>>,
     pub metrics: Metrics,
     /// Notifications and pings about every job.
@@ -199,14 +230,16 @@ impl Runner {
     pub fn new(
         docker: DockerClient,
         store: SharedStore,
-        tz: Tz,
+        defaults: crate::config::Defaults,
         concurrency: usize,
         min_backups: u32,
         notify: notify::Settings,
     ) -> Runner {
+        let tz = defaults.timezone;
         let work = Arc::new(Backups {
             docker: docker.clone(),
             store: store.clone(),
+            defaults,
         });
         let mut r = Runner::build(work, store, tz, concurrency, min_backups, notify);
         r.docker = Some(docker);
@@ -252,6 +285,7 @@ impl Runner {
             active: Default::default(),
             jobs: std::sync::Mutex::new(JoinSet::new()),
             locks: Mutex::default(),
+            drilling: Default::default(),
             state: RwLock::default(),
             metrics,
         }
@@ -284,6 +318,120 @@ impl Runner {
             let _ = tx.send(runner.run(&target, kind, trigger, wait).await);
         });
         rx
+    }
+
+    /// Starts a restore drill as a task the runner owns; its result arrives on the channel.
+    pub fn submit_drill(
+        self: &Arc<Self>,
+        target: Target,
+        trigger: Trigger,
+    ) -> oneshot::Receiver<Result<DrillResult, RunError>> {
+        let (tx, rx) = oneshot::channel();
+        let runner = self.clone();
+        let mut jobs = self.jobs.lock().expect("job set lock");
+        while jobs.try_join_next().is_some() {}
+        jobs.spawn(async move {
+            let _ = tx.send(runner.drill(&target, trigger).await);
+        });
+        rx
+    }
+
+    /// Runs a restore drill of `target` now, in one of the job slots backups use (a drill
+    /// restores a whole backup: it counts against `PGBACKUP_CONCURRENCY`). A drill never
+    /// touches the source, so it does not wait for the target's backups; two drills of one
+    /// target never run at once.
+    pub async fn drill(&self, target: &Target, trigger: Trigger) -> Result<DrillResult, RunError> {
+        if self.cancel.is_cancelled() {
+            return Err(RunError::ShuttingDown);
+        }
+        let _active = Active::enter(&self.active);
+        let key = target.target.to_string();
+        if !self
+            .drilling
+            .lock()
+            .expect("drill lock")
+            .insert(key.clone())
+        {
+            let since = self
+                .state
+                .read()
+                .await
+                .get(&key)
+                .and_then(|s| s.drilling)
+                .unwrap_or_else(Utc::now);
+            return Err(RunError::DrillBusy { target: key, since });
+        }
+        let permit = self.slots.acquire().await.expect("semaphore open");
+        let started_at = Utc::now();
+        self.state
+            .write()
+            .await
+            .entry(key.clone())
+            .or_default()
+            .drilling = Some(started_at);
+        tracing::info!(target_id = %key, trigger = %trigger, "Restore drill started.");
+        let mut result = self.work.drill(target, &self.cancel).await;
+        drop(permit);
+        result.trigger = trigger.to_string();
+        self.drilling.lock().expect("drill lock").remove(&key);
+        self.record_drill(&result);
+        let mut st = self.state.write().await;
+        let entry = st.entry(key).or_default();
+        entry.drilling = None;
+        entry.last_drill = Some(result.clone());
+        Ok(result)
+    }
+
+    /// A drill's outcome in metrics, the log and notifications.
+    fn record_drill(&self, r: &DrillResult) {
+        let t = TargetLabels {
+            target: r.target.clone(),
+        };
+        self.metrics
+            .drill_last_duration
+            .get_or_create(&t)
+            .set(r.duration_seconds);
+        self.metrics
+            .drill_last_result
+            .get_or_create(&t)
+            .set(i64::from(r.ok));
+        self.metrics
+            .drills
+            .get_or_create(&DrillLabels {
+                target: r.target.clone(),
+                result: if r.ok { "passed" } else { "failed" }.into(),
+            })
+            .inc();
+        if r.ok {
+            self.metrics
+                .drill_last_success
+                .get_or_create(&t)
+                .set(Utc::now().timestamp() as f64);
+            tracing::info!(target_id = %r.target, backup_id = r.backup_id.as_deref().unwrap_or(""),
+                databases = r.databases.len(), tables = r.tables_checked, rows = r.rows_checked,
+                duration_s = format!("{:.1}", r.duration_seconds), result = "passed", "Restore drill passed.");
+        } else {
+            tracing::error!(target_id = %r.target, backup_id = r.backup_id.as_deref().unwrap_or(""),
+                duration_s = format!("{:.1}", r.duration_seconds), result = "failed",
+                "Restore drill failed: {}", r.error.as_deref().unwrap_or("(no reason)"));
+        }
+        self.notifier.notify(Event {
+            event: if r.ok {
+                EventKind::DrillSucceeded
+            } else {
+                EventKind::DrillFailed
+            },
+            target: r.target.clone(),
+            kind: Kind::Logical,
+            trigger: r.trigger.clone(),
+            backup_id: r.backup_id.clone(),
+            databases: r.databases.clone(),
+            bytes: 0,
+            duration_seconds: r.duration_seconds,
+            error: r.error.clone(),
+            deleted: vec![],
+            time: Utc::now(),
+        });
     }
 
     /// Cancels every running job and waits (up to `grace`) until each has cleaned up and
