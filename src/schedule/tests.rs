@@ -124,7 +124,7 @@ fn drills_are_planned_on_their_own_schedule() {
             ("pgbackup.drill.schedule", "30 4 * * *"),
         ],
     );
-    let p = plan(&BTreeMap::new(), &[t.clone()], now, Tz::UTC);
+    let p = plan(&BTreeMap::new(), std::slice::from_ref(&t), now, Tz::UTC);
     assert_eq!(p.len(), 1);
     assert_eq!(
         p[&(t.target.clone(), Job::Drill)].next,
