@@ -24,11 +24,12 @@ use crate::model::manifest::Manifest;
 use crate::restore::{self, BackupRef, Request};
 use crate::store::{Store, catalog};
 
-/// Label on every throwaway server: the target it drills.
-pub const DRILL_OF: &str = "pgbackup.drill.of";
-/// Label on every throwaway server: which sidecar started it (its scope), so a sidecar removes
+/// Label on every throwaway server: the target it drills. Not under `pgbackup.`: such labels on
+/// a container that is not opted in are reported as typos.
+pub const DRILL_OF: &str = "pgbackup-drill.of";
+/// Label on every throwaway server: which sidecar started it ([`owner`]), so a sidecar removes
 /// only its own leftovers.
-pub const DRILL_OWNER: &str = "pgbackup.drill.owner";
+pub const DRILL_OWNER: &str = "pgbackup-drill.owner";
 /// Memory of a throwaway server: enough for a restore's index builds, bounded so a drill cannot
 /// starve the host's real servers.
 pub const MEMORY_BYTES: i64 = 2 << 30;
@@ -93,9 +94,33 @@ pub struct Ctx<'a> {
     pub cancel: &'a CancellationToken,
 }
 
-/// The owner label of this sidecar's throwaway servers.
-pub fn owner(docker: &DockerClient) -> String {
-    format!("{DRILL_OWNER}={}", docker.scope())
+/// The owner label of this sidecar's throwaway servers: the sidecar's own compose
+/// `project/service` (or container name), which a restarted or re-created sidecar keeps; for
+/// `pgctl run` outside a container, the host name and the scope. Two controllers of one
+/// identity would remove each other's servers at start-up: run one sidecar per project.
+pub async fn owner(docker: &DockerClient) -> String {
+    static OWNER: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    let id = OWNER
+        .get_or_init(|| async {
+            match docker.own_container().await {
+                Some(me) => crate::model::TargetId::of(&me.labels(), &me.name())
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| me.name()),
+                None => format!(
+                    "host {} ({})",
+                    std::env::var("HOSTNAME")
+                        .ok()
+                        .filter(|h| !h.is_empty())
+                        .or_else(|| std::fs::read_to_string("/etc/hostname")
+                            .ok()
+                            .map(|h| h.trim().to_string()))
+                        .unwrap_or_default(),
+                    docker.scope()
+                ),
+            }
+        })
+        .await;
+    format!("{DRILL_OWNER}={id}")
 }
 
 /// Drills `target` now: restores its latest committed logical backup into a throwaway server
@@ -272,6 +297,7 @@ async fn start_server(
     let mut secret = [0u8; 16];
     getrandom::fill(&mut secret).map_err(|e| format!("no random source: {e}"))?;
     let (label, owner) = owner(ctx.docker)
+        .await
         .split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .expect("label=value");
@@ -331,7 +357,7 @@ async fn start_server(
 
 /// Removes the throwaway servers this sidecar left behind (killed mid-drill). Returns how many.
 pub async fn remove_leftovers(docker: &DockerClient) -> usize {
-    let ids = match docker.ids_labelled(&owner(docker)).await {
+    let ids = match docker.ids_labelled(&owner(docker).await).await {
         Ok(ids) => ids,
         Err(e) => {
             tracing::warn!("Cannot look for leftover drill servers: {e}");

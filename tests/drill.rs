@@ -1,0 +1,240 @@
+//! End-to-end: restore drills. The latest backup of a kitchen-sink source (roles, several
+//! databases with odd names, large objects, a million rows) is restored into a throwaway server
+//! from the source's own image and compared with the row counts the backup recorded in its own
+//! snapshot: scheduled drills of an exec and a connect target pass and show in status and
+//! metrics; a damaged object and a tampered count fail and say why; a sidecar killed mid-drill
+//! leaves a server that the next start removes. No drill leaves a server behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cleanup, docker, fixture, stderr, stdout, wait_until};
+use serde_json::Value;
+
+/// Throwaway servers of drills of `target`, running or not.
+fn drill_servers(target: &str) -> Vec<String> {
+    let out = docker(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=pgbackup-drill.of={target}"),
+    ]);
+    out.lines().map(String::from).collect()
+}
+
+/// Backs `target` up through the stack's sidecar; the backup's `pgctl list` entry.
+fn backup(s: &common::Stack, target: &str) -> Value {
+    let o = s.pgctl(&["backup", target]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    s.list(target).pop().expect("a committed backup")
+}
+
+fn metrics(s: &common::Stack) -> String {
+    docker(&[
+        "exec",
+        &s.container("backup"),
+        "curl",
+        "-fsS",
+        "http://127.0.0.1:8080/metrics",
+    ])
+}
+
+#[test]
+fn scheduled_drills_of_exec_and_connect_targets_pass_and_show_in_status_and_metrics() {
+    let s = stack!();
+    let image = common::postgres_image();
+    // Every 20 seconds: the nightly drill, at test speed.
+    let every = ("pgbackup.drill.schedule", "*/20 * * * * *");
+    let exec = fixture::source(&s, "drill-exec", &image, &[every]);
+    let exec_guard = Cleanup(exec.clone());
+    let conn = fixture::source(
+        &s,
+        "drill-conn",
+        &image,
+        &[("pgbackup.method", "connect"), every],
+    );
+    let conn_guard = Cleanup(conn.clone());
+
+    for t in [&exec, &conn] {
+        let b = backup(&s, t);
+        let id = b["backup_id"].as_str().unwrap().to_string();
+        // The kitchen sink's tables, counted in the dump's snapshot.
+        let shop = &b["facts"]["databases"][fixture::SHOP]["tables"];
+        assert_eq!(shop["app.events"], 1_000_000, "{b}");
+        assert_eq!(b["facts"]["method"], "snapshot");
+        let drill = wait_until(Duration::from_secs(240), || {
+            let d = s.target(t)?["run"]["last_drill"].clone();
+            (d["backup_id"] == id.as_str()).then_some(d)
+        })
+        .unwrap_or_else(|| panic!("no scheduled drill of {t}'s backup {id}: {}", s.status()));
+        assert_eq!(drill["ok"], true, "{drill}");
+        assert_eq!(drill["trigger"], "schedule", "{drill}");
+        assert!(
+            drill["tables_checked"].as_u64().unwrap() >= 8,
+            "every table of every database: {drill}"
+        );
+        assert!(
+            drill["rows_checked"].as_u64().unwrap() > 1_000_000,
+            "{drill}"
+        );
+        assert_eq!(
+            drill["databases"].as_array().unwrap().len(),
+            b["databases"].as_array().unwrap().len()
+        );
+    }
+
+    // The human table has a drill line under each (the last one passed, or the next running).
+    let text = stdout(&s.pgctl(&["status"]));
+    for t in [&exec, &conn] {
+        let mut lines = text.lines().skip_while(|l| !l.starts_with(t.as_str()));
+        lines.next();
+        let drill = lines.next().unwrap_or("").trim_start();
+        assert!(
+            drill.starts_with("drill: passed") || drill.starts_with("drill: running"),
+            "{text}"
+        );
+    }
+    assert!(text.contains("drill: passed"), "{text}");
+    let m = metrics(&s);
+    for t in [&exec, &conn] {
+        for needle in [
+            format!("pgbackup_drill_last_success_timestamp_seconds{{target=\"{t}\"}}"),
+            format!("pgbackup_drill_last_duration_seconds{{target=\"{t}\"}}"),
+            format!("pgbackup_drill_last_result{{target=\"{t}\"}} 1"),
+            format!("pgbackup_drills_total{{target=\"{t}\",result=\"passed\"}}"),
+        ] {
+            assert!(m.contains(&needle), "{needle} missing:\n{m}");
+        }
+    }
+
+    // The sources go; a drill running now still ends and removes its server.
+    drop(exec_guard);
+    drop(conn_guard);
+    for t in [&exec, &conn] {
+        assert!(
+            wait_until(Duration::from_secs(120), || drill_servers(t)
+                .is_empty()
+                .then_some(()))
+            .is_some(),
+            "a drill server of {t} was left: {:?}",
+            drill_servers(t)
+        );
+    }
+}
+
+#[test]
+fn drills_of_a_damaged_object_or_a_tampered_count_fail_and_say_why() {
+    let s = stack!();
+    let t = fixture::source(&s, "drill-bad", &common::postgres_image(), &[]);
+    let _guard = Cleanup(t.clone());
+    let b = backup(&s, &t);
+    let id = b["backup_id"].as_str().unwrap();
+    let cfg = common::s3_config(&s);
+    let dir = b["prefix"].as_str().unwrap();
+    let manifest_key = format!("{dir}/manifest.json");
+    let original = common::get(&cfg, &manifest_key);
+
+    // A drill of the untouched backup passes (by hand: exit 0).
+    let o = s.pgctl(&["drill", &t]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).starts_with("passed"), "{}", stdout(&o));
+
+    // One count in the manifest says one row more than the dump holds.
+    let mut m: Value = serde_json::from_slice(&original).unwrap();
+    let orders = &mut m["facts"]["databases"][fixture::SHOP]["tables"]["app.orders"];
+    let n = orders.as_u64().expect("orders counted");
+    *orders = (n + 1).into();
+    common::put(&cfg, &manifest_key, serde_json::to_vec_pretty(&m).unwrap());
+    let o = s.pgctl(&["drill", &t]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let said = stdout(&o);
+    let expected = format!(
+        "database \"shop\": table app.orders has {n} rows restored, {} recorded",
+        n + 1
+    );
+    assert!(said.contains("FAILED") && said.contains(id), "{said}");
+    assert!(said.contains(&expected), "{said}");
+    let last = s.target(&t).unwrap()["run"]["last_drill"].clone();
+    assert_eq!(last["ok"], false);
+    assert_eq!(last["differences"], serde_json::json!([expected]), "{last}");
+    assert!(
+        metrics(&s).contains(&format!("pgbackup_drill_last_result{{target=\"{t}\"}} 0")),
+        "a failed drill shows in the metrics"
+    );
+    assert!(drill_servers(&t).is_empty(), "{:?}", drill_servers(&t));
+
+    // The manifest back as it was; the shop dump damaged after the commit.
+    common::put(&cfg, &manifest_key, original);
+    let object = b["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["database"] == fixture::SHOP)
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = format!("{dir}/{object}");
+    let mut bytes = common::get(&cfg, &key);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    common::put(&cfg, &key, bytes);
+    let o = s.pgctl(&["drill", &t]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let said = stdout(&o);
+    assert!(
+        said.contains(&format!("the restore of {id} failed"))
+            && said.contains(&object)
+            && said.contains("does not match the manifest"),
+        "the drill names the damaged object: {said}"
+    );
+    assert!(drill_servers(&t).is_empty(), "{:?}", drill_servers(&t));
+}
+
+#[test]
+fn a_sidecar_killed_mid_drill_leaves_a_server_that_the_next_start_removes() {
+    let s = stack!();
+    let (t, _guard) = s.big_target("drill-kill");
+    let mut first = s.host_controller(&[]);
+    first.wait_lists(&t);
+    let url = first.url.clone();
+    let o = common::host_pgctl(&["backup", "--controller", &url, &t]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+
+    let target = t.clone();
+    let drilling =
+        std::thread::spawn(move || common::host_pgctl(&["drill", "--controller", &url, &target]));
+    // Killed once its server runs and the restore has started loading.
+    let server = wait_until(Duration::from_secs(120), || {
+        drill_servers(&t).into_iter().next()
+    })
+    .expect("the drill started a server");
+    std::thread::sleep(Duration::from_secs(8));
+    let _ = first.child.kill(); // SIGKILL: no clean-up of its own
+    let _ = first.child.wait();
+    let o = drilling.join().unwrap();
+    assert!(!o.status.success(), "the drill was cut off: {}", stdout(&o));
+    assert_eq!(
+        drill_servers(&t),
+        [server.clone()],
+        "the killed sidecar's server is still there"
+    );
+
+    let second = s.host_controller(&[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || drill_servers(&t)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "the next start removes {server}"
+    );
+    second.wait_lists(&t);
+    assert!(
+        second
+            .log()
+            .contains("Removed a drill server left by an earlier run."),
+        "{}",
+        second.log()
+    );
+}
