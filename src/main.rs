@@ -516,29 +516,48 @@ async fn cmd_drill(targets: Vec<String>, all: bool, json: bool, controller: Opti
         );
     } else {
         for o in &resp.outcomes {
-            let r = o.result.as_ref();
-            let field = |k: &str| r.map(|r| r[k].clone()).unwrap_or_default();
-            if o.ok {
+            let drills = o
+                .result
+                .as_ref()
+                .and_then(|r| r.as_array())
+                .cloned()
+                .unwrap_or_default();
+            if drills.is_empty() {
                 println!(
-                    "passed  {}  {}  {} database(s), {} table(s), {} row(s) as recorded, in {:.1}s",
+                    "refused  {}  {}",
                     o.target,
-                    field("backup_id").as_str().unwrap_or(""),
-                    field("databases").as_array().map(|a| a.len()).unwrap_or(0),
-                    field("tables_checked").as_u64().unwrap_or(0),
-                    field("rows_checked").as_u64().unwrap_or(0),
-                    field("duration_seconds").as_f64().unwrap_or(0.0)
-                );
-                if let Some(note) = field("note").as_str() {
-                    println!("        note: {note}");
-                }
-            } else {
-                println!(
-                    "{}  {}  {}  {}",
-                    if o.refused { "refused" } else { "FAILED " },
-                    o.target,
-                    field("backup_id").as_str().unwrap_or("-"),
                     o.error.as_deref().unwrap_or("unknown error")
                 );
+            }
+            for d in &drills {
+                let kind = d["kind"].as_str().unwrap_or("");
+                let backup = d["backup_id"].as_str().unwrap_or("-");
+                if d["ok"].as_bool().unwrap_or(false) {
+                    let checked = if kind == "physical" {
+                        "cluster identity and databases as recorded".to_string()
+                    } else {
+                        format!(
+                            "{} database(s), {} table(s), {} row(s) as recorded",
+                            d["databases"].as_array().map(|a| a.len()).unwrap_or(0),
+                            d["tables_checked"].as_u64().unwrap_or(0),
+                            d["rows_checked"].as_u64().unwrap_or(0)
+                        )
+                    };
+                    println!(
+                        "passed  {}  {kind}  {backup}  {checked}, in {:.1}s",
+                        o.target,
+                        d["duration_seconds"].as_f64().unwrap_or(0.0)
+                    );
+                    if let Some(note) = d["note"].as_str() {
+                        println!("        note: {note}");
+                    }
+                } else {
+                    println!(
+                        "FAILED  {}  {kind}  {backup}  {}",
+                        o.target,
+                        d["error"].as_str().unwrap_or("unknown error")
+                    );
+                }
             }
         }
     }

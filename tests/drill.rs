@@ -2,7 +2,8 @@
 //! databases with odd names, large objects, a million rows) is restored into a throwaway server
 //! from the source's own image and compared with the row counts the backup recorded in its own
 //! snapshot: scheduled drills of an exec and a connect target pass and show in status and
-//! metrics; a damaged object and a tampered count fail and say why; a sidecar killed mid-drill
+//! metrics; a damaged object and a tampered count fail and say why; a base backup is started as
+//! a cluster and checked; a sidecar killed mid-drill
 //! leaves a server that the next start removes. No drill leaves a server behind.
 
 mod common;
@@ -64,7 +65,7 @@ fn scheduled_drills_of_exec_and_connect_targets_pass_and_show_in_status_and_metr
         assert_eq!(shop["app.events"], 1_000_000, "{b}");
         assert_eq!(b["facts"]["method"], "snapshot");
         let drill = wait_until(Duration::from_secs(240), || {
-            let d = s.target(t)?["run"]["last_drill"].clone();
+            let d = s.target(t)?["run"]["drills"]["logical"].clone();
             (d["backup_id"] == id.as_str()).then_some(d)
         })
         .unwrap_or_else(|| panic!("no scheduled drill of {t}'s backup {id}: {}", s.status()));
@@ -91,18 +92,20 @@ fn scheduled_drills_of_exec_and_connect_targets_pass_and_show_in_status_and_metr
         lines.next();
         let drill = lines.next().unwrap_or("").trim_start();
         assert!(
-            drill.starts_with("drill: passed") || drill.starts_with("drill: running"),
+            drill.starts_with("drill (logical): passed") || drill.starts_with("drill: running"),
             "{text}"
         );
     }
-    assert!(text.contains("drill: passed"), "{text}");
+    assert!(text.contains("drill (logical): passed"), "{text}");
     let m = metrics(&s);
     for t in [&exec, &conn] {
         for needle in [
-            format!("pgbackup_drill_last_success_timestamp_seconds{{target=\"{t}\"}}"),
-            format!("pgbackup_drill_last_duration_seconds{{target=\"{t}\"}}"),
-            format!("pgbackup_drill_last_result{{target=\"{t}\"}} 1"),
-            format!("pgbackup_drills_total{{target=\"{t}\",result=\"passed\"}}"),
+            format!(
+                "pgbackup_drill_last_success_timestamp_seconds{{target=\"{t}\",kind=\"logical\"}}"
+            ),
+            format!("pgbackup_drill_last_duration_seconds{{target=\"{t}\",kind=\"logical\"}}"),
+            format!("pgbackup_drill_last_result{{target=\"{t}\",kind=\"logical\"}} 1"),
+            format!("pgbackup_drills_total{{target=\"{t}\",kind=\"logical\",result=\"passed\"}}"),
         ] {
             assert!(m.contains(&needle), "{needle} missing:\n{m}");
         }
@@ -155,11 +158,13 @@ fn drills_of_a_damaged_object_or_a_tampered_count_fail_and_say_why() {
     );
     assert!(said.contains("FAILED") && said.contains(id), "{said}");
     assert!(said.contains(&expected), "{said}");
-    let last = s.target(&t).unwrap()["run"]["last_drill"].clone();
+    let last = s.target(&t).unwrap()["run"]["drills"]["logical"].clone();
     assert_eq!(last["ok"], false);
     assert_eq!(last["differences"], serde_json::json!([expected]), "{last}");
     assert!(
-        metrics(&s).contains(&format!("pgbackup_drill_last_result{{target=\"{t}\"}} 0")),
+        metrics(&s).contains(&format!(
+            "pgbackup_drill_last_result{{target=\"{t}\",kind=\"logical\"}} 0"
+        )),
         "a failed drill shows in the metrics"
     );
     assert!(drill_servers(&t).is_empty(), "{:?}", drill_servers(&t));
@@ -193,6 +198,53 @@ fn drills_of_a_damaged_object_or_a_tampered_count_fail_and_say_why() {
 }
 
 #[test]
+fn a_physical_drill_starts_the_cluster_from_the_base_backup_and_checks_it() {
+    let s = stack!();
+    let t = fixture::source(&s, "drill-phys", &common::postgres_image(), &[]);
+    let _guard = Cleanup(t.clone());
+    let o = s.pgctl(&["backup", "--physical", &t]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let b = s.list(&t).pop().expect("the base backup");
+    assert_eq!(b["kind"], "physical");
+    let dbs = b["databases"].as_array().unwrap();
+    assert!(
+        dbs.iter().any(|d| d == fixture::SHOP) && dbs.iter().any(|d| d == fixture::ODD),
+        "the cluster's databases are recorded: {b}"
+    );
+
+    let o = s.pgctl(&["drill", &t, "--json"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let drills = r["outcomes"][0]["result"].as_array().unwrap();
+    assert_eq!(drills.len(), 1, "only a physical backup exists: {r}");
+    assert_eq!(drills[0]["kind"], "physical");
+    assert_eq!(drills[0]["ok"], true, "{r}");
+    assert_eq!(drills[0]["backup_id"], b["backup_id"]);
+    assert_eq!(
+        s.target(&t).unwrap()["run"]["drills"]["physical"]["ok"],
+        true
+    );
+    assert!(drill_servers(&t).is_empty(), "{:?}", drill_servers(&t));
+
+    // The base backup damaged after its commit: the drill fails and names the object.
+    let cfg = common::s3_config(&s);
+    let object = b["objects"][0]["name"].as_str().unwrap();
+    let key = format!("{}/{object}", b["prefix"].as_str().unwrap());
+    let mut bytes = common::get(&cfg, &key);
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x55;
+    common::put(&cfg, &key, bytes);
+    let o = s.pgctl(&["drill", &t]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("FAILED") && stdout(&o).contains(object),
+        "{}",
+        stdout(&o)
+    );
+    assert!(drill_servers(&t).is_empty(), "{:?}", drill_servers(&t));
+}
+
+#[test]
 fn a_sidecar_killed_mid_drill_leaves_a_server_that_the_next_start_removes() {
     let s = stack!();
     let (t, _guard) = s.big_target("drill-kill");
@@ -217,7 +269,7 @@ fn a_sidecar_killed_mid_drill_leaves_a_server_that_the_next_start_removes() {
     assert!(!o.status.success(), "the drill was cut off: {}", stdout(&o));
     assert_eq!(
         drill_servers(&t),
-        [server.clone()],
+        std::slice::from_ref(&server),
         "the killed sidecar's server is still there"
     );
 

@@ -200,7 +200,7 @@ pub struct DrillRequest {
 }
 
 /// Runs the drills asked for (each a task the runner owns) and answers when all have ended;
-/// the outcomes' `result` is each drill's result.
+/// each outcome's `result` is the list of its target's drills (one per backup kind).
 async fn drills(State(s): State<AppState>, Json(req): Json<DrillRequest>) -> impl IntoResponse {
     let targets = s.shared.registry.read().await.targets();
     let (chosen, unknown) = crate::discovery::choose(&targets, &req.targets, req.all);
@@ -223,12 +223,18 @@ async fn drills(State(s): State<AppState>, Json(req): Json<DrillRequest>) -> imp
                 .await
                 .unwrap_or_else(|_| Err(RunError::Crashed("the drill was aborted".into())))
             {
-                Ok(r) => BackupOutcome {
+                Ok(results) => BackupOutcome {
                     target,
-                    ok: r.ok,
+                    ok: results.iter().all(|r| r.ok),
                     refused: false,
-                    error: r.error.clone(),
-                    result: Some(serde_json::to_value(r).expect("result serialises")),
+                    error: {
+                        let errors: Vec<String> = results
+                            .iter()
+                            .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.kind)))
+                            .collect();
+                        (!errors.is_empty()).then(|| errors.join("; "))
+                    },
+                    result: Some(serde_json::to_value(results).expect("results serialise")),
                 },
                 Err(e) => BackupOutcome {
                     target,

@@ -122,31 +122,48 @@ fn last_run(run: &serde_json::Value, tz: Tz) -> [String; 4] {
     ]
 }
 
-/// The restore drill line under a target: running, or the last one's outcome, and the next.
-fn drill_note(t: &serde_json::Value, tz: Tz) -> Option<String> {
-    let next = local(&t["next_drill_run"], tz).map(|n| format!(" (next {n})"));
+/// The restore drill lines under a target: running, or each kind's last outcome, and the next.
+fn drill_notes(t: &serde_json::Value, tz: Tz) -> Vec<String> {
+    let next = local(&t["next_drill_run"], tz)
+        .map(|n| format!(" (next {n})"))
+        .unwrap_or_default();
     if let Some(since) = local(&t["run"]["drilling"], tz) {
-        return Some(format!("drill: running since {since}"));
+        return vec![format!("drill: running since {since}")];
     }
-    let d = &t["run"]["last_drill"];
-    let Some(when) = local(&d["started_at"], tz) else {
-        return next.map(|n| format!("drill: none yet{n}"));
+    let Some(drills) = t["run"]["drills"].as_object().filter(|d| !d.is_empty()) else {
+        return if next.is_empty() {
+            vec![]
+        } else {
+            vec![format!("drill: none yet{next}")]
+        };
     };
-    let next = next.unwrap_or_default();
-    let backup = d["backup_id"].as_str().unwrap_or("-");
-    let took = d["duration_seconds"].as_f64().unwrap_or(0.0);
-    Some(if d["ok"].as_bool().unwrap_or(false) {
-        format!(
-            "drill: passed {when}, backup {backup}, {} table(s) and {} row(s) as recorded, {took:.1}s{next}",
-            d["tables_checked"].as_u64().unwrap_or(0),
-            d["rows_checked"].as_u64().unwrap_or(0),
-        )
-    } else {
-        format!(
-            "drill: FAILED {when}, backup {backup}, {took:.1}s: {}{next}",
-            d["error"].as_str().unwrap_or("(no reason)")
-        )
-    })
+    drills
+        .iter()
+        .map(|(kind, d)| {
+            let when = local(&d["started_at"], tz).unwrap_or_else(|| "?".into());
+            let backup = d["backup_id"].as_str().unwrap_or("-");
+            let took = d["duration_seconds"].as_f64().unwrap_or(0.0);
+            if d["ok"].as_bool().unwrap_or(false) {
+                let checked = if kind == "physical" {
+                    "cluster and databases as recorded".to_string()
+                } else {
+                    format!(
+                        "{} table(s) and {} row(s) as recorded",
+                        d["tables_checked"].as_u64().unwrap_or(0),
+                        d["rows_checked"].as_u64().unwrap_or(0)
+                    )
+                };
+                format!(
+                    "drill ({kind}): passed {when}, backup {backup}, {checked}, {took:.1}s{next}"
+                )
+            } else {
+                format!(
+                    "drill ({kind}): FAILED {when}, backup {backup}, {took:.1}s: {}{next}",
+                    d["error"].as_str().unwrap_or("(no reason)")
+                )
+            }
+        })
+        .collect()
 }
 
 /// Human table: one line per target, then one indented line per label error, failed last run
@@ -176,7 +193,7 @@ pub fn render(r: &Report) -> String {
         {
             notes.push((rows.len(), format!("last backup failed: {e}")));
         }
-        if let Some(note) = drill_note(t, tz) {
+        for note in drill_notes(t, tz) {
             notes.push((rows.len(), note));
         }
         let state = s("state");
@@ -348,12 +365,12 @@ shop/old  shop-old-1  invalid  -         -                        -         -   
             "last": {"ok": true, "kind": "logical", "started_at": "2026-11-19T23:00:00Z",
                      "bytes": 3145728, "duration_seconds": 12.0},
         });
-        r.targets[1]["run"]["last_drill"] = serde_json::json!({
+        r.targets[1]["run"]["drills"]["logical"] = serde_json::json!({
             "ok": false, "started_at": "2026-11-20T04:30:00Z", "backup_id": "20261120T030000Z-logical",
             "duration_seconds": 41.0, "error": "the restore does not match the backup's facts: database \"shop\": table public.orders has 9 rows restored, 10 recorded"});
         let text = render(&r);
         assert!(
-            text.contains("drill: FAILED 2026-11-20 05:30:00 CET, backup 20261120T030000Z-logical, 41.0s: the restore does not match the backup's facts: database \"shop\": table public.orders has 9 rows restored, 10 recorded"),
+            text.contains("drill (logical): FAILED 2026-11-20 05:30:00 CET, backup 20261120T030000Z-logical, 41.0s: the restore does not match the backup's facts: database \"shop\": table public.orders has 9 rows restored, 10 recorded"),
             "{text}"
         );
         let text: String = text

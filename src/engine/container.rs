@@ -302,4 +302,6 @@ pub struct Sandbox {
     pub memory_bytes: i64,
     /// CPUs × 10⁹.
     pub nano_cpus: i64,
+    /// Instead of the image's entrypoint (and with no command).
+    pub entrypoint: Option<Vec<String>>,
 }

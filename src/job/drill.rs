@@ -42,6 +42,8 @@ const READY_WITHIN: Duration = Duration::from_secs(180);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrillResult {
     pub target: String,
+    /// Which backup kind was drilled.
+    pub kind: Kind,
     pub ok: bool,
     /// The backup restored (none when there was nothing to drill).
     pub backup_id: Option<String>,
@@ -70,6 +72,7 @@ impl DrillResult {
     pub fn failed(target: &Target, why: &str) -> DrillResult {
         DrillResult {
             target: target.target.to_string(),
+            kind: Kind::Logical,
             ok: false,
             backup_id: None,
             started_at: Utc::now(),
@@ -123,13 +126,56 @@ pub async fn owner(docker: &DockerClient) -> String {
     format!("{DRILL_OWNER}={id}")
 }
 
-/// Drills `target` now: restores its latest committed logical backup into a throwaway server
-/// and compares. Never fails as a call: a failure is a result with `ok: false`.
-pub async fn run(ctx: &Ctx<'_>, target: &Target) -> DrillResult {
-    let started_at = Utc::now();
+/// Drills `target` now: the latest committed backup of each kind it has (logical, physical) is
+/// restored into a throwaway server and checked. Never fails as a call: a failure is a result
+/// with `ok: false`.
+pub async fn run(ctx: &Ctx<'_>, target: &Target) -> Vec<DrillResult> {
+    let mut out = Vec::new();
+    let latest = match latest_of(ctx, target).await {
+        Ok(l) => l,
+        Err(why) => return vec![DrillResult::failed(target, &why)],
+    };
+    for m in latest {
+        out.push(run_one(ctx, target, m).await);
+    }
+    out
+}
+
+/// The newest committed backup of each kind; an error when there is none at all.
+async fn latest_of(ctx: &Ctx<'_>, target: &Target) -> Result<Vec<Manifest>, String> {
+    let spec = target.settings().ok_or_else(|| {
+        format!(
+            "target {} is invalid; fix its labels (see pgctl status)",
+            target.target
+        )
+    })?;
+    let dir = layout::target_dir(ctx.store.prefix(), &spec.prefix);
+    let mut found = Vec::new();
+    for kind in [Kind::Logical, Kind::Physical] {
+        if let Some(m) = catalog::latest(ctx.store, &dir, kind, Some(&target.target.to_string()))
+            .await
+            .map_err(|e| format!("cannot list the backups under {dir}/: {e}"))?
+        {
+            found.push(m);
+        }
+    }
+    if found.is_empty() {
+        return Err(format!(
+            "there is no committed backup of {} to drill under {dir}/",
+            target.target
+        ));
+    }
+    Ok(found)
+}
+
+/// One drill of backup `m`, within the target's timeout; its throwaway server removed whatever
+/// happens.
+async fn run_one(ctx: &Ctx<'_>, target: &Target, m: Manifest) -> DrillResult {
     let clock = Instant::now();
     let mut r = DrillResult {
-        started_at,
+        kind: m.kind,
+        backup_id: Some(m.backup_id.to_string()),
+        databases: m.databases.clone(),
         error: None,
         ..DrillResult::failed(target, "")
     };
@@ -139,8 +185,14 @@ pub async fn run(ctx: &Ctx<'_>, target: &Target) -> DrillResult {
         .unwrap_or(Duration::from_secs(7200));
     // The throwaway server, once started: removed below whatever happened.
     let mut server = None;
+    let steps = async {
+        match m.kind {
+            Kind::Logical => logical(ctx, target, &m, &mut r, &mut server).await,
+            Kind::Physical => physical(ctx, target, &m, &mut server).await,
+        }
+    };
     let outcome = tokio::select! {
-        o = tokio::time::timeout(limit, drill(ctx, target, &mut r, &mut server)) => match o {
+        o = tokio::time::timeout(limit, steps) => match o {
             Ok(o) => o,
             Err(_) => Err(format!("the drill took longer than {} (pgbackup.timeout)", humantime::format_duration(limit))),
         },
@@ -152,8 +204,9 @@ pub async fn run(ctx: &Ctx<'_>, target: &Target) -> DrillResult {
         tracing::warn!(target_id = %r.target, container = %id, "Cannot remove the drill's server (the next start removes it): {e}");
     }
     match outcome {
-        Ok(note) => {
+        Ok(Check { note, differences }) => {
             r.note = note;
+            r.differences = differences;
             r.ok = r.differences.is_empty();
             if !r.ok {
                 r.error = Some(format!(
@@ -164,46 +217,37 @@ pub async fn run(ctx: &Ctx<'_>, target: &Target) -> DrillResult {
         }
         Err(e) => r.error = Some(e),
     }
+    for d in &r.differences {
+        tracing::warn!(target_id = %r.target, backup_id = ?r.backup_id, "Drill: {d}");
+    }
     r.duration_seconds = clock.elapsed().as_secs_f64();
     r
 }
 
-/// The drill's steps; `server` holds the throwaway server's id as soon as it exists.
-async fn drill(
+/// What the comparison found.
+struct Check {
+    note: Option<String>,
+    differences: Vec<String>,
+}
+
+/// A logical drill: the backup restored by `pgctl restore`'s own code into a fresh server, then
+/// counted.
+async fn logical(
     ctx: &Ctx<'_>,
     target: &Target,
+    m: &Manifest,
     r: &mut DrillResult,
     server: &mut Option<String>,
-) -> Result<Option<String>, String> {
-    let spec = target.settings().ok_or_else(|| {
-        format!(
-            "target {} is invalid; fix its labels (see pgctl status)",
-            target.target
-        )
-    })?;
-    let dir = layout::target_dir(ctx.store.prefix(), &spec.prefix);
-    let m = catalog::latest(
-        ctx.store,
-        &dir,
-        Kind::Logical,
-        Some(&target.target.to_string()),
-    )
-    .await
-    .map_err(|e| format!("cannot list the backups under {dir}/: {e}"))?
-    .ok_or_else(|| {
-        format!(
-            "there is no committed logical backup of {} to drill under {dir}/",
-            target.target
-        )
-    })?;
-    r.backup_id = Some(m.backup_id.to_string());
+) -> Result<Check, String> {
+    let user = user_of(target)?;
     let source = ctx
         .docker
         .inspect(&target.container_id)
         .await
         .map_err(|e| format!("cannot inspect {}: {e}", target.container))?;
-    let id = start_server(ctx, target, &source.image, &spec.user).await?;
+    let id = start_server(ctx, target, &source.image, &user, None).await?;
     *server = Some(id.clone());
+    wait_accepting(ctx, &id, &source.image).await?;
     let sandbox = ctx
         .docker
         .inspect(&id)
@@ -225,40 +269,195 @@ async fn drill(
     restore::execute(ctx.docker, ctx.store, &plan, &restore::Quiet)
         .await
         .map_err(|e| format!("the restore of {} failed: {e}", m.backup_id))?;
-    r.databases = m.databases.clone();
     let access = Access::Exec {
         docker: ctx.docker.clone(),
         container: id.clone(),
-        user: spec.user.clone(),
+        user,
     };
-    compare(&access, &m, r).await
+    compare(&access, m, r).await
 }
 
-/// Counts what the restore gave back and records every difference from the manifest's facts.
-/// Returns a note when the backup recorded none.
-async fn compare(
-    access: &Access,
+fn user_of(target: &Target) -> Result<String, String> {
+    target.settings().map(|s| s.user.clone()).ok_or_else(|| {
+        format!(
+            "target {} is invalid; fix its labels (see pgctl status)",
+            target.target
+        )
+    })
+}
+
+/// Stdin of `tar` in the throwaway server.
+struct TarSink(crate::engine::docker::ExecInput);
+
+impl restore::ChunkSink for TarSink {
+    async fn send(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(&chunk).await
+    }
+}
+
+/// A physical drill: the base backup unpacked (size and SHA-256 checked on the way, as a
+/// physical restore does) into a server from the target's image, started with `pg_ctl`
+/// (recovery to the backup's end, no archiving, no network), then checked: it is the backed-up
+/// cluster (system identifier), out of recovery, and holds every database the backup listed.
+/// A base backup is consistent at its end, not at one snapshot a query could count in, so
+/// there are no row counts to compare.
+async fn physical(
+    ctx: &Ctx<'_>,
+    target: &Target,
     m: &Manifest,
-    r: &mut DrillResult,
-) -> Result<Option<String>, String> {
-    let present: Vec<String> = access
+    server: &mut Option<String>,
+) -> Result<Check, String> {
+    let user = user_of(target)?;
+    let p = m
+        .physical
+        .as_ref()
+        .ok_or_else(|| format!("{} has no physical section in its manifest", m.backup_id))?;
+    let object = m
+        .objects
+        .iter()
+        .find(|o| o.kind == crate::model::manifest::ObjectKind::Base)
+        .ok_or_else(|| format!("{} has no base backup object", m.backup_id))?;
+    let source = ctx
+        .docker
+        .inspect(&target.container_id)
+        .await
+        .map(|c| c.image)
+        .unwrap_or_else(|_| p.image.clone());
+    // Idle until the data is in place; Postgres is started by hand below.
+    let idle = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done".into(),
+    ];
+    let id = start_server(ctx, target, &source, &user, Some(idle)).await?;
+    *server = Some(id.clone());
+    let sh = |script: &str| {
+        vec![
+            "sh".to_string(),
+            "-c".into(),
+            script.to_string(),
+            "sh".into(),
+            p.data_directory.clone(),
+        ]
+    };
+    let (out, input) = ctx
+        .docker
+        .exec_with_stdin(
+            &id,
+            &sh("set -e; mkdir -p \"$1\"; cd \"$1\"; tar -x -f -"),
+            &[],
+            Some("0"),
+        )
+        .await
+        .map_err(|e| format!("cannot start tar in the drill's server: {e}"))?;
+    let mut sink = TarSink(input);
+    let streamed =
+        restore::stream_object(ctx.store, m, object, "tar", &mut sink, &restore::Quiet).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        let _ = sink.0.shutdown().await;
+    }
+    drop(sink);
+    let exit = out
+        .finish()
+        .await
+        .map_err(|e| format!("unpacking {} failed: {e}", object.name))?;
+    streamed.map_err(|e| format!("the restore of {} failed: {e}", m.backup_id))?;
+    if exit.code != 0 {
+        return Err(format!(
+            "unpacking {} failed (tar exit {}): {}",
+            object.name, exit.code, exit.stderr
+        ));
+    }
+    let prepare =
+        "set -e; rm -f \"$1/postmaster.pid\"; chown -R postgres:postgres \"$1\"; chmod 0700 \"$1\"";
+    run_in(ctx, &id, &sh(prepare), "0").await?;
+    // Recovery to the end of the backup, then a normal start; no archiving, no TCP.
+    let start = "pg_ctl -D \"$1\" -w -t 600 -l /tmp/drill-server.log -o \"-c listen_addresses='' -c archive_mode=off\" start || { tail -n 20 /tmp/drill-server.log >&2; exit 1; }";
+    run_in(ctx, &id, &sh(start), "postgres").await?;
+    let access = Access::Exec {
+        docker: ctx.docker.clone(),
+        container: id.clone(),
+        user,
+    };
+    let row = access
+        .query(
+            "postgres",
+            "SELECT (SELECT system_identifier FROM pg_control_system())::text || '|' || pg_is_in_recovery()::text",
+        )
+        .await
+        .map_err(|e| format!("the restored cluster does not answer: {e}"))?;
+    let row = row.first().cloned().unwrap_or_default();
+    let (sysid, recovery) = row.split_once('|').unwrap_or((&row, ""));
+    let mut differences = Vec::new();
+    if sysid != p.system_identifier {
+        differences.push(format!(
+            "the restored server is cluster {sysid}, the backup is of cluster {}",
+            p.system_identifier
+        ));
+    }
+    if recovery != "false" {
+        differences.push("the restored server is still in recovery".to_string());
+    }
+    let present = restored_databases(&access).await?;
+    differences.extend(
+        m.databases
+            .iter()
+            .filter(|d| !present.contains(d))
+            .map(|d| facts::Difference::MissingDatabase(d.clone()).to_string()),
+    );
+    Ok(Check {
+        note: None,
+        differences,
+    })
+}
+
+/// Runs a short command in the drill's server as `user`; its stderr is the error.
+async fn run_in(ctx: &Ctx<'_>, id: &str, cmd: &[String], user: &str) -> Result<(), String> {
+    let (exit, out) = ctx
+        .docker
+        .exec_capture(id, cmd, &[], Some(user))
+        .await
+        .map_err(|e| format!("cannot run a command in the drill's server: {e}"))?;
+    if exit.code != 0 {
+        return Err(format!(
+            "the restored cluster did not start (exit {}): {} {}",
+            exit.code,
+            exit.stderr,
+            out.trim()
+        ));
+    }
+    Ok(())
+}
+
+async fn restored_databases(access: &Access) -> Result<Vec<String>, String> {
+    access
         .query(
             "postgres",
             "SELECT datname FROM pg_database WHERE NOT datistemplate",
         )
         .await
-        .map_err(|e| format!("cannot list the restored databases: {e}"))?;
-    let Some(recorded) = &m.facts else {
-        r.differences = m
-            .databases
-            .iter()
-            .filter(|d| !present.contains(d))
+        .map_err(|e| format!("cannot list the restored databases: {e}"))
+}
+
+/// Counts what the restore gave back and lists every difference from the manifest's facts;
+/// says so when the backup recorded none.
+async fn compare(access: &Access, m: &Manifest, r: &mut DrillResult) -> Result<Check, String> {
+    let present = restored_databases(access).await?;
+    let missing = |dbs: &mut dyn Iterator<Item = &String>| -> Vec<String> {
+        dbs.filter(|d| !present.contains(d))
             .map(|d| facts::Difference::MissingDatabase(d.clone()).to_string())
-            .collect();
-        return Ok(Some(format!(
-            "backup {} recorded no row counts (taken before drills existed, or its dump options leave tables out): only the restore itself and its database list were checked",
-            m.backup_id
-        )));
+            .collect()
+    };
+    let Some(recorded) = &m.facts else {
+        return Ok(Check {
+            differences: missing(&mut m.databases.iter()),
+            note: Some(format!(
+                "backup {} recorded no row counts (taken before drills existed, or its dump options leave tables out): only the restore itself and its database list were checked",
+                m.backup_id
+            )),
+        });
     };
     let mut restored: BTreeMap<String, DbFacts> = BTreeMap::new();
     for db in recorded.databases.keys() {
@@ -277,22 +476,23 @@ async fn compare(
         .values()
         .flat_map(|d| d.tables.values())
         .sum();
-    r.differences = facts::compare(&recorded.databases, &restored)
-        .iter()
-        .map(|d| d.to_string())
-        .collect();
-    for d in &r.differences {
-        tracing::warn!(target_id = %r.target, backup_id = ?r.backup_id, "Drill: {d}");
-    }
-    Ok(None)
+    Ok(Check {
+        note: None,
+        differences: facts::compare(&recorded.databases, &restored)
+            .iter()
+            .map(|d| d.to_string())
+            .collect(),
+    })
 }
 
-/// Starts the throwaway server from `image` and waits until it accepts connections.
+/// Starts the throwaway server from `image` (with `entrypoint` instead of the image's when
+/// given).
 async fn start_server(
     ctx: &Ctx<'_>,
     target: &Target,
     image: &str,
     user: &str,
+    entrypoint: Option<Vec<String>>,
 ) -> Result<String, String> {
     let mut secret = [0u8; 16];
     getrandom::fill(&mut secret).map_err(|e| format!("no random source: {e}"))?;
@@ -315,6 +515,7 @@ async fn start_server(
         ]),
         memory_bytes: MEMORY_BYTES,
         nano_cpus: NANO_CPUS,
+        entrypoint,
     };
     let name = format!(
         "pgbackup-drill-{}-{}",
@@ -332,19 +533,23 @@ async fn start_server(
         .await
         .map_err(|e| format!("cannot start a throwaway server from {image}: {e}"))?;
     tracing::info!(target_id = %target.target, container = %name, image, "Drill server started.");
+    Ok(id)
+}
+
+/// Waits until the image's entrypoint has initialised the server and it accepts connections.
+async fn wait_accepting(ctx: &Ctx<'_>, id: &str, image: &str) -> Result<(), String> {
     let deadline = Instant::now() + READY_WITHIN;
     // Over TCP: the image's entrypoint runs a socket-only server while it initialises.
     let probe = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "5432"].map(String::from);
     loop {
-        if let Ok((exit, _)) = ctx.docker.exec_capture(&id, &probe, &[], None).await
+        if let Ok((exit, _)) = ctx.docker.exec_capture(id, &probe, &[], None).await
             && exit.code == 0
         {
-            break;
+            return Ok(());
         }
-        let running = ctx.docker.inspect(&id).await.map(|c| c.running);
+        let running = ctx.docker.inspect(id).await.map(|c| c.running);
         if !matches!(running, Ok(true)) || Instant::now() > deadline {
-            let logs = ctx.docker.logs_tail(&id, 20).await;
-            let _ = ctx.docker.remove_with_volumes(&id).await;
+            let logs = ctx.docker.logs_tail(id, 20).await;
             return Err(format!(
                 "the throwaway server from {image} did not accept connections within {}s: {logs}",
                 READY_WITHIN.as_secs()
@@ -352,7 +557,6 @@ async fn start_server(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Ok(id)
 }
 
 /// Removes the throwaway servers this sidecar left behind (killed mid-drill). Returns how many.

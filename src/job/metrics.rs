@@ -27,13 +27,9 @@ pub struct HookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TargetLabels {
-    pub target: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DrillLabels {
     pub target: String,
+    pub kind: String,
     /// `passed` or `failed`.
     pub result: String,
 }
@@ -52,9 +48,9 @@ pub struct Metrics {
     pub db_failures: Family<DbLabels, Counter>,
     pub running: Gauge,
     pub hook_failures: Family<HookLabels, Counter>,
-    pub drill_last_success: Family<TargetLabels, FGauge>,
-    pub drill_last_duration: Family<TargetLabels, FGauge>,
-    pub drill_last_result: Family<TargetLabels, Gauge>,
+    pub drill_last_success: Family<JobLabels, FGauge>,
+    pub drill_last_duration: Family<JobLabels, FGauge>,
+    pub drill_last_result: Family<JobLabels, Gauge>,
     pub drills: Family<DrillLabels, Counter>,
     pub notify: crate::notify::Counters,
 }

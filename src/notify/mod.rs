@@ -115,8 +115,12 @@ impl Event {
                 self.deleted.len(),
                 self.target
             ),
-            EventKind::DrillFailed => format!("restore drill of {} failed", self.target),
-            EventKind::DrillSucceeded => format!("restore drill of {} passed", self.target),
+            EventKind::DrillFailed => {
+                format!("{} restore drill of {} failed", self.kind, self.target)
+            }
+            EventKind::DrillSucceeded => {
+                format!("{} restore drill of {} passed", self.kind, self.target)
+            }
         }
     }
 

@@ -104,13 +104,13 @@ impl crate::job::runner::Work for Count {
         &self,
         target: &Target,
         _cancel: &tokio_util::sync::CancellationToken,
-    ) -> crate::job::drill::DrillResult {
+    ) -> Vec<crate::job::drill::DrillResult> {
         self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        crate::job::drill::DrillResult {
+        vec![crate::job::drill::DrillResult {
             ok: true,
             error: None,
             ..crate::job::drill::DrillResult::failed(target, "")
-        }
+        }]
     }
 }
 
@@ -169,14 +169,14 @@ async fn the_loop_runs_drills_when_due() {
     assert_eq!(work.1.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert_eq!(work.0.load(std::sync::atomic::Ordering::SeqCst), 0);
     let st = runner.state.read().await;
-    let last = st.values().next().unwrap().last_drill.clone().unwrap();
+    let last = st.values().next().unwrap().drills[&Kind::Logical].clone();
     assert!(last.ok);
     assert_eq!(last.trigger, "schedule");
     drop(st);
     let metrics = runner.metrics.encode();
     assert!(
         metrics.contains("pgbackup_drill_last_result{target=\"")
-            && metrics.contains("pgbackup_drills_total{"),
+            && metrics.contains(",kind=\"logical\",result=\"passed\"} 3"),
         "{metrics}"
     );
     shutdown_tx.send(true).unwrap();

@@ -219,6 +219,8 @@ impl DockerClient {
         let body = bollard::models::ContainerCreateBody {
             image: Some(s.image.clone()),
             env: Some(s.env.clone()),
+            cmd: s.entrypoint.as_ref().map(|_| vec![]),
+            entrypoint: s.entrypoint.clone(),
             labels: Some(s.labels.clone()),
             host_config: Some(bollard::models::HostConfig {
                 network_mode: Some("none".into()),

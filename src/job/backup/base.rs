@@ -101,6 +101,13 @@ pub async fn physical(
     };
     let server = server_info(&access, "pg_basebackup").await?;
     let (system_identifier, data_directory) = cluster_identity(&access).await?;
+    // The cluster's databases as the backup starts: a drill checks the restored cluster has them.
+    let databases = access
+        .query(
+            "postgres",
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+        )
+        .await?;
     let dir = layout::backup_dir(ctx.store.prefix(), &spec.prefix, &id);
     ensure_own_folder(ctx, spec, target).await?;
     ensure_new_folder(ctx, &dir).await?;
@@ -136,7 +143,7 @@ pub async fn physical(
                 major: server.major,
                 dump_tool: server.dump_tool.clone(),
             },
-            databases: vec![],
+            databases,
             objects: objects.clone(),
             started_at: now,
             finished_at: Utc::now(),

@@ -20,7 +20,7 @@ use crate::engine::docker::DockerClient;
 use crate::job::backup::{self, BackupError, Ctx};
 use crate::job::drill::{self, DrillResult};
 use crate::job::hook::{self, HookError, Point};
-use crate::job::metrics::{DbLabels, DrillLabels, HookLabels, JobLabels, Metrics, TargetLabels};
+use crate::job::metrics::{DbLabels, DrillLabels, HookLabels, JobLabels, Metrics};
 use crate::model::TargetId;
 use crate::model::layout::{self, BackupId, Kind};
 use crate::model::manifest::Manifest;
@@ -75,9 +75,9 @@ pub struct TargetState {
     /// Since when a restore drill of this target runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drilling: Option<DateTime<Utc>>,
-    /// The last restore drill.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_drill: Option<DrillResult>,
+    /// The last restore drill of each backup kind.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub drills: BTreeMap<Kind, DrillResult>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -138,10 +138,10 @@ pub trait Work: Send + Sync {
     ) -> Result<String, HookError> {
         Ok(String::new())
     }
-    /// Restores `target`'s latest backup into a throwaway server and compares it with the
-    /// backup's facts ([`drill::run`]); stops when `cancel` fires.
-    async fn drill(&self, target: &Target, _cancel: &CancellationToken) -> DrillResult {
-        DrillResult::failed(target, "restore drills need Docker")
+    /// Restores `target`'s latest backup of each kind into a throwaway server and compares it
+    /// with the backup's facts ([`drill::run`]); stops when `cancel` fires.
+    async fn drill(&self, target: &Target, _cancel: &CancellationToken) -> Vec<DrillResult> {
+        vec![DrillResult::failed(target, "restore drills need Docker")]
     }
 }
 
@@ -193,7 +193,7 @@ impl Work for Backups {
         .await
     }
 
-    async fn drill(&self, target: &Target, cancel: &CancellationToken) -> DrillResult {
+    async fn drill(&self, target: &Target, cancel: &CancellationToken) -> Vec<DrillResult> {
         let ctx = drill::Ctx {
             docker: &self.docker,
             store: self.store.as_ref(),
@@ -325,7 +325,7 @@ impl Runner {
         self: &Arc<Self>,
         target: Target,
         trigger: Trigger,
-    ) -> oneshot::Receiver<Result<DrillResult, RunError>> {
+    ) -> oneshot::Receiver<Result<Vec<DrillResult>, RunError>> {
         let (tx, rx) = oneshot::channel();
         let runner = self.clone();
         let mut jobs = self.jobs.lock().expect("job set lock");
@@ -340,7 +340,11 @@ impl Runner {
     /// restores a whole backup: it counts against `PGBACKUP_CONCURRENCY`). A drill never
     /// touches the source, so it does not wait for the target's backups; two drills of one
     /// target never run at once.
-    pub async fn drill(&self, target: &Target, trigger: Trigger) -> Result<DrillResult, RunError> {
+    pub async fn drill(
+        &self,
+        target: &Target,
+        trigger: Trigger,
+    ) -> Result<Vec<DrillResult>, RunError> {
         if self.cancel.is_cancelled() {
             return Err(RunError::ShuttingDown);
         }
@@ -370,22 +374,25 @@ impl Runner {
             .or_default()
             .drilling = Some(started_at);
         tracing::info!(target_id = %key, trigger = %trigger, "Restore drill started.");
-        let mut result = self.work.drill(target, &self.cancel).await;
+        let mut results = self.work.drill(target, &self.cancel).await;
         drop(permit);
-        result.trigger = trigger.to_string();
         self.drilling.lock().expect("drill lock").remove(&key);
-        self.record_drill(&result);
         let mut st = self.state.write().await;
         let entry = st.entry(key).or_default();
         entry.drilling = None;
-        entry.last_drill = Some(result.clone());
-        Ok(result)
+        for r in results.iter_mut() {
+            r.trigger = trigger.to_string();
+            self.record_drill(r);
+            entry.drills.insert(r.kind, r.clone());
+        }
+        Ok(results)
     }
 
     /// A drill's outcome in metrics, the log and notifications.
     fn record_drill(&self, r: &DrillResult) {
-        let t = TargetLabels {
+        let t = JobLabels {
             target: r.target.clone(),
+            kind: r.kind.to_string(),
         };
         self.metrics
             .drill_last_duration
@@ -399,6 +406,7 @@ impl Runner {
             .drills
             .get_or_create(&DrillLabels {
                 target: r.target.clone(),
+                kind: r.kind.to_string(),
                 result: if r.ok { "passed" } else { "failed" }.into(),
             })
             .inc();
@@ -407,11 +415,11 @@ impl Runner {
                 .drill_last_success
                 .get_or_create(&t)
                 .set(Utc::now().timestamp() as f64);
-            tracing::info!(target_id = %r.target, backup_id = r.backup_id.as_deref().unwrap_or(""),
+            tracing::info!(target_id = %r.target, kind = %r.kind, backup_id = r.backup_id.as_deref().unwrap_or(""),
                 databases = r.databases.len(), tables = r.tables_checked, rows = r.rows_checked,
                 duration_s = format!("{:.1}", r.duration_seconds), result = "passed", "Restore drill passed.");
         } else {
-            tracing::error!(target_id = %r.target, backup_id = r.backup_id.as_deref().unwrap_or(""),
+            tracing::error!(target_id = %r.target, kind = %r.kind, backup_id = r.backup_id.as_deref().unwrap_or(""),
                 duration_s = format!("{:.1}", r.duration_seconds), result = "failed",
                 "Restore drill failed: {}", r.error.as_deref().unwrap_or("(no reason)"));
         }
@@ -422,7 +430,7 @@ impl Runner {
                 EventKind::DrillFailed
             },
             target: r.target.clone(),
-            kind: Kind::Logical,
+            kind: r.kind,
             trigger: r.trigger.clone(),
             backup_id: r.backup_id.clone(),
             databases: r.databases.clone(),
