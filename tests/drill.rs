@@ -290,3 +290,158 @@ fn a_sidecar_killed_mid_drill_leaves_a_server_that_the_next_start_removes() {
         second.log()
     );
 }
+
+/// A scheduled copy (seed 003's shared copy): a compose service labelled
+/// `pgbackup.sync.from=<source>` gets the source's latest backup on its schedule, with its
+/// post-SQL (anonymising) run afterwards; nothing new means nothing done (local changes stay);
+/// a new backup replaces it; a damaged backup fails and leaves the copy as it was.
+#[test]
+fn a_scheduled_copy_refreshes_staging_runs_its_post_sql_skips_when_nothing_is_new_and_keeps_staging_when_it_fails()
+ {
+    let s = stack!();
+    let source = fixture::source(&s, "sync-src", &common::postgres_image(), &[]);
+    let _source_guard = Cleanup(source.clone());
+    let first = backup(&s, &source);
+
+    let project = common::Project::new("sync", "services: {}\n");
+    let post_sql = project.dir.join("post-sql");
+    std::fs::create_dir_all(&post_sql).unwrap();
+    std::fs::write(
+        post_sql.join("10-anonymise.sql"),
+        "\\connect shop\nUPDATE app.customers SET email = 'anon-' || id || '@example.invalid';\n",
+    )
+    .unwrap();
+    let compose = format!(
+        r#"services:
+  staging:
+    image: {image}
+    environment:
+      POSTGRES_PASSWORD: staging-password
+    healthcheck:
+      test: ["CMD-SHELL", "pg_isready -q -h 127.0.0.1"]
+      interval: 2s
+      retries: 60
+    labels:
+      pgbackup.sync.from: "{source}"
+      pgbackup.sync.schedule: "*/5 * * * * *"
+      pgbackup.sync.post_sql: "{dir}"
+"#,
+        image = common::postgres_image(),
+        dir = post_sql.display()
+    );
+    std::fs::write(project.dir.join("compose.yaml"), compose).unwrap();
+    let up = project.compose(&["up", "-d", "--wait"]);
+    assert!(up.status.success(), "{}{}", stdout(&up), stderr(&up));
+    let staging = project.container("staging");
+    let dest = format!("{}/staging", project.project);
+    let copy_state = || -> Option<Value> {
+        s.status()["syncs"]
+            .as_array()?
+            .iter()
+            .find(|d| d["destination"] == dest.as_str())
+            .cloned()
+    };
+    let q = |sql: &str| common::psql(&staging, "postgres", "shop", sql);
+
+    // The first copy: every row, then the post-SQL.
+    let copied = wait_until(Duration::from_secs(120), || {
+        let d = copy_state()?;
+        (d["run"]["copied"] == first["backup_id"]).then_some(d)
+    })
+    .unwrap_or_else(|| panic!("no copy into {dest}: {}", s.status()["syncs"]));
+    assert_eq!(copied["run"]["last"]["ok"], true, "{copied}");
+    assert_eq!(q("SELECT count(*) FROM app.orders"), "30000");
+    assert_eq!(q("SELECT count(*) FROM app.events"), "1000000");
+    assert_eq!(
+        q("SELECT count(*) FROM app.customers WHERE email NOT LIKE 'anon-%'"),
+        "0",
+        "the post-SQL ran on the copy"
+    );
+    assert_ne!(
+        common::psql(
+            &source,
+            "postgres",
+            "shop",
+            "SELECT count(*) FROM app.customers WHERE email NOT LIKE 'anon-%'"
+        ),
+        "0",
+        "the source is never touched"
+    );
+
+    // Nothing new: the next runs skip, and what staging did locally stays.
+    q("CREATE TABLE public.staging_marker AS SELECT 1 AS x");
+    let skipped = wait_until(Duration::from_secs(60), || {
+        let d = copy_state()?;
+        let l = &d["run"]["last"];
+        let later = l["started_at"].as_str()? > copied["run"]["last"]["started_at"].as_str()?;
+        (later && l["skipped"] == true).then_some(d)
+    })
+    .expect("a later run skips");
+    assert_eq!(skipped["run"]["last"]["ok"], true);
+    assert_eq!(q("SELECT count(*) FROM public.staging_marker"), "1");
+    let text = stdout(&s.pgctl(&["status"]));
+    assert!(
+        text.contains(&format!("copy into {dest} from {source}")) && text.contains("nothing new"),
+        "{text}"
+    );
+
+    // A new backup of the source is copied: staging's own change is replaced.
+    common::psql(
+        &source,
+        "postgres",
+        "shop",
+        "CREATE TABLE app.fresh AS SELECT 42 AS answer",
+    );
+    let second = backup(&s, &source);
+    wait_until(Duration::from_secs(60), || {
+        (copy_state()?["run"]["copied"] == second["backup_id"]).then_some(())
+    })
+    .expect("the new backup is copied");
+    assert_eq!(q("SELECT answer FROM app.fresh"), "42");
+    assert_eq!(
+        q("SELECT count(*) FROM pg_tables WHERE tablename = 'staging_marker'"),
+        "0"
+    );
+
+    // A backup damaged after its commit: the copy fails and staging keeps the last good copy.
+    common::psql(
+        &source,
+        "postgres",
+        "shop",
+        "CREATE TABLE app.fresher AS SELECT 1 AS x",
+    );
+    let third = backup(&s, &source);
+    let cfg = common::s3_config(&s);
+    let object = third["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["database"] == fixture::SHOP)
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = format!("{}/{object}", third["prefix"].as_str().unwrap());
+    let mut bytes = common::get(&cfg, &key);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    common::put(&cfg, &key, bytes);
+    let failed = wait_until(Duration::from_secs(90), || {
+        let d = copy_state()?;
+        let l = &d["run"]["last"];
+        (l["backup_id"] == third["backup_id"] && l["ok"] == false).then_some(d)
+    })
+    .expect("the copy of the damaged backup fails");
+    let error = failed["run"]["last"]["error"].as_str().unwrap();
+    assert!(error.contains(&object), "{error}");
+    assert_eq!(failed["run"]["copied"], second["backup_id"]);
+    assert_eq!(q("SELECT answer FROM app.fresh"), "42");
+    assert_eq!(
+        q("SELECT count(*) FROM pg_tables WHERE tablename = 'fresher'"),
+        "0",
+        "nothing of the failed copy is left"
+    );
+    assert_eq!(q("SELECT count(*) FROM app.orders"), "30000");
+    // Stop copying before the project goes (the failed backup would be tried every 5 s).
+    drop(project);
+}

@@ -105,6 +105,26 @@ async fn status_json(State(s): State<AppState>) -> impl IntoResponse {
     if let Some(docker) = &s.runner.docker {
         report.unfinished_restores = crate::restore::physical::unfinished(docker).await;
     }
+    let copies = s.runner.syncs.read().await;
+    report.syncs = s
+        .shared
+        .syncs
+        .read()
+        .await
+        .iter()
+        .map(|d| {
+            let mut v = serde_json::to_value(d).expect("destinations serialise");
+            if let Some(spec) = d.settings() {
+                v["next_run"] =
+                    serde_json::json!(spec.schedule_parsed.next_after(Utc::now(), s.runner.tz));
+            }
+            if let Some(st) = copies.get(&d.destination.to_string()) {
+                v["run"] = serde_json::to_value(st).expect("copy state serialises");
+            }
+            v
+        })
+        .collect();
+    drop(copies);
     let runs = s.runner.state.read().await;
     for t in report.targets.iter_mut() {
         if let Some(st) = t["target"].as_str().and_then(|k| runs.get(k)) {

@@ -21,6 +21,9 @@ pub struct Report {
     /// Physical restores whose switch was cut off (`project/service (old container …)`).
     #[serde(default)]
     pub unfinished_restores: Vec<String>,
+    /// Destinations of scheduled copies (`pgbackup.sync.from`), with their last copy.
+    #[serde(default)]
+    pub syncs: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -73,6 +76,7 @@ pub fn report(
         targets,
         not_opted_in: Default::default(),
         unfinished_restores: vec![],
+        syncs: vec![],
     }
 }
 
@@ -293,6 +297,58 @@ pub fn render(r: &Report) -> String {
     }
     if r.targets.is_empty() {
         out.push_str("(no containers with the label pgbackup.enable=true are running)\n");
+    }
+    for d in &r.syncs {
+        out.push_str(&sync_line(d, tz));
+    }
+    out
+}
+
+/// One line per copy destination, and its last copy's outcome under it.
+fn sync_line(d: &serde_json::Value, tz: Tz) -> String {
+    let dest = d["destination"].as_str().unwrap_or("?");
+    if d["state"] == "invalid" {
+        let errors: Vec<String> = d["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                format!(
+                    "label {}={:?} is not valid: expected {}",
+                    e["label"].as_str().unwrap_or(""),
+                    e["value"].as_str().unwrap_or(""),
+                    e["expected"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        return format!("copy into {dest}: invalid\n    {}\n", errors.join("\n    "));
+    }
+    let set = &d["settings"];
+    let next = local(&d["next_run"], tz).unwrap_or_else(|| "-".into());
+    let mut out = format!(
+        "copy into {dest} from {} ({}, next {next})\n",
+        set["from"].as_str().unwrap_or("?"),
+        set["schedule"].as_str().unwrap_or("?")
+    );
+    let run = &d["run"];
+    if let Some(since) = local(&run["running"], tz) {
+        out.push_str(&format!("    copying since {since}\n"));
+    } else if let Some(when) = local(&run["last"]["started_at"], tz) {
+        let l = &run["last"];
+        let backup = l["backup_id"].as_str().unwrap_or("-");
+        out.push_str(&if l["skipped"] == true {
+            format!("    last {when}: nothing new (holds {backup})\n")
+        } else if l["ok"] == true {
+            format!(
+                "    last {when}: copied {backup}, {:.1}s\n",
+                l["duration_seconds"].as_f64().unwrap_or(0.0)
+            )
+        } else {
+            format!(
+                "    last {when}: FAILED: {}\n",
+                l["error"].as_str().unwrap_or("(no reason)")
+            )
+        });
     }
     out
 }

@@ -68,6 +68,55 @@ impl Target {
     }
 }
 
+/// A container that scheduled copies restore into (`pgbackup.sync.from`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncDest {
+    pub destination: TargetId,
+    pub container: String,
+    pub container_id: String,
+    /// The destination is itself a labelled backup target (`pgbackup.enable=true`).
+    pub is_target: bool,
+    #[serde(flatten)]
+    pub spec: SyncParsed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum SyncParsed {
+    Valid { settings: Box<labels::SyncSpec> },
+    Invalid { errors: Vec<LabelError> },
+}
+
+impl SyncDest {
+    /// `None` when the container carries no `pgbackup.sync.from` (or is not running, or out of
+    /// scope).
+    pub fn from_container(c: &Container) -> Option<SyncDest> {
+        if !c.running || !c.in_scope {
+            return None;
+        }
+        let spec = match labels::parse_sync(&c.labels)? {
+            Ok(s) => SyncParsed::Valid {
+                settings: Box::new(s),
+            },
+            Err(errors) => SyncParsed::Invalid { errors },
+        };
+        Some(SyncDest {
+            destination: TargetId::of(&c.labels, &c.name)?,
+            container: c.name.clone(),
+            container_id: c.id.clone(),
+            is_target: matches!(labels::enabled(&c.labels), Some(Ok(()))),
+            spec,
+        })
+    }
+
+    pub fn settings(&self) -> Option<&labels::SyncSpec> {
+        match &self.spec {
+            SyncParsed::Valid { settings } => Some(settings),
+            SyncParsed::Invalid { .. } => None,
+        }
+    }
+}
+
 /// Targets keyed by container id (two containers of one scaled service are both visible).
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Registry {
@@ -216,6 +265,8 @@ pub struct Shared {
     pub s3: Arc<RwLock<S3State>>,
     /// Containers not opted in that carry `pgbackup.*`-like labels (name → labels).
     pub near_misses: Arc<RwLock<BTreeMap<String, Vec<String>>>>,
+    /// Destinations of scheduled copies, from the last listing (sorted by destination).
+    pub syncs: Arc<RwLock<Vec<SyncDest>>>,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -347,11 +398,35 @@ async fn sync(
     changed: &watch::Sender<u64>,
 ) -> Result<(), DockerError> {
     let containers = client.list_labelled().await?;
-    let did_change = shared
+    let mut did_change = shared
         .registry
         .write()
         .await
         .replace_all(&containers, defaults);
+    // Copy destinations are found at each resync (no event follows them).
+    let mut syncs: Vec<SyncDest> = client
+        .list_running(&[labels::SYNC_FROM])
+        .await?
+        .iter()
+        .filter_map(SyncDest::from_container)
+        .collect();
+    syncs.sort_by(|a, b| (&a.destination, &a.container).cmp(&(&b.destination, &b.container)));
+    {
+        let mut known = shared.syncs.write().await;
+        if *known != syncs {
+            for d in syncs.iter().filter(|d| !known.contains(d)) {
+                match &d.spec {
+                    SyncParsed::Valid { settings } => tracing::info!(destination = %d.destination,
+                        from = %settings.from, schedule = %settings.schedule, "Copy destination discovered."),
+                    SyncParsed::Invalid { errors } => tracing::warn!(destination = %d.destination,
+                        "Copy destination skipped, its labels are invalid: {}",
+                        errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")),
+                }
+            }
+            *known = syncs;
+            did_change = true;
+        }
+    }
     {
         let mut d = shared.docker.write().await;
         d.connected = true;

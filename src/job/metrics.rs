@@ -34,6 +34,11 @@ pub struct DrillLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub destination: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -52,6 +57,8 @@ pub struct Metrics {
     pub drill_last_duration: Family<JobLabels, FGauge>,
     pub drill_last_result: Family<JobLabels, Gauge>,
     pub drills: Family<DrillLabels, Counter>,
+    pub sync_last_success: Family<SyncLabels, FGauge>,
+    pub sync_last_result: Family<SyncLabels, Gauge>,
     pub notify: crate::notify::Counters,
 }
 
@@ -73,6 +80,8 @@ impl Default for Metrics {
             drill_last_duration: Family::default(),
             drill_last_result: Family::default(),
             drills: Family::default(),
+            sync_last_success: Family::default(),
+            sync_last_result: Family::default(),
             notify: Default::default(),
             registry: Registry::default(),
         };
@@ -130,6 +139,16 @@ impl Default for Metrics {
             m.drill_last_result.clone(),
         );
         registry.register("drills", "Restore drills by result", m.drills.clone());
+        registry.register(
+            "sync_last_success_timestamp_seconds",
+            "Unix time of the last scheduled copy restored into a destination",
+            m.sync_last_success.clone(),
+        );
+        registry.register(
+            "sync_last_result",
+            "1 when the last copy into a destination succeeded (or had nothing new), 0 when it failed",
+            m.sync_last_result.clone(),
+        );
         registry.register(
             "notifications",
             "Notifications by service, event and result (sent, or failed after its retries)",

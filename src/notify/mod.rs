@@ -36,6 +36,10 @@ pub enum EventKind {
     DrillFailed,
     #[serde(rename = "drill.succeeded")]
     DrillSucceeded,
+    #[serde(rename = "sync.failed")]
+    SyncFailed,
+    #[serde(rename = "sync.succeeded")]
+    SyncSucceeded,
 }
 
 impl EventKind {
@@ -46,6 +50,8 @@ impl EventKind {
             EventKind::RetentionDeleted => "retention.deleted",
             EventKind::DrillFailed => "drill.failed",
             EventKind::DrillSucceeded => "drill.succeeded",
+            EventKind::SyncFailed => "sync.failed",
+            EventKind::SyncSucceeded => "sync.succeeded",
         }
     }
 }
@@ -76,8 +82,10 @@ impl Level {
 
     pub fn includes(self, event: EventKind) -> bool {
         match event {
-            EventKind::BackupFailed | EventKind::DrillFailed => true,
-            EventKind::BackupSucceeded | EventKind::DrillSucceeded => self != Level::Failure,
+            EventKind::BackupFailed | EventKind::DrillFailed | EventKind::SyncFailed => true,
+            EventKind::BackupSucceeded | EventKind::DrillSucceeded | EventKind::SyncSucceeded => {
+                self != Level::Failure
+            }
             EventKind::RetentionDeleted => self == Level::All,
         }
     }
@@ -121,13 +129,15 @@ impl Event {
             EventKind::DrillSucceeded => {
                 format!("{} restore drill of {} passed", self.kind, self.target)
             }
+            EventKind::SyncFailed => format!("copy into {} failed", self.target),
+            EventKind::SyncSucceeded => format!("copy into {} restored", self.target),
         }
     }
 
     /// The details under the title, at most `max` characters.
     pub fn body(&self, max: usize) -> String {
         let s = match self.event {
-            EventKind::BackupFailed | EventKind::DrillFailed => format!(
+            EventKind::BackupFailed | EventKind::DrillFailed | EventKind::SyncFailed => format!(
                 "After {:.1} s ({} run): {}",
                 self.duration_seconds,
                 self.trigger,
@@ -147,6 +157,13 @@ impl Event {
                 )
             }
             EventKind::RetentionDeleted => self.deleted.join(", "),
+            EventKind::SyncSucceeded => format!(
+                "{} restored ({} database(s), {:.1} s, {} run)",
+                self.backup_id.as_deref().unwrap_or("?"),
+                self.databases.len(),
+                self.duration_seconds,
+                self.trigger
+            ),
             EventKind::DrillSucceeded => format!(
                 "{} restored into a throwaway server and matched its recorded facts ({} database(s), {:.1} s, {} run)",
                 self.backup_id.as_deref().unwrap_or("?"),
@@ -161,8 +178,10 @@ impl Event {
     /// Title and body as one chat message of at most `max` characters.
     pub fn text(&self, max: usize) -> String {
         let mark = match self.event {
-            EventKind::BackupFailed | EventKind::DrillFailed => "❌",
-            EventKind::BackupSucceeded | EventKind::DrillSucceeded => "✅",
+            EventKind::BackupFailed | EventKind::DrillFailed | EventKind::SyncFailed => "❌",
+            EventKind::BackupSucceeded | EventKind::DrillSucceeded | EventKind::SyncSucceeded => {
+                "✅"
+            }
             EventKind::RetentionDeleted => "🗑",
         };
         truncate(

@@ -120,10 +120,12 @@ impl Configured {
                     (
                         "Tags".to_string(),
                         match event.event {
-                            EventKind::BackupFailed | EventKind::DrillFailed => "x",
-                            EventKind::BackupSucceeded | EventKind::DrillSucceeded => {
-                                "white_check_mark"
-                            }
+                            EventKind::BackupFailed
+                            | EventKind::DrillFailed
+                            | EventKind::SyncFailed => "x",
+                            EventKind::BackupSucceeded
+                            | EventKind::DrillSucceeded
+                            | EventKind::SyncSucceeded => "white_check_mark",
                             EventKind::RetentionDeleted => "wastebasket",
                         }
                         .to_string(),

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use tokio::sync::watch;
 
-use crate::discovery::{Shared, Target};
+use crate::discovery::{Shared, SyncDest, Target};
 use crate::job::runner::{Runner, Trigger};
 use crate::model::Schedule;
 use crate::model::{Kind, TargetId};
@@ -20,6 +20,8 @@ use crate::model::{Kind, TargetId};
 pub enum Job {
     Backup(Kind),
     Drill,
+    /// A scheduled copy into a destination (the key's target is the destination).
+    Sync,
 }
 
 /// Plan key: one schedule per target and job.
@@ -31,7 +33,25 @@ fn schedule_of(spec: &crate::config::labels::TargetSpec, job: Job) -> &Schedule 
         Job::Backup(Kind::Logical) => &spec.schedule_parsed,
         Job::Backup(Kind::Physical) => &spec.physical_schedule_parsed,
         Job::Drill => &spec.drill_schedule_parsed,
+        Job::Sync => &Schedule::Off,
     }
+}
+
+/// Every schedule to plan, keyed: each valid target's jobs, then each valid copy destination.
+fn entries<'a>(targets: &'a [Target], syncs: &'a [SyncDest]) -> Vec<(PlanKey, &'a Schedule)> {
+    let mut out = Vec::new();
+    for t in targets {
+        let Some(s) = t.settings() else { continue };
+        for job in JOBS {
+            out.push(((t.target.clone(), job), schedule_of(s, job)));
+        }
+    }
+    for d in syncs {
+        if let Some(s) = d.settings() {
+            out.push(((d.destination.clone(), Job::Sync), &s.schedule_parsed));
+        }
+    }
+    out
 }
 
 const JOBS: [Job; 3] = [
@@ -56,31 +76,34 @@ pub fn plan(
     now: DateTime<Utc>,
     tz: Tz,
 ) -> BTreeMap<PlanKey, Planned> {
+    plan_with(old, targets, &[], now, tz)
+}
+
+/// [`plan`] with the copy destinations too. Pure.
+pub fn plan_with(
+    old: &BTreeMap<PlanKey, Planned>,
+    targets: &[Target],
+    syncs: &[SyncDest],
+    now: DateTime<Utc>,
+    tz: Tz,
+) -> BTreeMap<PlanKey, Planned> {
     let mut next = BTreeMap::new();
-    for t in targets {
-        let Some(s) = t.settings() else { continue };
-        for job in JOBS {
-            let sched = schedule_of(s, job);
-            if *sched == Schedule::Off {
-                continue;
-            }
-            let key = (t.target.clone(), job);
-            if next.contains_key(&key) {
-                continue; // a scaled service: one schedule per target
-            }
-            let pattern = sched.to_string();
-            let planned = match old.get(&key) {
-                Some(p) if p.schedule == pattern => p.clone(),
-                _ => match sched.next_after(now, tz) {
-                    Some(n) => Planned {
-                        schedule: pattern,
-                        next: n,
-                    },
-                    None => continue,
-                },
-            };
-            next.insert(key, planned);
+    for (key, sched) in entries(targets, syncs) {
+        if *sched == Schedule::Off || next.contains_key(&key) {
+            continue; // off, or a scaled service: one schedule per target
         }
+        let pattern = sched.to_string();
+        let planned = match old.get(&key) {
+            Some(p) if p.schedule == pattern => p.clone(),
+            _ => match sched.next_after(now, tz) {
+                Some(n) => Planned {
+                    schedule: pattern,
+                    next: n,
+                },
+                None => continue,
+            },
+        };
+        next.insert(key, planned);
     }
     next
 }
@@ -137,9 +160,20 @@ impl Scheduler {
         }
         loop {
             let targets = shared.registry.read().await.targets();
+            let syncs = shared.syncs.read().await.clone();
             let now = clock();
-            planned = plan(&planned, &targets, now, runner.tz);
+            planned = plan_with(&planned, &targets, &syncs, now, runner.tz);
             for key in due(&planned, now) {
+                if key.1 == Job::Sync
+                    && let Some(d) = syncs.iter().find(|d| d.destination == key.0).cloned()
+                {
+                    let rx = runner.submit_sync(d.clone(), targets.clone(), Trigger::Schedule);
+                    tokio::spawn(async move {
+                        if let Ok(Err(e)) = rx.await {
+                            tracing::warn!(destination = %d.destination, "Scheduled copy skipped: {e}.");
+                        }
+                    });
+                }
                 if let Some(t) = find(&targets, &key.0).cloned() {
                     match key.1 {
                         Job::Backup(kind) => {
@@ -158,9 +192,10 @@ impl Scheduler {
                                 }
                             });
                         }
+                        Job::Sync => {}
                     }
                 }
-                advance(&mut planned, &key, &targets, now, runner.tz);
+                advance(&mut planned, &key, &targets, &syncs, now, runner.tz);
             }
             let sleep = planned
                 .values()
@@ -182,13 +217,15 @@ fn advance(
     planned: &mut BTreeMap<PlanKey, Planned>,
     key: &PlanKey,
     targets: &[Target],
+    syncs: &[SyncDest],
     now: DateTime<Utc>,
     tz: Tz,
 ) {
-    let sched = find(targets, &key.0)
-        .and_then(|t| t.settings())
-        .map(|s| schedule_of(s, key.1).clone());
-    match sched.and_then(|s| s.next_after(now, tz)) {
+    let next = entries(targets, syncs)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, s)| s.next_after(now, tz));
+    match next {
         Some(n) => {
             if let Some(p) = planned.get_mut(key) {
                 p.next = n;

@@ -32,6 +32,11 @@ pub const KNOWN: &[&str] = &[
     "pgbackup.restore_options",
     "pgbackup.physical.schedule",
     "pgbackup.drill.schedule",
+    "pgbackup.sync.from",
+    "pgbackup.sync.schedule",
+    "pgbackup.sync.db",
+    "pgbackup.sync.post_sql",
+    "pgbackup.sync.allow_target",
     "pgbackup.keep.last",
     "pgbackup.keep.hourly",
     "pgbackup.keep.daily",
@@ -130,7 +135,7 @@ impl fmt::Display for LabelError {
 /// On a container that is not opted in: the labels that look like ours (`pgbackup.enabled`,
 /// `pgbackup.Enable`, `PGBACKUP.schedule`…), a sign of a typo that keeps it from being backed up.
 pub fn near_misses(labels: &HashMap<String, String>) -> Vec<String> {
-    if labels.contains_key(ENABLE) {
+    if labels.contains_key(ENABLE) || labels.contains_key(SYNC_FROM) {
         return vec![];
     }
     let mut out: Vec<String> = labels
@@ -145,6 +150,79 @@ pub fn near_misses(labels: &HashMap<String, String>) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// The label that makes a container the destination of scheduled copies.
+pub const SYNC_FROM: &str = "pgbackup.sync.from";
+
+/// A scheduled copy into this container (`pgbackup.sync.*`, README "Scheduled copies"): the
+/// latest committed logical backup of `from` restored into it on `schedule`, all or nothing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncSpec {
+    /// The source target, `project/service` (or a container name outside compose).
+    pub from: String,
+    pub schedule: String,
+    #[serde(skip)]
+    pub schedule_parsed: Schedule,
+    /// Only this database of the backup (`--db`).
+    pub db: Option<String>,
+    /// `*.sql` files run after the restore (`--post-sql`), a directory in the sidecar.
+    pub post_sql: Option<std::path::PathBuf>,
+    /// Whether the destination may be a labelled backup target itself.
+    pub allow_target: bool,
+}
+
+/// The copy settings of a container carrying [`SYNC_FROM`]; `None` without it. Errors name the
+/// label and what it expects.
+pub fn parse_sync(labels: &HashMap<String, String>) -> Option<Result<SyncSpec, Vec<LabelError>>> {
+    labels.get(SYNC_FROM)?;
+    let mut r = Reader::new(labels);
+    let from = r.get(SYNC_FROM).unwrap_or("").to_string();
+    if from.is_empty() || from.chars().any(char::is_whitespace) {
+        r.err(
+            SYNC_FROM,
+            &from,
+            "the source target as project/service (see pgctl status), e.g. shop/db",
+        );
+    }
+    let schedule = r.schedule("pgbackup.sync.schedule").unwrap_or_else(|| {
+        r.err(
+            "pgbackup.sync.schedule",
+            "",
+            &format!("a schedule for the copies: {}", Schedule::EXPECTED),
+        );
+        Schedule::Off
+    });
+    let db = r.get("pgbackup.sync.db").map(String::from);
+    if let Some(d) = &db
+        && let Some(why) = database_list_problem(std::slice::from_ref(d))
+    {
+        r.err("pgbackup.sync.db", d, &why);
+    }
+    let post_sql = r
+        .get("pgbackup.sync.post_sql")
+        .map(std::path::PathBuf::from);
+    if let Some(p) = &post_sql
+        && !p.is_absolute()
+    {
+        r.err(
+            "pgbackup.sync.post_sql",
+            &p.display().to_string(),
+            "an absolute path of a directory of *.sql files, as the sidecar sees it",
+        );
+    }
+    let allow_target = r.boolean("pgbackup.sync.allow_target", false);
+    if !r.errors.is_empty() {
+        return Some(Err(r.errors));
+    }
+    Some(Ok(SyncSpec {
+        from,
+        schedule: schedule.to_string(),
+        schedule_parsed: schedule,
+        db,
+        post_sql,
+        allow_target,
+    }))
 }
 
 /// A boolean label: `true` or `false` (any case), as the README documents; anything else is an

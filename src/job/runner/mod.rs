@@ -15,12 +15,13 @@ use tokio::sync::{Mutex, RwLock, Semaphore, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::discovery::Target;
+use crate::discovery::{SyncDest, Target};
 use crate::engine::docker::DockerClient;
 use crate::job::backup::{self, BackupError, Ctx};
 use crate::job::drill::{self, DrillResult};
 use crate::job::hook::{self, HookError, Point};
-use crate::job::metrics::{DbLabels, DrillLabels, HookLabels, JobLabels, Metrics};
+use crate::job::metrics::{DbLabels, DrillLabels, HookLabels, JobLabels, Metrics, SyncLabels};
+use crate::job::sync::{self, SyncResult};
 use crate::model::TargetId;
 use crate::model::layout::{self, BackupId, Kind};
 use crate::model::manifest::Manifest;
@@ -80,6 +81,18 @@ pub struct TargetState {
     pub drills: BTreeMap<Kind, DrillResult>,
 }
 
+/// A copy destination's state, for status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncState {
+    /// Since when a copy runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<DateTime<Utc>>,
+    pub last: Option<SyncResult>,
+    /// The backup the destination holds now (the last one copied), so an unchanged source is
+    /// not copied again.
+    pub copied: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StorageNotes {
     pub checked_at: DateTime<Utc>,
@@ -112,6 +125,11 @@ pub enum RunError {
         target: String,
         since: DateTime<Utc>,
     },
+    #[error("a copy into {destination} is already running since {since}; see `pgctl status`")]
+    SyncBusy {
+        destination: String,
+        since: DateTime<Utc>,
+    },
     #[error("the controller is shutting down; no new backup starts")]
     ShuttingDown,
     #[error("the backup task failed: {0}")]
@@ -142,6 +160,17 @@ pub trait Work: Send + Sync {
     /// with the backup's facts ([`drill::run`]); stops when `cancel` fires.
     async fn drill(&self, target: &Target, _cancel: &CancellationToken) -> Vec<DrillResult> {
         vec![DrillResult::failed(target, "restore drills need Docker")]
+    }
+    /// Copies the latest backup of `dest`'s source into it unless it is `last` ([`sync::run`]).
+    async fn sync(
+        &self,
+        dest: &SyncDest,
+        targets: &[Target],
+        last: Option<&str>,
+        _cancel: &CancellationToken,
+    ) -> SyncResult {
+        let _ = (targets, last);
+        SyncResult::failed(dest, "copies need Docker")
     }
 }
 
@@ -202,6 +231,22 @@ impl Work for Backups {
         };
         drill::run(&ctx, target).await
     }
+
+    async fn sync(
+        &self,
+        dest: &SyncDest,
+        targets: &[Target],
+        last: Option<&str>,
+        cancel: &CancellationToken,
+    ) -> SyncResult {
+        let ctx = sync::Ctx {
+            docker: &self.docker,
+            store: self.store.as_ref(),
+            defaults: &self.defaults,
+            cancel,
+        };
+        sync::run(&ctx, dest, targets, last).await
+    }
 }
 
 pub struct Runner {
@@ -221,6 +266,8 @@ pub struct Runner {
     /// Targets with a restore drill running: never two of one target.
     drilling: std::sync::Mutex<std::collections::HashSet<String>>,
     pub state: RwLock<BTreeMap<String, TargetState>>,
+    /// Copy destinations by name.
+    pub syncs: RwLock<BTreeMap<String, SyncState>>,
     pub metrics: Metrics,
     /// Notifications and pings about every job.
     pub notifier: Notifier,
@@ -287,6 +334,7 @@ impl Runner {
             locks: Mutex::default(),
             drilling: Default::default(),
             state: RwLock::default(),
+            syncs: RwLock::default(),
             metrics,
         }
     }
@@ -386,6 +434,126 @@ impl Runner {
             entry.drills.insert(r.kind, r.clone());
         }
         Ok(results)
+    }
+
+    /// Starts a scheduled or manual copy into `dest` as a task the runner owns.
+    pub fn submit_sync(
+        self: &Arc<Self>,
+        dest: SyncDest,
+        targets: Vec<Target>,
+        trigger: Trigger,
+    ) -> oneshot::Receiver<Result<SyncResult, RunError>> {
+        let (tx, rx) = oneshot::channel();
+        let runner = self.clone();
+        let mut jobs = self.jobs.lock().expect("job set lock");
+        while jobs.try_join_next().is_some() {}
+        jobs.spawn(async move {
+            let _ = tx.send(runner.sync(&dest, &targets, trigger).await);
+        });
+        rx
+    }
+
+    /// Runs a copy into `dest` now, in a job slot; never two into one destination at once.
+    pub async fn sync(
+        &self,
+        dest: &SyncDest,
+        targets: &[Target],
+        trigger: Trigger,
+    ) -> Result<SyncResult, RunError> {
+        if self.cancel.is_cancelled() {
+            return Err(RunError::ShuttingDown);
+        }
+        let _active = Active::enter(&self.active);
+        let key = dest.destination.to_string();
+        let lock = format!("sync {key}");
+        if !self
+            .drilling
+            .lock()
+            .expect("drill lock")
+            .insert(lock.clone())
+        {
+            let since = self
+                .syncs
+                .read()
+                .await
+                .get(&key)
+                .and_then(|s| s.running)
+                .unwrap_or_else(Utc::now);
+            return Err(RunError::SyncBusy {
+                destination: key,
+                since,
+            });
+        }
+        let permit = self.slots.acquire().await.expect("semaphore open");
+        let last = {
+            let mut st = self.syncs.write().await;
+            let e = st.entry(key.clone()).or_default();
+            e.running = Some(Utc::now());
+            e.copied.clone()
+        };
+        let mut r = self
+            .work
+            .sync(dest, targets, last.as_deref(), &self.cancel)
+            .await;
+        drop(permit);
+        self.drilling.lock().expect("drill lock").remove(&lock);
+        r.trigger = trigger.to_string();
+        self.record_sync(&r);
+        let mut st = self.syncs.write().await;
+        let e = st.entry(key).or_default();
+        e.running = None;
+        if r.ok {
+            e.copied = r.backup_id.clone();
+        }
+        e.last = Some(r.clone());
+        Ok(r)
+    }
+
+    /// A copy's outcome in metrics, the log and notifications (a skipped copy is logged only).
+    fn record_sync(&self, r: &SyncResult) {
+        let d = SyncLabels {
+            destination: r.destination.clone(),
+        };
+        self.metrics
+            .sync_last_result
+            .get_or_create(&d)
+            .set(i64::from(r.ok));
+        let backup = r.backup_id.as_deref().unwrap_or("");
+        if r.skipped {
+            tracing::info!(destination = %r.destination, from = %r.from, backup_id = backup,
+                "Copy skipped: the source has no committed backup newer than the last one copied.");
+            return;
+        }
+        if r.ok {
+            self.metrics
+                .sync_last_success
+                .get_or_create(&d)
+                .set(Utc::now().timestamp() as f64);
+            tracing::info!(destination = %r.destination, from = %r.from, backup_id = backup,
+                databases = r.databases.len(), duration_s = format!("{:.1}", r.duration_seconds),
+                result = "ok", "Copy restored.");
+        } else {
+            tracing::error!(destination = %r.destination, from = %r.from, backup_id = backup,
+                duration_s = format!("{:.1}", r.duration_seconds), result = "failed",
+                "Copy failed: {}", r.error.as_deref().unwrap_or("(no reason)"));
+        }
+        self.notifier.notify(Event {
+            event: if r.ok {
+                EventKind::SyncSucceeded
+            } else {
+                EventKind::SyncFailed
+            },
+            target: r.destination.clone(),
+            kind: Kind::Logical,
+            trigger: r.trigger.clone(),
+            backup_id: r.backup_id.clone(),
+            databases: r.databases.clone(),
+            bytes: 0,
+            duration_seconds: r.duration_seconds,
+            error: r.error.clone(),
+            deleted: vec![],
+            time: Utc::now(),
+        });
     }
 
     /// A drill's outcome in metrics, the log and notifications.
