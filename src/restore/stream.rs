@@ -239,9 +239,25 @@ pub async fn stream_object(
         }
         progress.set(tallies.bytes());
         if let Err(e) = sink.send(Bytes::copy_from_slice(&buf[..n])).await {
+            // A damaged object can decompress into garbage that the destination rejects before
+            // the stream's end shows the damage: read the rest (no further than the object) so
+            // the error names the real cause.
+            let rest = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
             progress.finish();
+            let damage = match rest {
+                // Read whole: the verdict is the stored bytes' own.
+                Ok(_) => match tallies.verdict(object) {
+                    Err(d) => format!("; {d}: restore rolled back"),
+                    Ok(()) => String::new(),
+                },
+                // The rest does not even decompress.
+                Err(read) => format!(
+                    "; {} is damaged (the rest does not decompress: {read}): restore rolled back",
+                    object.name
+                ),
+            };
             return Err(RestoreError::Failed(format!(
-                "{what} stopped reading the restore: {e}"
+                "{what} stopped reading the restore: {e}{damage}"
             )));
         }
     }
@@ -250,4 +266,49 @@ pub async fn stream_object(
     tallies
         .verdict(object)
         .map_err(|e: Damage| RestoreError::Failed(format!("{e}: restore rolled back")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Refuses everything: a psql that hit an error in the data.
+    struct Refusing;
+
+    impl ChunkSink for Refusing {
+        async fn send(&mut self, _: Bytes) -> std::io::Result<()> {
+            Err(std::io::Error::other("invalid input syntax"))
+        }
+    }
+
+    /// A damaged object whose garbage the destination rejects first: the error still names the
+    /// damage, found by reading the rest of the object.
+    #[tokio::test]
+    async fn a_destination_that_stops_early_does_not_hide_the_damage() {
+        let store = crate::store::memory::MemoryStore::new();
+        let mut m = Manifest::sample(
+            "shop/db",
+            "shop/db",
+            "20261121T030000Z-logical".parse().unwrap(),
+        );
+        m.compression = "none".into();
+        let data = vec![b'x'; 3 * CHUNK];
+        m.objects[0].size = data.len() as u64;
+        m.objects[0].sha256 = "00".repeat(32);
+        let o = m.objects[0].clone();
+        store
+            .put(&format!("{}/{}", m.prefix, o.name), Bytes::from(data))
+            .await
+            .unwrap();
+        let e = stream_object(&store, &m, &o, "psql", &mut Refusing, &Quiet)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("psql stopped reading the restore: invalid input syntax; "),
+            "{e}"
+        );
+        assert!(e.contains("app.dump.zst: SHA-256"), "{e}");
+        assert!(e.contains("does not match the manifest"), "{e}");
+    }
 }
