@@ -36,6 +36,8 @@ cleanup() {
     docker ps -aq --filter "label=pgbackup-e2e.owner=$PGBACKUP_E2E_PROJECT" | xargs -r docker rm -f >/dev/null 2>&1 || true
     # Volumes of the physical-restore tests' scratch projects (old, restored, leftovers).
     docker volume ls -q | grep "^$PGBACKUP_E2E_PROJECT-swap-" | xargs -r docker volume rm -f >/dev/null 2>&1 || true
+    # Throwaway servers of restore drills the stack's sidecar left (a test stopped mid-drill).
+    docker ps -aq --filter "label=pgbackup-drill.owner=$PGBACKUP_E2E_PROJECT/backup" | xargs -r docker rm -fv >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 

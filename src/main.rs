@@ -487,7 +487,7 @@ async fn cmd_drill(targets: Vec<String>, all: bool, json: bool, controller: Opti
     if !json {
         let names: Vec<&str> = chosen.outcomes.iter().map(|o| o.target.as_str()).collect();
         eprintln!(
-            "pgctl: restore drill of {} (restores the latest logical backup into a throwaway server; this waits until it is checked)…",
+            "pgctl: restore drill of {} (restores the latest backups into a throwaway server; this waits until they are checked)…",
             names.join(", ")
         );
     }

@@ -60,13 +60,14 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         controller: Option<String>,
     },
-    /// Restore drill, through the running controller: restore each target's latest logical
-    /// backup into a throwaway server from the target's own image (no network, memory and CPU
-    /// limits), with the same code as `pgctl restore`, and compare every table's row count and
-    /// the large objects with what the backup recorded in its own snapshot. The server is
-    /// removed whatever happens; the source is never touched. Exit codes: 0 every drill
-    /// passed, 1 a drill failed (the difference is printed) or no controller answered,
-    /// 2 an unknown target.
+    /// Restore drill, through the running controller: restore each target's latest backup of
+    /// each kind into a throwaway server from the target's own image (no network, memory and
+    /// CPU limits). A logical backup is restored with the same code as `pgctl restore` and every
+    /// table's row count and the large objects are compared with what the backup recorded in
+    /// its own snapshot; a base backup is started as a cluster and checked for its identity and
+    /// databases. The server is removed whatever happens; the source is never touched. Exit
+    /// codes: 0 every drill passed, 1 a drill failed (the difference is printed) or no
+    /// controller answered, 2 an unknown target.
     Drill {
         /// Targets (`project/service`, or just the service); see `pgctl status`.
         #[arg(
