@@ -335,54 +335,25 @@ async fn cmd_backup(
         wait,
         dry_run: true,
     };
-    let ask = |req: http::BackupRequest| ask_controller(&base, http::BACKUPS_PATH, req);
-    // The names first: an unknown one is an error before anything starts.
-    let chosen = match ask(req.clone()).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "pgctl: no controller answered at {base} ({e:#}); `pgctl backup` runs through the controller started by `pgctl run` (docker compose exec backup pgctl backup …). Without a controller, back up once with `pgctl run --once [TARGET…]`."
-            );
-            return exit::FAILED;
-        }
-    };
-    if !chosen.unknown.is_empty() || chosen.outcomes.is_empty() {
-        for u in &chosen.unknown {
-            eprintln!(
-                "pgctl: no valid target named {u}; see `pgctl status`. Nothing was backed up."
-            );
-        }
-        if chosen.unknown.is_empty() {
-            eprintln!("pgctl: no valid targets to back up; see `pgctl status`");
-            return exit::FAILED;
-        }
-        return exit::USAGE;
-    }
-    if !json {
-        let kind = if physical {
+    let say = Asking {
+        command: "backup",
+        nothing: "backed up",
+        without: "Without a controller, back up once with `pgctl run --once [TARGET…]`.",
+        what: if physical {
             "base backup"
         } else {
             "logical backup"
-        };
-        let names: Vec<&str> = chosen.outcomes.iter().map(|o| o.target.as_str()).collect();
-        eprintln!(
-            "pgctl: {kind} of {} (this waits until every backup is committed or failed)…",
-            names.join(", ")
-        );
-    }
-    let resp = match ask(http::BackupRequest {
+        },
+        waits: "this waits until every backup is committed or failed",
+        outcome: "the backups' outcome",
+    };
+    let real = http::BackupRequest {
         dry_run: false,
-        ..req
-    })
-    .await
-    {
+        ..req.clone()
+    };
+    let resp = match ask_twice(&base, http::BACKUPS_PATH, req, real, json, &say).await {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "pgctl: the controller at {base} stopped answering ({e:#}); see `pgctl status` for the backups' outcome."
-            );
-            return exit::FAILED;
-        }
+        Err(code) => return code,
     };
     if json {
         println!(
@@ -451,6 +422,70 @@ async fn ask_controller<Q: serde::Serialize>(
     Ok(r.json::<http::BackupResponse>().await?)
 }
 
+/// What `pgctl backup` and `pgctl drill` say around their calls to the controller.
+struct Asking<'a> {
+    command: &'a str,
+    /// "Nothing was …".
+    nothing: &'a str,
+    /// What to do without a controller, if anything.
+    without: &'a str,
+    what: &'a str,
+    waits: &'a str,
+    outcome: &'a str,
+}
+
+/// Asks the controller twice: `names` (a dry run: an unknown name is an error before anything
+/// starts), then `real`. The answer, or the exit code once the reason is printed.
+async fn ask_twice<Q: serde::Serialize>(
+    base: &str,
+    path: &str,
+    names: Q,
+    real: Q,
+    json: bool,
+    say: &Asking<'_>,
+) -> Result<http::BackupResponse, i32> {
+    let chosen = match ask_controller(base, path, names).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "pgctl: no controller answered at {base} ({e:#}); `pgctl {c}` runs through the controller started by `pgctl run` (docker compose exec backup pgctl {c} …). {}",
+                say.without,
+                c = say.command
+            );
+            return Err(exit::FAILED);
+        }
+    };
+    for u in &chosen.unknown {
+        eprintln!(
+            "pgctl: no valid target named {u}; see `pgctl status`. Nothing was {}.",
+            say.nothing
+        );
+    }
+    if !chosen.unknown.is_empty() {
+        return Err(exit::USAGE);
+    }
+    if chosen.outcomes.is_empty() {
+        eprintln!("pgctl: no valid targets; see `pgctl status`");
+        return Err(exit::FAILED);
+    }
+    if !json {
+        let names: Vec<&str> = chosen.outcomes.iter().map(|o| o.target.as_str()).collect();
+        eprintln!(
+            "pgctl: {} of {} ({})…",
+            say.what,
+            names.join(", "),
+            say.waits
+        );
+    }
+    ask_controller(base, path, real).await.map_err(|e| {
+        eprintln!(
+            "pgctl: the controller at {base} stopped answering ({e:#}); see `pgctl status` for {}.",
+            say.outcome
+        );
+        exit::FAILED
+    })
+}
+
 async fn cmd_drill(targets: Vec<String>, all: bool, json: bool, controller: Option<String>) -> i32 {
     let map = match env_map() {
         Ok(m) => m,
@@ -465,49 +500,21 @@ async fn cmd_drill(targets: Vec<String>, all: bool, json: bool, controller: Opti
         all,
         dry_run: true,
     };
-    let chosen = match ask_controller(&base, http::DRILLS_PATH, req.clone()).await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "pgctl: no controller answered at {base} ({e:#}); `pgctl drill` runs through the controller started by `pgctl run` (docker compose exec backup pgctl drill …)."
-            );
-            return exit::FAILED;
-        }
+    let say = Asking {
+        command: "drill",
+        nothing: "drilled",
+        without: "",
+        what: "restore drill",
+        waits: "restores the latest backups into a throwaway server; this waits until they are checked",
+        outcome: "the drills' outcome",
     };
-    for u in &chosen.unknown {
-        eprintln!("pgctl: no valid target named {u}; see `pgctl status`. Nothing was drilled.");
-    }
-    if !chosen.unknown.is_empty() {
-        return exit::USAGE;
-    }
-    if chosen.outcomes.is_empty() {
-        eprintln!("pgctl: no valid targets to drill; see `pgctl status`");
-        return exit::FAILED;
-    }
-    if !json {
-        let names: Vec<&str> = chosen.outcomes.iter().map(|o| o.target.as_str()).collect();
-        eprintln!(
-            "pgctl: restore drill of {} (restores the latest backups into a throwaway server; this waits until they are checked)…",
-            names.join(", ")
-        );
-    }
-    let resp = match ask_controller(
-        &base,
-        http::DRILLS_PATH,
-        http::DrillRequest {
-            dry_run: false,
-            ..req
-        },
-    )
-    .await
-    {
+    let real = http::DrillRequest {
+        dry_run: false,
+        ..req.clone()
+    };
+    let resp = match ask_twice(&base, http::DRILLS_PATH, req, real, json, &say).await {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "pgctl: the controller at {base} stopped answering ({e:#}); see `pgctl status` for the drills' outcome."
-            );
-            return exit::FAILED;
-        }
+        Err(code) => return code,
     };
     if json {
         println!(

@@ -131,7 +131,44 @@ fn drills_of_a_damaged_object_or_a_tampered_count_fail_and_say_why() {
     let s = stack!();
     let t = fixture::source(&s, "drill-bad", &common::postgres_image(), &[]);
     let _guard = Cleanup(t.clone());
+    // A busy server: rows are written while the backup runs. The counts the backup records are
+    // its own snapshot's, not the live table's, and its drill matches them.
+    common::psql(
+        &t,
+        "postgres",
+        fixture::SHOP,
+        "CREATE TABLE public.busy (x int)",
+    );
+    let writer = {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            common::psql(
+                &t,
+                "postgres",
+                fixture::SHOP,
+                "DO $$ BEGIN FOR i IN 1..400 LOOP INSERT INTO public.busy VALUES (i); COMMIT; PERFORM pg_sleep(0.02); END LOOP; END $$",
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
     let b = backup(&s, &t);
+    writer.join().unwrap();
+    let recorded = b["facts"]["databases"][fixture::SHOP]["tables"]["public.busy"]
+        .as_u64()
+        .expect("the busy table is counted");
+    assert_eq!(
+        common::psql(
+            &t,
+            "postgres",
+            fixture::SHOP,
+            "SELECT count(*) FROM public.busy"
+        ),
+        "400"
+    );
+    assert!(
+        recorded < 400,
+        "the count is the dump's snapshot's ({recorded}), taken while rows were written"
+    );
     let id = b["backup_id"].as_str().unwrap();
     let cfg = common::s3_config(&s);
     let dir = b["prefix"].as_str().unwrap();

@@ -263,8 +263,8 @@ pub struct Runner {
     /// Every job started through [`Runner::submit`]: owned here, drained by a shutdown.
     jobs: std::sync::Mutex<JoinSet<()>>,
     locks: Mutex<HashMap<TargetId, Arc<Mutex<()>>>>,
-    /// Targets with a restore drill running: never two of one target.
-    drilling: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Drills and copies running (`drill <target>`, `sync <destination>`): never two of one.
+    exclusive: std::sync::Mutex<std::collections::HashSet<String>>,
     pub state: RwLock<BTreeMap<String, TargetState>>,
     /// Copy destinations by name.
     pub syncs: RwLock<BTreeMap<String, SyncState>>,
@@ -332,7 +332,7 @@ impl Runner {
             active: Default::default(),
             jobs: std::sync::Mutex::new(JoinSet::new()),
             locks: Mutex::default(),
-            drilling: Default::default(),
+            exclusive: Default::default(),
             state: RwLock::default(),
             syncs: RwLock::default(),
             metrics,
@@ -357,15 +357,8 @@ impl Runner {
         trigger: Trigger,
         wait: bool,
     ) -> oneshot::Receiver<Result<JobResult, RunError>> {
-        let (tx, rx) = oneshot::channel();
         let runner = self.clone();
-        let mut jobs = self.jobs.lock().expect("job set lock");
-        // Finished jobs are reaped here, so the set holds only running ones.
-        while jobs.try_join_next().is_some() {}
-        jobs.spawn(async move {
-            let _ = tx.send(runner.run(&target, kind, trigger, wait).await);
-        });
-        rx
+        self.spawn_job(async move { runner.run(&target, kind, trigger, wait).await })
     }
 
     /// Starts a restore drill as a task the runner owns; its result arrives on the channel.
@@ -374,14 +367,36 @@ impl Runner {
         target: Target,
         trigger: Trigger,
     ) -> oneshot::Receiver<Result<Vec<DrillResult>, RunError>> {
-        let (tx, rx) = oneshot::channel();
         let runner = self.clone();
+        self.spawn_job(async move { runner.drill(&target, trigger).await })
+    }
+
+    /// Runs `job` as a task in the runner's job set (drained on shutdown); its result arrives
+    /// on the returned channel.
+    fn spawn_job<T: Send + 'static>(
+        &self,
+        job: impl Future<Output = T> + Send + 'static,
+    ) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
         let mut jobs = self.jobs.lock().expect("job set lock");
+        // Finished jobs are reaped here, so the set holds only running ones.
         while jobs.try_join_next().is_some() {}
         jobs.spawn(async move {
-            let _ = tx.send(runner.drill(&target, trigger).await);
+            let _ = tx.send(job.await);
         });
         rx
+    }
+
+    /// Claims `key` (a drill or copy) until the claim drops; `None` while it is claimed.
+    fn claim(&self, key: String) -> Option<Claim<'_>> {
+        self.exclusive
+            .lock()
+            .expect("claims lock")
+            .insert(key.clone())
+            .then_some(Claim {
+                set: &self.exclusive,
+                key,
+            })
     }
 
     /// Runs a restore drill of `target` now, in one of the job slots backups use (a drill
@@ -398,12 +413,7 @@ impl Runner {
         }
         let _active = Active::enter(&self.active);
         let key = target.target.to_string();
-        if !self
-            .drilling
-            .lock()
-            .expect("drill lock")
-            .insert(key.clone())
-        {
+        let Some(claim) = self.claim(format!("drill {key}")) else {
             let since = self
                 .state
                 .read()
@@ -412,7 +422,7 @@ impl Runner {
                 .and_then(|s| s.drilling)
                 .unwrap_or_else(Utc::now);
             return Err(RunError::DrillBusy { target: key, since });
-        }
+        };
         let permit = self.slots.acquire().await.expect("semaphore open");
         let started_at = Utc::now();
         self.state
@@ -424,7 +434,7 @@ impl Runner {
         tracing::info!(target_id = %key, trigger = %trigger, "Restore drill started.");
         let mut results = self.work.drill(target, &self.cancel).await;
         drop(permit);
-        self.drilling.lock().expect("drill lock").remove(&key);
+        drop(claim);
         let mut st = self.state.write().await;
         let entry = st.entry(key).or_default();
         entry.drilling = None;
@@ -443,14 +453,8 @@ impl Runner {
         targets: Vec<Target>,
         trigger: Trigger,
     ) -> oneshot::Receiver<Result<SyncResult, RunError>> {
-        let (tx, rx) = oneshot::channel();
         let runner = self.clone();
-        let mut jobs = self.jobs.lock().expect("job set lock");
-        while jobs.try_join_next().is_some() {}
-        jobs.spawn(async move {
-            let _ = tx.send(runner.sync(&dest, &targets, trigger).await);
-        });
-        rx
+        self.spawn_job(async move { runner.sync(&dest, &targets, trigger).await })
     }
 
     /// Runs a copy into `dest` now, in a job slot; never two into one destination at once.
@@ -465,13 +469,7 @@ impl Runner {
         }
         let _active = Active::enter(&self.active);
         let key = dest.destination.to_string();
-        let lock = format!("sync {key}");
-        if !self
-            .drilling
-            .lock()
-            .expect("drill lock")
-            .insert(lock.clone())
-        {
+        let Some(claim) = self.claim(format!("sync {key}")) else {
             let since = self
                 .syncs
                 .read()
@@ -483,7 +481,7 @@ impl Runner {
                 destination: key,
                 since,
             });
-        }
+        };
         let permit = self.slots.acquire().await.expect("semaphore open");
         let last = {
             let mut st = self.syncs.write().await;
@@ -496,7 +494,7 @@ impl Runner {
             .sync(dest, targets, last.as_deref(), &self.cancel)
             .await;
         drop(permit);
-        self.drilling.lock().expect("drill lock").remove(&lock);
+        drop(claim);
         r.trigger = trigger.to_string();
         self.record_sync(&r);
         let mut st = self.syncs.write().await;
@@ -861,6 +859,18 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+/// A drill or copy claimed in [`Runner::claim`]; released when dropped, however its job ends.
+struct Claim<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    key: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("claims lock").remove(&self.key);
     }
 }
 
