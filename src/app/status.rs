@@ -362,6 +362,44 @@ mod tests {
     }
 
     #[test]
+    fn copy_destinations_show_their_source_schedule_and_last_copy() {
+        let mut r = report(
+            "controller",
+            &[],
+            DockerView {
+                connected: true,
+                ..Default::default()
+            },
+            Utc::now(),
+            Tz::UTC,
+        );
+        r.syncs = vec![
+            serde_json::json!({
+                "destination": "shop/staging", "state": "valid",
+                "settings": {"from": "shop/db", "schedule": "0 6 * * *"},
+                "next_run": "2026-11-21T06:00:00Z",
+                "run": {"copied": "20261120T030000Z-logical", "last": {
+                    "ok": false, "skipped": false, "backup_id": "20261121T030000Z-logical",
+                    "started_at": "2026-11-21T06:00:00Z",
+                    "error": "the copy of 20261121T030000Z-logical failed: boom"}},
+            }),
+            serde_json::json!({
+                "destination": "shop/qa", "state": "invalid",
+                "errors": [{"label": "pgbackup.sync.schedule", "value": "", "expected": "a schedule"}],
+            }),
+        ];
+        let text = render(&r);
+        assert!(
+            text.contains("copy into shop/staging from shop/db (0 6 * * *, next 2026-11-21 06:00:00 UTC)\n    last 2026-11-21 06:00:00 UTC: FAILED: the copy of 20261121T030000Z-logical failed: boom\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("copy into shop/qa: invalid\n    label pgbackup.sync.schedule=\"\" is not valid: expected a schedule\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn table_shows_valid_and_invalid_targets() {
         let now = DateTime::parse_from_rfc3339("2026-11-20T10:00:00Z")
             .unwrap()
