@@ -45,8 +45,9 @@ fn metrics(s: &common::Stack) -> String {
 fn scheduled_drills_of_exec_and_connect_targets_pass_and_show_in_status_and_metrics() {
     let s = stack!();
     let image = common::postgres_image();
-    // Every 20 seconds: the nightly drill, at test speed.
-    let every = ("pgbackup.drill.schedule", "*/20 * * * * *");
+    // Every minute: the nightly drill, at test speed (not more often: the drills share the
+    // sidecar's job slots with every other test of this file).
+    let every = ("pgbackup.drill.schedule", "30 * * * * *");
     let exec = fixture::source(&s, "drill-exec", &image, &[every]);
     let exec_guard = Cleanup(exec.clone());
     let conn = fixture::source(
@@ -64,7 +65,7 @@ fn scheduled_drills_of_exec_and_connect_targets_pass_and_show_in_status_and_metr
         let shop = &b["facts"]["databases"][fixture::SHOP]["tables"];
         assert_eq!(shop["app.events"], 1_000_000, "{b}");
         assert_eq!(b["facts"]["method"], "snapshot");
-        let drill = wait_until(Duration::from_secs(240), || {
+        let drill = wait_until(Duration::from_secs(300), || {
             let d = s.target(t)?["run"]["drills"]["logical"].clone();
             (d["backup_id"] == id.as_str()).then_some(d)
         })
@@ -284,8 +285,40 @@ fn a_physical_drill_starts_the_cluster_from_the_base_backup_and_checks_it() {
 #[test]
 fn a_sidecar_killed_mid_drill_leaves_a_server_that_the_next_start_removes() {
     let s = stack!();
-    let (t, _guard) = s.big_target("drill-kill");
-    let mut first = s.host_controller(&[]);
+    // A compose project of its own, and controllers scoped to it: they see no other test's
+    // targets (whose drill schedules would take their job slots).
+    let project = common::Project::new(
+        "drill-kill",
+        &format!(
+            r#"services:
+  db:
+    image: {}
+    environment:
+      POSTGRES_PASSWORD: kill-password
+    healthcheck:
+      test: ["CMD-SHELL", "pg_isready -q -h 127.0.0.1"]
+      interval: 2s
+      retries: 60
+    labels:
+      pgbackup.enable: "true"
+      pgbackup.schedule: "off"
+      pgbackup.compression: "none"
+      pgbackup.globals: "false"
+"#,
+            common::postgres_image()
+        ),
+    );
+    let up = project.compose(&["up", "-d", "--wait"]);
+    assert!(up.status.success(), "{}{}", stdout(&up), stderr(&up));
+    common::psql(
+        &project.container("db"),
+        "postgres",
+        "postgres",
+        common::BIG_TABLE,
+    );
+    let t = format!("{}/db", project.project);
+    let scope = [("PGBACKUP_SCOPE", project.project.clone())];
+    let mut first = s.host_controller(&scope);
     first.wait_lists(&t);
     let url = first.url.clone();
     let o = common::host_pgctl(&["backup", "--controller", &url, &t]);
@@ -295,7 +328,7 @@ fn a_sidecar_killed_mid_drill_leaves_a_server_that_the_next_start_removes() {
     let drilling =
         std::thread::spawn(move || common::host_pgctl(&["drill", "--controller", &url, &target]));
     // Killed once its server runs and the restore has started loading.
-    let server = wait_until(Duration::from_secs(120), || {
+    let server = wait_until(Duration::from_secs(240), || {
         drill_servers(&t).into_iter().next()
     })
     .expect("the drill started a server");
@@ -310,7 +343,7 @@ fn a_sidecar_killed_mid_drill_leaves_a_server_that_the_next_start_removes() {
         "the killed sidecar's server is still there"
     );
 
-    let second = s.host_controller(&[]);
+    let second = s.host_controller(&scope);
     assert!(
         wait_until(Duration::from_secs(60), || drill_servers(&t)
             .is_empty()
@@ -360,7 +393,7 @@ fn a_scheduled_copy_refreshes_staging_runs_its_post_sql_skips_when_nothing_is_ne
       retries: 60
     labels:
       pgbackup.sync.from: "{source}"
-      pgbackup.sync.schedule: "*/5 * * * * *"
+      pgbackup.sync.schedule: "*/10 * * * * *"
       pgbackup.sync.post_sql: "{dir}"
 "#,
         image = common::postgres_image(),
@@ -381,7 +414,7 @@ fn a_scheduled_copy_refreshes_staging_runs_its_post_sql_skips_when_nothing_is_ne
     let q = |sql: &str| common::psql(&staging, "postgres", "shop", sql);
 
     // The first copy: every row, then the post-SQL.
-    let copied = wait_until(Duration::from_secs(120), || {
+    let copied = wait_until(Duration::from_secs(240), || {
         let d = copy_state()?;
         (d["run"]["copied"] == first["backup_id"]).then_some(d)
     })
@@ -407,7 +440,7 @@ fn a_scheduled_copy_refreshes_staging_runs_its_post_sql_skips_when_nothing_is_ne
 
     // Nothing new: the next runs skip, and what staging did locally stays.
     q("CREATE TABLE public.staging_marker AS SELECT 1 AS x");
-    let skipped = wait_until(Duration::from_secs(60), || {
+    let skipped = wait_until(Duration::from_secs(120), || {
         let d = copy_state()?;
         let l = &d["run"]["last"];
         let later = l["started_at"].as_str()? > copied["run"]["last"]["started_at"].as_str()?;
@@ -430,7 +463,7 @@ fn a_scheduled_copy_refreshes_staging_runs_its_post_sql_skips_when_nothing_is_ne
         "CREATE TABLE app.fresh AS SELECT 42 AS answer",
     );
     let second = backup(&s, &source);
-    wait_until(Duration::from_secs(60), || {
+    wait_until(Duration::from_secs(180), || {
         (copy_state()?["run"]["copied"] == second["backup_id"]).then_some(())
     })
     .expect("the new backup is copied");
@@ -463,7 +496,7 @@ fn a_scheduled_copy_refreshes_staging_runs_its_post_sql_skips_when_nothing_is_ne
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     common::put(&cfg, &key, bytes);
-    let failed = wait_until(Duration::from_secs(90), || {
+    let failed = wait_until(Duration::from_secs(180), || {
         let d = copy_state()?;
         let l = &d["run"]["last"];
         (l["backup_id"] == third["backup_id"] && l["ok"] == false).then_some(d)
@@ -479,6 +512,6 @@ fn a_scheduled_copy_refreshes_staging_runs_its_post_sql_skips_when_nothing_is_ne
         "nothing of the failed copy is left"
     );
     assert_eq!(q("SELECT count(*) FROM app.orders"), "30000");
-    // Stop copying before the project goes (the failed backup would be tried every 5 s).
+    // Stop copying before the project goes (the failed backup would be tried every 10 s).
     drop(project);
 }
