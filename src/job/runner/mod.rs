@@ -389,14 +389,17 @@ impl Runner {
 
     /// Claims `key` (a drill or copy) until the claim drops; `None` while it is claimed.
     fn claim(&self, key: String) -> Option<Claim<'_>> {
-        self.exclusive
+        // The guard is gone before a Claim exists: a Claim dropped at once (when `key` is
+        // taken) would otherwise wait for the lock its own statement holds.
+        let fresh = self
+            .exclusive
             .lock()
             .expect("claims lock")
-            .insert(key.clone())
-            .then_some(Claim {
-                set: &self.exclusive,
-                key,
-            })
+            .insert(key.clone());
+        fresh.then(|| Claim {
+            set: &self.exclusive,
+            key,
+        })
     }
 
     /// Runs a restore drill of `target` now, in one of the job slots backups use (a drill

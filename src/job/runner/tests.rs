@@ -392,3 +392,37 @@ async fn a_failing_post_hook_is_counted_and_the_backup_stands() {
         .get();
     assert_eq!(post, 1);
 }
+
+/// A claimed drill or copy refuses a second claim of the same key (without waiting on itself)
+/// and is free again once the first is dropped.
+#[test]
+fn a_claim_is_exclusive_until_dropped() {
+    let (r, _) = runner(Fake::default());
+    let first = r.claim("drill shop/db".into()).expect("free");
+    assert!(r.claim("drill shop/db".into()).is_none(), "taken");
+    let other = r.claim("sync shop/staging".into());
+    assert!(other.is_some(), "another key is independent");
+    drop(first);
+    assert!(r.claim("drill shop/db".into()).is_some(), "free again");
+}
+
+/// A drill while one of the same target runs is refused, naming it; the runner keeps serving.
+#[tokio::test(start_paused = true)]
+async fn a_second_drill_of_one_target_is_refused() {
+    let (r, _) = runner(Fake::default());
+    let t = crate::discovery::test_target("db", &[]);
+    let claim = r.claim(format!("drill {}", t.target)).unwrap();
+    let e = r.drill(&t, Trigger::Manual).await.unwrap_err();
+    assert!(matches!(e, RunError::DrillBusy { .. }), "{e}");
+    assert!(e.to_string().contains("already running"), "{e}");
+    drop(claim);
+    let results = r.drill(&t, Trigger::Manual).await.unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].trigger, "manual");
+    let st = r.state.read().await;
+    assert!(
+        st[&t.target.to_string()]
+            .drills
+            .contains_key(&Kind::Logical)
+    );
+}
