@@ -360,7 +360,7 @@ pub fn backup_manifest(s: &Stack, target: &str) -> serde_json::Value {
 /// `bash -euo pipefail -c SCRIPT` in `dir`, with the aws CLI on PATH and the stack's Garage as
 /// its S3 (`AWS_*`), as a user runs the README's recipes.
 pub fn aws_sh(s: &Stack, dir: &std::path::Path, script: &str) -> std::process::Output {
-    let garage = stdout(&s.compose(&["port", "garage", "3900"]));
+    let garage = super::garage_port(s);
     let aws_bin = std::env::var("PGBACKUP_E2E_AWS_BIN").expect(
         "PGBACKUP_E2E_AWS_BIN names the directory of the aws CLI (scripts/test.sh sets it)",
     );

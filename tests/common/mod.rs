@@ -222,7 +222,7 @@ impl Drop for Cleanup {
 
 /// The stack's Garage, reached from the host through its published port, with the demo key.
 pub fn s3_config(stack: &Stack) -> pgbackup::config::S3Config {
-    let port = stdout(&stack.compose(&["port", "garage", "3900"]));
+    let port = garage_port(stack);
     let map: std::collections::HashMap<String, String> = [
         ("S3_BUCKET", "pgbackup".to_string()),
         ("S3_ENDPOINT", format!("http://{}", port.trim())),
@@ -242,6 +242,27 @@ pub fn s3_config(stack: &Stack) -> pgbackup::config::S3Config {
         .s3()
         .expect("an S3 destination")
         .clone()
+}
+
+/// Garage's published `host:port`. `docker compose port` has been seen to print nothing once
+/// under load (two compose calls at once): asked again, briefly.
+pub fn garage_port(stack: &Stack) -> String {
+    let mut last = None;
+    for _ in 0..10 {
+        let o = stack.compose(&["port", "garage", "3900"]);
+        let port = stdout(&o).trim().to_string();
+        if o.status.success() && !port.is_empty() {
+            return port;
+        }
+        last = Some(o);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let o = last.expect("asked");
+    panic!(
+        "docker compose port garage 3900 printed no port: {}{}",
+        stdout(&o),
+        stderr(&o)
+    )
 }
 
 /// The stack's bucket through pgbackup's own store (what the sidecar reads and writes).
@@ -455,12 +476,12 @@ impl Stack {
     /// `pgctl ARGS` on the host (the binary under test) with the stack's S3 settings and the
     /// local Docker socket, nothing else from the environment.
     pub fn host_pgctl_cmd(&self, args: &[&str]) -> Command {
-        let garage = stdout(&self.compose(&["port", "garage", "3900"]));
+        let garage = garage_port(self);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgctl"));
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("S3_ENDPOINT", format!("http://{}", garage.trim()))
+            .env("S3_ENDPOINT", format!("http://{garage}"))
             .env("S3_REGION", "garage")
             .env("S3_BUCKET", "pgbackup")
             .env("S3_ACCESS_KEY_ID", "GK5a0696932d5415f414fe611f")
