@@ -220,17 +220,18 @@ pub async fn stream_object(
         let n = match reader.read(&mut buf).await {
             Ok(n) => n,
             Err(e) => {
-                // A truncated or corrupted stream usually shows here first.
+                // A truncated or corrupted stream usually shows here first; the tally of a
+                // stream cut short says nothing about the stored object, so it is read again
+                // whole to tell damage from a broken connection.
                 progress.finish();
-                let damage = tallies
-                    .verdict(object)
-                    .err()
-                    .map(|d| d.to_string())
-                    .unwrap_or_default();
+                let read = tallies.bytes();
+                let damage = match recheck(store, m, object).await {
+                    Err(d) => format!("; {d}"),
+                    Ok(()) => format!("; {} itself is intact (read again)", object.name),
+                };
                 return Err(RestoreError::Failed(format!(
-                    "reading {} failed after {} bytes: {e} {damage}",
-                    object.name,
-                    tallies.bytes()
+                    "reading {} failed after {read} bytes: {e}{damage}",
+                    object.name
                 )));
             }
         };
@@ -266,6 +267,21 @@ pub async fn stream_object(
     tallies
         .verdict(object)
         .map_err(|e: Damage| RestoreError::Failed(format!("{e}: restore rolled back")))
+}
+
+/// Reads `object`'s stored bytes once more, whole, and checks their size and SHA-256.
+async fn recheck(store: &dyn Store, m: &Manifest, object: &Object) -> Result<(), Damage> {
+    let body = fetch::open(store, m, object).await?;
+    let (mut checked, tallies) = Checked::new(body);
+    let copied = tokio::io::copy(&mut checked, &mut tokio::io::sink()).await;
+    match (tallies.verdict(object), copied) {
+        (Err(d), _) => Err(d),
+        (Ok(()), Err(e)) => Err(Damage::Unreadable {
+            name: object.name.clone(),
+            reason: e.to_string(),
+        }),
+        (Ok(()), Ok(_)) => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -310,5 +326,31 @@ mod tests {
         );
         assert!(e.contains("app.dump.zst: SHA-256"), "{e}");
         assert!(e.contains("does not match the manifest"), "{e}");
+    }
+
+    /// A damaged object that stops decompressing half-way is named as damaged (its stored
+    /// bytes read again), not as "truncated" from the count of a stream cut short.
+    #[tokio::test]
+    async fn a_stream_that_stops_decompressing_is_checked_whole() {
+        let store = crate::store::memory::MemoryStore::new();
+        let m = Manifest::sample(
+            "shop/db",
+            "shop/db",
+            "20261121T030000Z-logical".parse().unwrap(),
+        );
+        let mut o = m.objects[0].clone();
+        let garbage = vec![7u8; 4 * CHUNK];
+        o.size = garbage.len() as u64;
+        store
+            .put(&format!("{}/{}", m.prefix, o.name), Bytes::from(garbage))
+            .await
+            .unwrap();
+        let e = stream_object(&store, &m, &o, "psql", &mut Refusing, &Quiet)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("reading app.dump.zst failed after "), "{e}");
+        assert!(e.contains("does not match the manifest"), "{e}");
+        assert!(!e.contains("truncated"), "{e}");
     }
 }
