@@ -105,6 +105,12 @@ impl Inspected {
             .unwrap_or_default()
     }
 
+    /// The image the container actually runs (`sha256:…`), whatever its tag points to now;
+    /// the configured name when the engine does not say.
+    pub fn image_id(&self) -> String {
+        self.0.image.clone().unwrap_or_else(|| self.image())
+    }
+
     pub fn mounts(&self) -> Vec<MountInfo> {
         self.0
             .mounts

@@ -240,14 +240,10 @@ async fn logical(
     server: &mut Option<String>,
 ) -> Result<Check, String> {
     let user = user_of(target)?;
-    let source = ctx
-        .docker
-        .inspect(&target.container_id)
-        .await
-        .map_err(|e| format!("cannot inspect {}: {e}", target.container))?;
-    let id = start_server(ctx, target, &source.image, &user, None).await?;
+    let image = image_of(ctx, target).await?;
+    let id = start_server(ctx, target, &image, &user, None).await?;
     *server = Some(id.clone());
-    wait_accepting(ctx, &id, &source.image).await?;
+    wait_accepting(ctx, &id, &image).await?;
     let sandbox = ctx
         .docker
         .inspect(&id)
@@ -275,6 +271,16 @@ async fn logical(
         user,
     };
     compare(&access, m, r).await
+}
+
+/// The image the target's container runs, by id: the server a drill starts is the same build,
+/// even when the tag has moved on since the container was created.
+async fn image_of(ctx: &Ctx<'_>, target: &Target) -> Result<String, String> {
+    ctx.docker
+        .inspect_full(&target.container_id)
+        .await
+        .map(|c| c.image_id())
+        .map_err(|e| format!("cannot inspect {}: {e}", target.container))
 }
 
 fn user_of(target: &Target) -> Result<String, String> {
@@ -318,11 +324,8 @@ async fn physical(
         .iter()
         .find(|o| o.kind == crate::model::manifest::ObjectKind::Base)
         .ok_or_else(|| format!("{} has no base backup object", m.backup_id))?;
-    let source = ctx
-        .docker
-        .inspect(&target.container_id)
+    let source = image_of(ctx, target)
         .await
-        .map(|c| c.image)
         .unwrap_or_else(|_| p.image.clone());
     // Idle until the data is in place; Postgres is started by hand below.
     let idle = vec![
