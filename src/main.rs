@@ -316,14 +316,10 @@ async fn cmd_backup(
     json: bool,
     controller: Option<String>,
 ) -> i32 {
-    let map = match env_map() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("pgctl: configuration error: {e}");
-            return exit::USAGE;
-        }
+    let base = match controller_base(controller) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let base = controller.unwrap_or_else(|| controller_url(map.get("PGBACKUP_HTTP_ADDR")));
     let req = http::BackupRequest {
         targets,
         all,
@@ -399,6 +395,18 @@ async fn cmd_backup(
         exit::OK
     } else {
         exit::FAILED
+    }
+}
+
+/// The controller to ask: `--controller`, else this container's `PGBACKUP_HTTP_ADDR` on
+/// localhost; a configuration error is printed and its exit code returned.
+fn controller_base(controller: Option<String>) -> Result<String, i32> {
+    match env_map() {
+        Ok(map) => Ok(controller.unwrap_or_else(|| controller_url(map.get("PGBACKUP_HTTP_ADDR")))),
+        Err(e) => {
+            eprintln!("pgctl: configuration error: {e}");
+            Err(exit::USAGE)
+        }
     }
 }
 
@@ -487,14 +495,10 @@ async fn ask_twice<Q: serde::Serialize>(
 }
 
 async fn cmd_drill(targets: Vec<String>, all: bool, json: bool, controller: Option<String>) -> i32 {
-    let map = match env_map() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("pgctl: configuration error: {e}");
-            return exit::USAGE;
-        }
+    let base = match controller_base(controller) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let base = controller.unwrap_or_else(|| controller_url(map.get("PGBACKUP_HTTP_ADDR")));
     let req = http::DrillRequest {
         targets,
         all,

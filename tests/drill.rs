@@ -31,6 +31,27 @@ fn backup(s: &common::Stack, target: &str) -> Value {
     s.list(target).pop().expect("a committed backup")
 }
 
+/// Flips one byte in the middle of backup `b`'s dump of the shop database, after its commit;
+/// returns the object's name.
+fn damage_shop_dump(s: &common::Stack, b: &Value) -> String {
+    let object = b["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["database"] == fixture::SHOP)
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cfg = common::s3_config(s);
+    let key = format!("{}/{object}", b["prefix"].as_str().unwrap());
+    let mut bytes = common::get(&cfg, &key);
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    common::put(&cfg, &key, bytes);
+    object
+}
+
 fn metrics(s: &common::Stack) -> String {
     docker(&[
         "exec",
@@ -209,20 +230,7 @@ fn drills_of_a_damaged_object_or_a_tampered_count_fail_and_say_why() {
 
     // The manifest back as it was; the shop dump damaged after the commit.
     common::put(&cfg, &manifest_key, original);
-    let object = b["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["database"] == fixture::SHOP)
-        .unwrap()["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let key = format!("{dir}/{object}");
-    let mut bytes = common::get(&cfg, &key);
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    common::put(&cfg, &key, bytes);
+    let object = damage_shop_dump(&s, &b);
     let o = s.pgctl(&["drill", &t]);
     assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
     let said = stdout(&o);
@@ -482,21 +490,7 @@ fn a_scheduled_copy_refreshes_staging_runs_its_post_sql_skips_when_nothing_is_ne
         "CREATE TABLE app.fresher AS SELECT 1 AS x",
     );
     let third = backup(&s, &source);
-    let cfg = common::s3_config(&s);
-    let object = third["objects"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|o| o["database"] == fixture::SHOP)
-        .unwrap()["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let key = format!("{}/{object}", third["prefix"].as_str().unwrap());
-    let mut bytes = common::get(&cfg, &key);
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    common::put(&cfg, &key, bytes);
+    let object = damage_shop_dump(&s, &third);
     let failed = wait_until(Duration::from_secs(180), || {
         let d = copy_state()?;
         let l = &d["run"]["last"];

@@ -297,18 +297,16 @@ mod tests {
         }
     }
 
-    /// A damaged object whose garbage the destination rejects first: the error still names the
-    /// damage, found by reading the rest of the object.
-    #[tokio::test]
-    async fn a_destination_that_stops_early_does_not_hide_the_damage() {
+    /// The error of streaming `data`, stored as the sample backup's object with `compression`
+    /// and a SHA-256 it does not have, into a destination that refuses it.
+    async fn streamed_into_refusing(compression: &str, data: Vec<u8>) -> String {
         let store = crate::store::memory::MemoryStore::new();
         let mut m = Manifest::sample(
             "shop/db",
             "shop/db",
             "20261121T030000Z-logical".parse().unwrap(),
         );
-        m.compression = "none".into();
-        let data = vec![b'x'; 3 * CHUNK];
+        m.compression = compression.into();
         m.objects[0].size = data.len() as u64;
         m.objects[0].sha256 = "00".repeat(32);
         let o = m.objects[0].clone();
@@ -316,10 +314,17 @@ mod tests {
             .put(&format!("{}/{}", m.prefix, o.name), Bytes::from(data))
             .await
             .unwrap();
-        let e = stream_object(&store, &m, &o, "psql", &mut Refusing, &Quiet)
+        stream_object(&store, &m, &o, "psql", &mut Refusing, &Quiet)
             .await
             .unwrap_err()
-            .to_string();
+            .to_string()
+    }
+
+    /// A damaged object whose garbage the destination rejects first: the error still names the
+    /// damage, found by reading the rest of the object.
+    #[tokio::test]
+    async fn a_destination_that_stops_early_does_not_hide_the_damage() {
+        let e = streamed_into_refusing("none", vec![b'x'; 3 * CHUNK]).await;
         assert!(
             e.starts_with("psql stopped reading the restore: invalid input syntax; "),
             "{e}"
@@ -332,23 +337,7 @@ mod tests {
     /// bytes read again), not as "truncated" from the count of a stream cut short.
     #[tokio::test]
     async fn a_stream_that_stops_decompressing_is_checked_whole() {
-        let store = crate::store::memory::MemoryStore::new();
-        let m = Manifest::sample(
-            "shop/db",
-            "shop/db",
-            "20261121T030000Z-logical".parse().unwrap(),
-        );
-        let mut o = m.objects[0].clone();
-        let garbage = vec![7u8; 4 * CHUNK];
-        o.size = garbage.len() as u64;
-        store
-            .put(&format!("{}/{}", m.prefix, o.name), Bytes::from(garbage))
-            .await
-            .unwrap();
-        let e = stream_object(&store, &m, &o, "psql", &mut Refusing, &Quiet)
-            .await
-            .unwrap_err()
-            .to_string();
+        let e = streamed_into_refusing("zstd:3", vec![7u8; 4 * CHUNK]).await;
         assert!(e.starts_with("reading app.dump.zst failed after "), "{e}");
         assert!(e.contains("does not match the manifest"), "{e}");
         assert!(!e.contains("truncated"), "{e}");
