@@ -241,21 +241,12 @@ pub async fn stream_object(
         progress.set(tallies.bytes());
         if let Err(e) = sink.send(Bytes::copy_from_slice(&buf[..n])).await {
             // A damaged object can decompress into garbage that the destination rejects before
-            // the stream's end shows the damage: read the rest (no further than the object) so
-            // the error names the real cause.
-            let rest = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+            // the stream's end shows the damage: the stored object is read again whole so the
+            // error names the real cause.
             progress.finish();
-            let damage = match rest {
-                // Read whole: the verdict is the stored bytes' own.
-                Ok(_) => match tallies.verdict(object) {
-                    Err(d) => format!("; {d}: restore rolled back"),
-                    Ok(()) => String::new(),
-                },
-                // The rest does not even decompress.
-                Err(read) => format!(
-                    "; {} is damaged (the rest does not decompress: {read}): restore rolled back",
-                    object.name
-                ),
+            let damage = match recheck(store, m, object).await {
+                Err(d) => format!("; {d}: restore rolled back"),
+                Ok(()) => String::new(),
             };
             return Err(RestoreError::Failed(format!(
                 "{what} stopped reading the restore: {e}{damage}"
