@@ -40,15 +40,19 @@ TTY := $(shell [ -t 0 ] || echo -T)
 # the reason is not lost (scripts that branch on it call `docker compose exec backup pgctl …`).
 SAID = code=$$?; [ $$code -eq 0 ] || { echo "make: pgctl exited with code $$code ($(1))" >&2; exit $$code; }
 
-## restore: FILE=latest|<backup id>|<key> [FROM=project/service] [TO=service] [ARGS="--db app --clean"]
+# IDENTITY=key.txt: an age identity for encrypted backups, passed on standard input so that it
+# never rests in the sidecar.
+KEY = $(if $(IDENTITY),--identity - < $(IDENTITY))
+
+## restore: FILE=latest|<backup id>|<key> [FROM=project/service] [TO=service] [ARGS="--db app --clean"] [IDENTITY=key.txt]
 restore:
-	@[ -n "$(FILE)" ] || { echo 'usage: make restore FILE=latest|<backup id>|<key> [FROM=…] [TO=…] [ARGS=…]; see `make list`' >&2; exit 2; }
-	$(COMPOSE) exec $(TTY) backup pgctl restore $(FILE) $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(ARGS); \
+	@[ -n "$(FILE)" ] || { echo 'usage: make restore FILE=latest|<backup id>|<key> [FROM=…] [TO=…] [ARGS=…] [IDENTITY=key.txt]; see `make list`' >&2; exit 2; }
+	$(COMPOSE) exec $(if $(IDENTITY),-T,$(TTY)) backup pgctl restore $(FILE) $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(ARGS) $(KEY); \
 	$(call SAID,1 failed and rolled back; 2 bad arguments; 3 Docker or storage unreachable; 4 refused before changing anything)
 
-## verify: re-read stored backups and check their SHA-256 (FILE=… for one, default all; FROM=project/service for whose)
+## verify: re-read stored backups and check their SHA-256 (FILE=… for one, default all; FROM=project/service for whose; IDENTITY=key.txt also decrypts encrypted ones)
 verify:
-	$(COMPOSE) exec -T backup pgctl verify $(if $(FILE),$(FILE),--all) $(if $(FROM),--from $(FROM)); \
+	$(COMPOSE) exec -T backup pgctl verify $(if $(FILE),$(FILE),--all) $(if $(FROM),--from $(FROM)) $(KEY); \
 	$(call SAID,1 a backup is damaged or missing; 2 bad arguments; 3 storage unreachable)
 
 ## prune: apply retention now (ARGS=--dry-run to only print the plan)

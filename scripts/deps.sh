@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the stack and the tests need on this machine when it is missing:
-# debootstrap (offline images), the Compose v2 CLI plugin (`docker compose`), and the aws CLI
-# (from PyPI, into a venv under the cache: the README's standard-tools recipes and `make bench`
-# run it). On a machine whose Docker comes from Docker's own packages the first two are usually
-# there already.
+# debootstrap (offline images), zstd and age (the README's standard-tools recipes), the Compose
+# v2 CLI plugin (`docker compose`), and the aws CLI (from PyPI, into a venv under the cache: the
+# README's standard-tools recipes and `make bench` run it). On a machine whose Docker comes from
+# Docker's own packages debootstrap and Compose are usually there already.
 set -euo pipefail
 
 log() { printf 'deps: %s\n' "$*" >&2; }
@@ -12,6 +12,8 @@ command -v docker >/dev/null || { log "docker is required: install Docker Engine
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v zstd >/dev/null || need_apt+=(zstd)
+# The README's encrypted-backup recipe decrypts with the age CLI (age-keygen comes with it).
+command -v age >/dev/null || need_apt+=(age)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

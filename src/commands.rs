@@ -2,6 +2,7 @@
 //! controller needed), with tables for people and JSON for scripts.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -13,6 +14,7 @@ use pgbackup::engine::docker::DockerClient;
 use pgbackup::exit;
 use pgbackup::model::layout;
 use pgbackup::model::manifest::Manifest;
+use pgbackup::pipeline::crypt::Identities;
 use pgbackup::pipeline::fetch;
 use pgbackup::restore::physical;
 use pgbackup::restore::{self, BackupRef, Progress, Quiet, Request, RestoreError};
@@ -96,6 +98,23 @@ pub struct RestoreArgs {
     /// `--restore-option`s, as given.
     pub restore_options: Vec<String>,
     pub dry_run: bool,
+    /// `--identity` files, as given.
+    pub identity: Vec<String>,
+}
+
+/// What decrypts encrypted backups: the `--identity` files, else PGBACKUP_AGE_IDENTITY_FILE.
+fn keys_for(cfg: &Config, files: &[String]) -> Result<Option<Arc<Identities>>, i32> {
+    if files.is_empty() {
+        return Ok(cfg.age_identity.clone());
+    }
+    let mut all = Vec::new();
+    for f in files {
+        all.push(Identities::load(f).map_err(|e| {
+            eprintln!("pgctl: --identity: {e}");
+            exit::USAGE
+        })?);
+    }
+    Ok(Identities::merge(all).map(Arc::new))
 }
 
 /// `pgctl restore --resume|--rollback SERVICE`: finishes or undoes a physical restore's switch
@@ -146,6 +165,10 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         eprintln!("pgctl: {e}");
         return exit::USAGE;
     }
+    let keys = match keys_for(&cfg, &args.identity) {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     let store = pgbackup::store::open(&cfg.destination).await;
     let defaults = cfg.defaults();
     let mut options = Vec::new();
@@ -177,8 +200,10 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         },
         options,
         post_sql: args.post_sql,
+        keys: keys.clone(),
     };
-    if let Some(options) = args.physical {
+    if let Some(mut options) = args.physical {
+        options.keys = keys;
         return restore_physical(
             &docker,
             store.as_ref(),
@@ -199,6 +224,14 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         }
         restore::check(&plan)?;
         if args.dry_run {
+            let objects = restore::objects_of(&plan);
+            restore::check_keys(
+                store.as_ref(),
+                &plan.manifest,
+                &objects,
+                plan.keys.as_deref(),
+            )
+            .await?;
             return Ok(None);
         }
         restore::execute(&docker, store.as_ref(), &plan, progress(json).as_ref())
@@ -289,6 +322,8 @@ async fn restore_physical(
             eprint!("{plan}");
         }
         if dry_run {
+            let keys = plan.options.keys.as_deref();
+            restore::check_keys(store, &plan.manifest, &[&plan.object], keys).await?;
             return Ok(None);
         }
         physical::execute(docker, store, &plan, progress(json).as_ref())
@@ -438,11 +473,28 @@ struct Verified {
     objects: usize,
     bytes: u64,
     damage: Vec<String>,
+    /// Age-encrypted objects.
+    encrypted: bool,
+    /// Whether their content was decrypted (and so authenticated) as well.
+    decrypted: bool,
+    /// Why an encrypted backup's content was not decrypted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
-pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, json: bool) -> i32 {
+pub async fn verify(
+    backup: Option<String>,
+    all: bool,
+    from: Option<String>,
+    identity: Vec<String>,
+    json: bool,
+) -> i32 {
     let cfg = match load_config() {
         Ok(c) => c,
+        Err(code) => return code,
+    };
+    let keys = match keys_for(&cfg, &identity) {
+        Ok(k) => k,
         Err(code) => return code,
     };
     let store = pgbackup::store::open(&cfg.destination).await;
@@ -463,6 +515,9 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
         objects: 0,
         bytes: 0,
         damage: vec![p],
+        encrypted: false,
+        decrypted: false,
+        note: None,
     });
     for v in unreadable {
         if !json {
@@ -472,7 +527,7 @@ pub async fn verify(backup: Option<String>, all: bool, from: Option<String>, jso
     }
     // Printed as each backup is read: `--all` over many backups shows progress.
     for m in &manifests {
-        let v = verify_one(store.as_ref(), m, only.as_deref()).await;
+        let v = verify_one(store.as_ref(), m, only.as_deref(), keys.as_deref()).await;
         if !json {
             print_verified(&v);
         }
@@ -538,6 +593,7 @@ async fn chosen(
         kind: pgbackup::model::layout::Kind::Logical,
         options: vec![],
         post_sql: None,
+        keys: None,
     };
     let (m, object) = restore::resolve_backup(&docker, store, &cfg.defaults(), &req)
         .await
@@ -566,23 +622,37 @@ async fn chosen(
     })
 }
 
-/// Re-reads one backup's objects (or only the one named) and its `SHA256SUMS`.
+/// Re-reads one backup's objects (or only the one named) and its `SHA256SUMS`; decrypts
+/// encrypted objects when `keys` are given.
 async fn verify_one(
     store: &dyn pgbackup::store::Store,
     m: &Manifest,
     only: Option<&str>,
+    keys: Option<&Identities>,
 ) -> Verified {
     let mut damage = Vec::new();
     if let Err(e) = fetch::verify_sums(store, m).await {
         damage.push(e);
     }
+    let encrypted = m.encryption.is_some();
+    let mut decrypted = encrypted && keys.is_some();
+    let mut note = (encrypted && keys.is_none()).then(|| {
+        "content not decrypted (no --identity): the stored bytes were checked".to_string()
+    });
     for o in m
         .objects
         .iter()
         .filter(|o| only.is_none_or(|n| o.name == n))
     {
-        if let Err(d) = fetch::verify_object(store, m, o).await {
-            damage.push(d.to_string());
+        match fetch::verify_object(store, m, o, keys).await {
+            Ok(fetch::Verified::Decrypted) => {}
+            Ok(fetch::Verified::Stored) => decrypted = false,
+            // The stored bytes matched; the identity is not one of the recipients.
+            Err(fetch::Unreadable::Locked(why)) => {
+                decrypted = false;
+                note = Some(format!("content not decrypted: {why}"));
+            }
+            Err(e) => damage.push(e.to_string()),
         }
     }
     Verified {
@@ -592,6 +662,9 @@ async fn verify_one(
         objects: if only.is_some() { 1 } else { m.objects.len() },
         bytes: m.size(),
         damage,
+        encrypted,
+        decrypted: decrypted && encrypted,
+        note,
     }
 }
 
@@ -610,5 +683,10 @@ fn print_verified(v: &Verified) {
     );
     for d in &v.damage {
         println!("         {d}");
+    }
+    if v.decrypted {
+        println!("         age-encrypted: content decrypted and authenticated");
+    } else if let Some(n) = &v.note {
+        println!("         age-encrypted: {n}");
     }
 }

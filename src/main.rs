@@ -82,6 +82,7 @@ fn main() -> ExitCode {
                 post_sql,
                 restore_options,
                 dry_run,
+                identity,
                 json,
                 resume,
                 rollback,
@@ -105,6 +106,7 @@ fn main() -> ExitCode {
                             standby,
                             auto_conf: auto_conf.clone(),
                             post_sql: post_sql.clone(),
+                            keys: None,
                         }),
                         physical_only: [
                             (in_place, "--in-place"),
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
                         post_sql: (!physical).then_some(post_sql).flatten(),
                         restore_options,
                         dry_run,
+                        identity,
                     },
                     json,
                 )
@@ -133,8 +136,9 @@ fn main() -> ExitCode {
                 backup,
                 all,
                 from,
+                identity,
                 json,
-            } => commands::verify(backup, all, from, json).await,
+            } => commands::verify(backup, all, from, identity, json).await,
         }
     });
     ExitCode::from(code as u8)
@@ -623,6 +627,7 @@ fn render_list(
         "DATABASES".into(),
         "SIZE".into(),
         "AGE".into(),
+        "ENCRYPTED".into(),
     ]];
     for m in manifests {
         rows.push(vec![
@@ -635,6 +640,9 @@ fn render_list(
             },
             pgbackup::table::human_bytes(m.size()),
             human_age(now - m.finished_at),
+            m.encryption
+                .as_ref()
+                .map_or("-".to_string(), |e| e.method.clone()),
         ]);
     }
     let mut out: String = pgbackup::table::lines(&rows)

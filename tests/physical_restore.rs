@@ -47,16 +47,32 @@ struct Scratch {
 
 impl Scratch {
     fn new(stack: &Stack) -> Scratch {
+        Scratch::with_labels(stack, &[])
+    }
+
+    /// A scratch stack whose `pg` service has `labels` besides the usual ones.
+    fn with_labels(stack: &Stack, labels: &[(&str, &str)]) -> Scratch {
         let root = std::env::var("PGBACKUP_E2E_SCRATCH")
             .unwrap_or_else(|_| "/tmp/pgbackup-e2e-scratch".into());
         let project = common::unique(&format!("{}-swap", stack.project));
         let dir = PathBuf::from(root).join(&project);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("compose.yaml");
+        let extra: String = labels
+            .iter()
+            .map(|(k, v)| format!("      {k}: \"{v}\"\n"))
+            .collect();
         let text = COMPOSE
             .replace("PROJECT", &project)
             .replace("IMAGE", &common::postgres_image())
-            .replace("OWNER", &stack.project);
+            .replace(
+                "OWNER",
+                &if extra.is_empty() {
+                    stack.project.clone()
+                } else {
+                    format!("{}\n{}", stack.project, extra.trim_end())
+                },
+            );
         std::fs::write(&file, text).unwrap();
         let s = Scratch { project, dir, file };
         let o = s.compose(&["up", "-d", "--wait"]);
@@ -532,4 +548,108 @@ fn a_switch_cut_off_half_way_is_reported_then_rolled_back_or_finished() {
     let o = s.compose(&["up", "-d", "--wait"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(s.sql(ROWS), "at-backup");
+}
+
+/// An encrypted base backup (README "Encryption"): the object in the bucket is an age file, a
+/// restore without the identity or with a wrong one is refused with nothing changed, pgctl
+/// restores it with the identity, and so do `age -d | zstd -d | tar -x` by hand.
+#[test]
+fn an_encrypted_physical_backup_restores_with_pgctl_and_with_the_age_cli() {
+    let stack = stack!();
+    let (identity, public) = pgbackup::pipeline::crypt::generate();
+    let (other, _) = pgbackup::pipeline::crypt::generate();
+    let s = Scratch::with_labels(&stack, &[("pgbackup.age_recipients", &public)]);
+    let key = s.dir.join("key.txt");
+    std::fs::write(&key, &identity).unwrap();
+    let wrong = s.dir.join("other.txt");
+    std::fs::write(&wrong, &other).unwrap();
+    let (key, wrong) = (key.display().to_string(), wrong.display().to_string());
+
+    s.sql("CREATE TABLE t (v text); INSERT INTO t VALUES ('at-backup')");
+    let prefix = backup(&stack, &s.target());
+    s.sql("INSERT INTO t VALUES ('after-backup')");
+    let m = stack
+        .list(&s.target())
+        .into_iter()
+        .find(|m| m["prefix"] == prefix.as_str())
+        .unwrap();
+    assert_eq!(m["encryption"]["recipients"], serde_json::json!([public]));
+    assert_eq!(m["objects"][0]["name"], "base.tar.zst.age");
+    let cfg = common::s3_config(&stack);
+    let stored = common::get(&cfg, &format!("{prefix}/base.tar.zst.age"));
+    assert!(stored.starts_with(b"age-encryption.org/v1\n"));
+    assert!(
+        !stored.windows(5).any(|w| w == b"ustar"),
+        "tar headers in the clear"
+    );
+
+    // Refused before anything changes: no identity, a wrong one.
+    let id_before = s.container_id();
+    let volumes = s.volumes();
+    let target = s.target();
+    for extra in [vec![], vec!["--identity", wrong.as_str()]] {
+        let mut args = vec!["restore", "latest", "--physical", "--to", &target];
+        args.extend(extra);
+        let o = stack.pgctl(&args);
+        assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+        assert!(stderr(&o).contains(&public), "{}", stderr(&o));
+        assert!(stderr(&o).contains("nothing was changed"), "{}", stderr(&o));
+        assert_eq!(s.container_id(), id_before);
+        assert_eq!(s.volumes(), volumes);
+    }
+    ok(&stack.pgctl(&[
+        "restore",
+        "latest",
+        "--physical",
+        "--to",
+        &s.target(),
+        "--identity",
+        &key,
+    ]));
+    s.wait_healthy();
+    assert_eq!(s.sql(ROWS), "at-backup");
+
+    // By hand, with the age CLI, into a new volume a plain `docker run` then serves.
+    let volume = common::unique("agevol");
+    let server = common::unique("agepg");
+    let image = common::postgres_image();
+    let data = "/var/lib/postgresql/data";
+    let _v = HandMade(volume.clone(), server.clone());
+    let dir = s.dir.display();
+    let script = format!(
+        "age -d -i {key} {dir}/base.tar.zst.age | zstd -d | docker run -i --rm -v {volume}:{data} {image} \
+           sh -c 'tar -x -C {data} && chown -R postgres:postgres {data} && chmod 700 {data}'"
+    );
+    std::fs::write(s.dir.join("base.tar.zst.age"), &stored).unwrap();
+    let o = run(Command::new("bash").args(["-euo", "pipefail", "-c", &script]));
+    assert!(o.status.success(), "{script}\n{}", stderr(&o));
+    let owner = format!("pgbackup-e2e.owner={}", stack.project);
+    let mount = format!("{volume}:{data}");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &server,
+        "--label",
+        &owner,
+        "-e",
+        "POSTGRES_PASSWORD=x",
+        "-v",
+        &mount,
+        &image,
+    ]);
+    common::wait_ready(&server);
+    assert_eq!(psql(&server, "app", "app", ROWS), "at-backup");
+}
+
+/// Removes the by-hand server and its volume when dropped.
+struct HandMade(String, String);
+
+impl Drop for HandMade {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.1]).output();
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", &self.0])
+            .output();
+    }
 }

@@ -185,3 +185,71 @@ fn readme_recipe_restores_a_pg15_exec_custom_backup_into_pg15_exactly() {
     let pg15 = common::postgres15_image();
     recipe("rec15e", &pg15, &[], 1);
 }
+
+/// README "Encryption": the key made as the README says (`age-keygen -o key.txt`), a backup
+/// encrypted to its public key, and the "Encrypted backups with standard tools" block run as
+/// written (its example folder and database object replaced by real ones): `aws s3 cp`,
+/// `sha256sum -c` on the encrypted objects, `age -d | zstd -d | psql / pg_restore`.
+#[test]
+fn readme_recipe_restores_an_encrypted_backup_with_age_and_zstd() {
+    let s = stack!();
+    let image = common::postgres_image();
+    let p = Project::new(&s, &image);
+    let keygen = common::readme_blocks("Encryption", "sh");
+    assert_eq!(
+        keygen.len(),
+        2,
+        "the README's Encryption section changed: {keygen:#?}"
+    );
+    p.sh(&s, &keygen[0]);
+    let key = std::fs::read_to_string(p.dir.join("key.txt")).unwrap();
+    let public = key
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("age-keygen writes the public key")
+        .to_string();
+    let src = source_as(
+        &s,
+        "recenc",
+        &image,
+        "app",
+        &[("pgbackup.age_recipients", &public)],
+    );
+    let _c = Cleanup(src.clone());
+    let before = fingerprint(&src, "app");
+    let m = backup_manifest(&s, &src);
+    assert_eq!(m["encryption"]["recipients"], serde_json::json!([public]));
+    let folder = format!("s3://pgbackup/{}", m["prefix"].as_str().unwrap());
+
+    let blocks = readme_blocks("Encrypted backups with standard tools");
+    assert_eq!(blocks.len(), 1, "{blocks:#?}");
+    let example = blocks[0]
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("B=")
+                .and_then(|v| v.split_whitespace().next())
+        })
+        .expect("the block sets B")
+        .to_string();
+    let per_db = "restore/app.dump.zst.age";
+    let (once, each): (Vec<&str>, Vec<&str>) = blocks[0].lines().partition(|l| !l.contains(per_db));
+    assert_eq!(each.len(), 1, "{blocks:#?}");
+    let out = p.sh(&s, &once.join("\n").replace(&example, &folder));
+    assert!(
+        out.contains(".age: OK"),
+        "sha256sum -c checks the encrypted objects: {out}"
+    );
+    for o in m["objects"].as_array().unwrap() {
+        if o["kind"] != "database" || o["database"] == "postgres" || o["database"] == "app" {
+            continue;
+        }
+        let name = format!("restore/{}", o["name"].as_str().unwrap());
+        p.sh(&s, &each[0].replace(per_db, &name));
+    }
+    assert_restored(
+        &before,
+        &fingerprint(&p.db(), "app"),
+        &[ODD, "globals", SHOP],
+        "README encrypted recipe",
+    );
+}

@@ -583,6 +583,7 @@ fn fake_manifest(target: &str, dir: &str, t: DateTime<Utc>) -> pgbackup::model::
         tool: Tool::default(),
         physical: None,
         facts: None,
+        encryption: None,
     }
 }
 

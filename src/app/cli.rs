@@ -169,6 +169,11 @@ pub enum Command {
         /// Print what would happen and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// An age identity file that decrypts encrypted backups (AGE-SECRET-KEY-1… lines, or an
+        /// unencrypted SSH private key); `-` reads it from standard input. Repeat for several.
+        /// Default: PGBACKUP_AGE_IDENTITY_FILE.
+        #[arg(long = "identity", value_name = "FILE")]
+        identity: Vec<String>,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
@@ -186,8 +191,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-read stored objects and check their sizes and SHA-256 against the manifest.
-    /// Exit 1 when any backup is damaged.
+    /// Re-read stored objects and check their sizes and SHA-256 against the manifest (and,
+    /// with an identity, decrypt encrypted ones). Exit 1 when any backup is damaged.
     Verify {
         /// `latest`, a backup id or a key.
         #[arg(
@@ -202,6 +207,11 @@ pub enum Command {
         /// Whose backups `latest` or a bare id refer to.
         #[arg(long, value_name = "TARGET")]
         from: Option<String>,
+        /// Also decrypt encrypted backups with this age identity file (`-`: standard input),
+        /// which authenticates every chunk of their content; without one, only the stored
+        /// bytes are checked. Default: PGBACKUP_AGE_IDENTITY_FILE.
+        #[arg(long = "identity", value_name = "FILE")]
+        identity: Vec<String>,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,

@@ -15,9 +15,13 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
+use std::sync::Arc;
+
 use crate::model::KeepPolicy;
 use crate::model::Schedule;
+use crate::model::encryption::Recipients;
 use crate::notify::{self, ping::PingUrl};
+use crate::pipeline::crypt::Identities;
 
 /// A configuration error always names the variable and the expected form.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,6 +73,8 @@ pub const VARIABLES: &[&str] = &[
     "S3_TIMEOUT",
     "PGBACKUP_SCHEDULE",
     "PGBACKUP_DRILL_SCHEDULE",
+    "PGBACKUP_AGE_RECIPIENTS",
+    "PGBACKUP_AGE_IDENTITY",
     "PGBACKUP_CONCURRENCY",
     "PGBACKUP_RUN_ON_STARTUP",
     "PGBACKUP_RESYNC_INTERVAL",
@@ -107,6 +113,10 @@ struct Raw {
     s3_timeout: Option<String>,
     pgbackup_schedule: Option<String>,
     pgbackup_drill_schedule: Option<String>,
+    pgbackup_age_recipients: Option<String>,
+    pgbackup_age_identity: Option<String>,
+    /// Where `pgbackup_age_identity` was read from, for messages.
+    pgbackup_age_identity_file: Option<String>,
     pgbackup_concurrency: Option<String>,
     pgbackup_run_on_startup: Option<String>,
     pgbackup_resync_interval: Option<String>,
@@ -218,6 +228,8 @@ pub struct Config {
     pub timezone: Tz,
     pub keep: KeepPolicy,
     pub scope: scope::Setting,
+    pub age_recipients: Option<Recipients>,
+    pub age_identity: Option<Arc<Identities>>,
     pub min_backups: u32,
     /// `None` disables the HTTP server.
     pub http_addr: Option<SocketAddr>,
@@ -241,6 +253,11 @@ pub struct Defaults {
     pub keep: KeepPolicy,
     /// `PGBACKUP_SCOPE`: which containers this sidecar acts on.
     pub scope: scope::Setting,
+    /// `PGBACKUP_AGE_RECIPIENTS`: every backup is encrypted to these (a label overrides).
+    pub age_recipients: Option<Recipients>,
+    /// `PGBACKUP_AGE_IDENTITY_FILE`: what decrypts backups for restores, verify, drills and
+    /// copies (`--identity` overrides). Usually unset in the sidecar that writes backups.
+    pub age_identity: Option<Arc<Identities>>,
 }
 
 impl Config {
@@ -310,6 +327,8 @@ impl Config {
             timezone: defaults.timezone,
             keep: defaults.keep,
             scope: defaults.scope,
+            age_recipients: defaults.age_recipients,
+            age_identity: defaults.age_identity,
             min_backups,
             http_addr,
             log_format,
@@ -326,6 +345,8 @@ impl Config {
             timezone: self.timezone,
             keep: self.keep.clone(),
             scope: self.scope.clone(),
+            age_recipients: self.age_recipients.clone(),
+            age_identity: self.age_identity.clone(),
         }
     }
 }
@@ -401,6 +422,26 @@ impl Defaults {
                 Some(v) => scope::Setting::parse(&v).map_err(|e| {
                     invalid("PGBACKUP_SCOPE", &v, &format!("{} ({e})", scope::EXPECTED))
                 })?,
+            },
+            age_recipients: match non_empty(raw.pgbackup_age_recipients.clone()) {
+                None => None,
+                Some(v) => Some(
+                    Recipients::parse(&v)
+                        .map_err(|e| ConfigError::Other(format!("PGBACKUP_AGE_RECIPIENTS: {e}")))?,
+                ),
+            },
+            // The message names the file, never a line of it.
+            age_identity: match non_empty(raw.pgbackup_age_identity.clone()) {
+                None => None,
+                Some(v) => {
+                    let source = match &raw.pgbackup_age_identity_file {
+                        Some(path) => format!("PGBACKUP_AGE_IDENTITY_FILE={path}"),
+                        None => "PGBACKUP_AGE_IDENTITY".to_string(),
+                    };
+                    Some(Arc::new(
+                        Identities::parse(&v, &source).map_err(ConfigError::Other)?,
+                    ))
+                }
             },
         })
     }

@@ -258,6 +258,7 @@ async fn logical(
         kind: Kind::Logical,
         options: vec![],
         post_sql: None,
+        keys: ctx.defaults.age_identity.clone(),
     };
     let plan = restore::plan_into(ctx.docker, ctx.defaults, m.clone(), None, &req, sandbox)
         .await
@@ -355,8 +356,17 @@ async fn physical(
         .await
         .map_err(|e| format!("cannot start tar in the drill's server: {e}"))?;
     let mut sink = TarSink(input);
-    let streamed =
-        restore::stream_object(ctx.store, m, object, "tar", &mut sink, &restore::Quiet).await;
+    let keys = ctx.defaults.age_identity.as_deref();
+    let streamed = restore::stream_object(
+        ctx.store,
+        m,
+        object,
+        keys,
+        "tar",
+        &mut sink,
+        &restore::Quiet,
+    )
+    .await;
     {
         use tokio::io::AsyncWriteExt;
         let _ = sink.0.shutdown().await;

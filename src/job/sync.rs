@@ -163,6 +163,7 @@ async fn copy(
         kind: Kind::Logical,
         options: vec![],
         post_sql: spec.post_sql.clone(),
+        keys: ctx.defaults.age_identity.clone(),
     };
     let plan = restore::plan_into(ctx.docker, ctx.defaults, m, None, &req, container)
         .await

@@ -81,6 +81,9 @@ pub struct Manifest {
     /// dump options leave no table or row out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<super::facts::Facts>,
+    /// Set when every object is encrypted (age): to whom. `SHA256SUMS` and this file are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::encryption::Encryption>,
 }
 
 /// What a physical restore must match and know.
@@ -130,6 +133,7 @@ impl Manifest {
             tool: Tool::default(),
             physical: None,
             facts: None,
+            encryption: None,
         }
     }
 }
@@ -207,6 +211,7 @@ mod tests {
             tool: Tool::default(),
             physical: None,
             facts: None,
+            encryption: None,
         };
         let back = Manifest::from_json(m.to_json().as_bytes()).unwrap();
         assert_eq!(back, m);

@@ -3,6 +3,7 @@
 //! storage layout ([`layout`]), the manifest ([`manifest`]), retention policies ([`keep`]), cron schedules ([`schedule`]), what a backup holds
 //! for restore drills ([`facts`]).
 
+pub mod encryption;
 pub mod facts;
 pub mod keep;
 pub mod layout;

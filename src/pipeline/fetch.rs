@@ -10,7 +10,9 @@ use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 
+use super::crypt::{self, Identities, OpenError};
 use crate::model::Compression;
+use crate::model::encryption;
 use crate::model::manifest::{Manifest, Object};
 use crate::store::{BoxRead, Store};
 
@@ -118,6 +120,82 @@ pub fn compression_of(m: &Manifest) -> Result<Compression, String> {
     })
 }
 
+/// Why the content of an object cannot be read, found before any of it is.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error("{0}")]
+    Damage(#[from] Damage),
+    /// Encrypted, and no identity given can decrypt it: bad input, nothing was read.
+    #[error("{0}")]
+    Locked(String),
+    /// A compression or encryption this pgctl does not know.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Whether the objects of `m` are age files; an encryption this pgctl does not know is an
+/// error.
+pub fn encrypted(m: &Manifest) -> Result<bool, String> {
+    match &m.encryption {
+        None => Ok(false),
+        Some(e) if e.method == encryption::AGE => Ok(true),
+        Some(e) => Err(format!(
+            "backup {} is encrypted with {:?}, which this pgctl does not read: upgrade pgbackup",
+            m.backup_id, e.method
+        )),
+    }
+}
+
+/// What to do when an encrypted backup must be read: who can decrypt it.
+fn recipients_of(m: &Manifest) -> String {
+    m.encryption
+        .as_ref()
+        .map(|e| e.recipients.join(", "))
+        .unwrap_or_default()
+}
+
+/// The content of one object as pg_dump wrote it: stored bytes → size + SHA-256 (the
+/// returned [`Tallies`]) → age decryption when the backup is encrypted → decompression. The
+/// age header is read and the file key unwrapped here, so a missing or wrong identity fails
+/// before any content is read.
+pub async fn content(
+    store: &dyn Store,
+    m: &Manifest,
+    o: &Object,
+    keys: Option<&Identities>,
+) -> Result<(BoxRead<'static>, Tallies), Unreadable> {
+    let compression = compression_of(m).map_err(Unreadable::Unsupported)?;
+    let sealed = encrypted(m).map_err(Unreadable::Unsupported)?;
+    let keys = match (sealed, keys) {
+        (false, _) => None,
+        (true, Some(k)) => Some(k),
+        (true, None) => {
+            return Err(Unreadable::Locked(format!(
+                "backup {} is encrypted with age (to {}): give an identity that can decrypt it with --identity FILE or PGBACKUP_AGE_IDENTITY_FILE",
+                m.backup_id,
+                recipients_of(m)
+            )));
+        }
+    };
+    let body = open(store, m, o).await?;
+    let (checked, tallies) = Checked::new(body);
+    let plain: BoxRead<'static> = match keys {
+        None => Box::new(checked),
+        Some(keys) => crypt::decrypt(checked, keys).await.map_err(|e| match e {
+            OpenError::NoMatchingKey { .. } => Unreadable::Locked(format!(
+                "backup {} is encrypted to {}, and {e}: give the identity of one of those recipients",
+                m.backup_id,
+                recipients_of(m)
+            )),
+            OpenError::Damaged(reason) => Unreadable::Damage(Damage::Unreadable {
+                name: o.name.clone(),
+                reason: format!("not a readable age file ({reason})"),
+            }),
+        })?,
+    };
+    Ok((decompress(plain, compression), tallies))
+}
+
 /// Opens one object of a backup as a stream of its stored bytes.
 pub async fn open(store: &dyn Store, m: &Manifest, o: &Object) -> Result<BoxRead<'static>, Damage> {
     get(store, m, &o.name).await
@@ -206,17 +284,82 @@ pub fn sums_problem(text: &str, m: &Manifest) -> Option<String> {
     })
 }
 
-/// Reads one object to the end and checks its size and SHA-256 against the manifest.
-pub async fn verify_object(store: &dyn Store, m: &Manifest, o: &Object) -> Result<(), Damage> {
+/// What [`verify_object`] read of an object whose stored bytes matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// The stored bytes (an unencrypted object, or no identity given).
+    Stored,
+    /// The stored bytes, and the age file decrypted whole: every chunk authenticated.
+    Decrypted,
+}
+
+/// Reads one object to the end and checks its size and SHA-256 against the manifest; an
+/// encrypted object is decrypted on the way when `keys` are given.
+pub async fn verify_object(
+    store: &dyn Store,
+    m: &Manifest,
+    o: &Object,
+    keys: Option<&Identities>,
+) -> Result<Verified, Unreadable> {
+    let sealed = encrypted(m).map_err(Unreadable::Unsupported)?;
+    let body = open(store, m, o).await?;
+    let (checked, tallies) = Checked::new(body);
+    let (mut reader, verified): (BoxRead<'static>, _) = match keys.filter(|_| sealed) {
+        None => (Box::new(checked), Verified::Stored),
+        Some(keys) => match crypt::decrypt(checked, keys).await {
+            Ok(r) => (r, Verified::Decrypted),
+            Err(OpenError::NoMatchingKey { .. }) => {
+                // The stored bytes are still checked; the content cannot be.
+                recheck(store, m, o).await?;
+                return Err(Unreadable::Locked(format!(
+                    "{}: the stored bytes match, but none of the identities in {} can decrypt it (encrypted to {})",
+                    o.name,
+                    keys.source,
+                    recipients_of(m)
+                )));
+            }
+            Err(OpenError::Damaged(reason)) => {
+                return Err(Unreadable::Damage(Damage::Unreadable {
+                    name: o.name.clone(),
+                    reason: format!("not a readable age file ({reason})"),
+                }));
+            }
+        },
+    };
+    match tokio::io::copy(&mut reader, &mut tokio::io::sink()).await {
+        Ok(_) => {
+            tallies.verdict(o)?;
+            Ok(verified)
+        }
+        Err(e) => {
+            // A read cut short says nothing about the object: its stored bytes are read again
+            // whole, so damage is named as such.
+            let read = tallies.bytes();
+            drop(reader);
+            recheck(store, m, o).await?;
+            Err(Unreadable::Damage(Damage::Unreadable {
+                name: o.name.clone(),
+                reason: format!(
+                    "reading failed after {read} bytes: {e} (the stored bytes, read again, match the manifest)"
+                ),
+            }))
+        }
+    }
+}
+
+/// Reads `o`'s stored bytes once more, whole, and checks their size and SHA-256.
+pub async fn recheck(store: &dyn Store, m: &Manifest, o: &Object) -> Result<(), Damage> {
     let body = open(store, m, o).await?;
     let (mut checked, tallies) = Checked::new(body);
-    tokio::io::copy(&mut checked, &mut tokio::io::sink())
-        .await
-        .map_err(|e| Damage::Unreadable {
+    let copied = tokio::io::copy(&mut checked, &mut tokio::io::sink()).await;
+    match (tallies.verdict(o), copied) {
+        (Err(d), _) => Err(d),
+        (Ok(()), Err(e)) => Err(Damage::Unreadable {
             name: o.name.clone(),
-            reason: format!("reading failed after {} bytes: {e}", tallies.bytes()),
-        })?;
-    tallies.verdict(o)
+            reason: e.to_string(),
+        }),
+        (Ok(()), Ok(_)) => Ok(()),
+    }
 }
 
 #[cfg(test)]

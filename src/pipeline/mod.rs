@@ -1,6 +1,7 @@
 //! The streaming pipeline between a dump and the store: bytes → compression → SHA-256 and byte
 //! count → [`Store::upload`]. No temporary files; memory is bounded by the store's buffers.
 
+pub mod crypt;
 pub mod fetch;
 
 use std::sync::Arc;

@@ -85,6 +85,13 @@ pub async fn execute(
     progress: &dyn Progress,
 ) -> Result<Outcome, RestoreError> {
     check(plan)?;
+    check_keys(
+        store,
+        &plan.manifest,
+        &objects_of(plan),
+        plan.keys.as_deref(),
+    )
+    .await?;
     let started = std::time::Instant::now();
     let access = exec_access(docker, &plan.container, &plan.user);
     let maint = maintenance_db(plan);
@@ -291,6 +298,7 @@ pub(super) async fn load(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(
                 s.store,
                 &plan.manifest,
                 &d.object,
+                plan.keys.as_deref(),
                 &label,
                 &mut sink,
                 s.progress,
@@ -331,6 +339,7 @@ async fn convert(
             s.store,
             &plan.manifest,
             &d.object,
+            plan.keys.as_deref(),
             &conv.what,
             &mut conv.input,
             s.progress,

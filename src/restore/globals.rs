@@ -116,19 +116,26 @@ pub(super) async fn globals_script(
         )));
     }
     let m = &plan.manifest;
-    let compression = fetch::compression_of(m).map_err(RestoreError::Failed)?;
-    let body = fetch::open(store, m, g)
+    let (mut reader, tallies) = fetch::content(store, m, g, plan.keys.as_deref())
         .await
-        .map_err(|e| RestoreError::Failed(e.to_string()))?;
-    let (checked, tallies) = Checked::new(body);
+        .map_err(RestoreError::unreadable)?;
     let mut text = String::new();
-    let read = fetch::decompress(checked, compression)
-        .read_to_string(&mut text)
-        .await;
+    let read = reader.read_to_string(&mut text).await;
+    drop(reader);
+    if let Err(e) = read {
+        // Cut short: the stored object, read again whole, tells damage from a broken read.
+        let damage = match fetch::recheck(store, m, g).await {
+            Err(d) => format!("; {d}"),
+            Ok(()) => format!("; {} itself is intact (read again)", g.name),
+        };
+        return Err(RestoreError::Failed(format!(
+            "reading {} failed: {e}{damage}: nothing was restored",
+            g.name
+        )));
+    }
     tallies
         .verdict(g)
         .map_err(|e| RestoreError::Failed(format!("{e}: nothing was restored")))?;
-    read.map_err(|e| RestoreError::Failed(format!("reading {} failed: {e}", g.name)))?;
     let existing: BTreeSet<String> = access
         .query("postgres", "SELECT rolname FROM pg_roles")
         .await?

@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,7 +33,8 @@ use crate::engine::pg::{self, Access, PgError, PgStream};
 use crate::model::layout::{self, BackupId, Kind};
 use crate::model::manifest::{Manifest, Object, ObjectKind};
 use crate::model::{Format, TargetId};
-use crate::pipeline::fetch::{self, Checked, Damage};
+use crate::pipeline::crypt::Identities;
+use crate::pipeline::fetch::{self, Damage};
 use crate::store::Store;
 use crate::store::catalog;
 
@@ -160,6 +162,17 @@ impl From<DockerError> for RestoreError {
 }
 
 impl RestoreError {
+    /// An object that cannot be read: a missing or wrong identity is bad input (the target is
+    /// untouched: [`check_keys`] runs before anything changes), damage a failure.
+    pub fn unreadable(e: fetch::Unreadable) -> RestoreError {
+        match e {
+            fetch::Unreadable::Locked(m) | fetch::Unreadable::Unsupported(m) => {
+                RestoreError::Usage(m)
+            }
+            fetch::Unreadable::Damage(d) => RestoreError::Failed(d.to_string()),
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             RestoreError::Usage(_) => crate::exit::USAGE,
@@ -181,6 +194,8 @@ pub struct Request {
     pub options: Vec<String>,
     /// `--post-sql`: scripts run once the restored databases have their names.
     pub post_sql: Option<std::path::PathBuf>,
+    /// `--identity` / `PGBACKUP_AGE_IDENTITY_FILE`: what decrypts an encrypted backup.
+    pub keys: Option<Arc<Identities>>,
 }
 
 #[cfg(test)]
@@ -397,6 +412,7 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
             options: vec![],
             scripts: vec![],
             scripts_database: "postgres".into(),
+            keys: None,
         }
     }
 

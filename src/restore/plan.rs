@@ -36,6 +36,8 @@ pub struct Plan {
     pub scripts: Vec<super::scripts::Script>,
     /// The database the scripts start in: the target's `POSTGRES_DB` (or its user's).
     pub scripts_database: String,
+    /// What decrypts the backup's objects, when it is encrypted.
+    pub keys: Option<Arc<Identities>>,
 }
 
 impl Plan {
@@ -78,6 +80,20 @@ impl fmt::Display for Plan {
             self.server_major,
             self.user
         )?;
+        if let Some(e) = &m.encryption {
+            writeln!(
+                f,
+                "  encrypted  with {} to {}; decrypted with {}",
+                e.method,
+                e.recipients.join(", "),
+                self.keys
+                    .as_ref()
+                    .map_or("(no identity given)".to_string(), |k| format!(
+                        "the identities in {}",
+                        k.source
+                    ))
+            )?;
+        }
         if self.server_major > m.postgres.major {
             writeln!(
                 f,
@@ -316,6 +332,7 @@ pub async fn plan_into(
         options,
         scripts,
         scripts_database,
+        keys: req.keys.clone(),
     })
 }
 

@@ -198,22 +198,55 @@ pub trait ChunkSink: Send {
     fn send(&mut self, chunk: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
 }
 
-/// Streams one object of `m` (S3 → size + SHA-256 → decompression) into `sink`, then checks the
-/// manifest's size and checksum. `what` names the destination in errors.
+/// The objects a logical restore reads: the roles, then each database.
+pub fn objects_of(plan: &Plan) -> Vec<&Object> {
+    let mut all: Vec<&Object> = plan.globals.iter().collect();
+    for d in &plan.databases {
+        all.push(&d.object);
+    }
+    all
+}
+
+/// Opens every object a restore will read far enough to know it can be decrypted: a missing or
+/// wrong identity, or an object that is not an age file, is refused before anything changes.
+/// Nothing is read for an unencrypted backup.
+pub async fn check_keys(
+    store: &dyn Store,
+    m: &Manifest,
+    objects: &[&Object],
+    keys: Option<&Identities>,
+) -> Result<(), RestoreError> {
+    if !fetch::encrypted(m).map_err(RestoreError::Usage)? {
+        return Ok(());
+    }
+    for o in objects {
+        if let Err(e) = fetch::content(store, m, o, keys).await {
+            return Err(match RestoreError::unreadable(e) {
+                RestoreError::Usage(why) => {
+                    RestoreError::Usage(format!("{why} (nothing was changed)"))
+                }
+                other => RestoreError::Failed(format!("{other}: nothing was changed")),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Streams one object of `m` (S3 → size + SHA-256 → decryption → decompression, see
+/// [`fetch::content`]) into `sink`, then checks the manifest's size and checksum. `what` names
+/// the destination in errors.
 pub async fn stream_object(
     store: &dyn Store,
     m: &Manifest,
     object: &Object,
+    keys: Option<&Identities>,
     what: &str,
     sink: &mut impl ChunkSink,
     progress: &dyn Progress,
 ) -> Result<(), RestoreError> {
-    let compression = fetch::compression_of(m).map_err(RestoreError::Failed)?;
-    let body = fetch::open(store, m, object)
+    let (mut reader, tallies) = fetch::content(store, m, object, keys)
         .await
-        .map_err(|e| RestoreError::Failed(e.to_string()))?;
-    let (checked, tallies) = Checked::new(body);
-    let mut reader = fetch::decompress(checked, compression);
+        .map_err(RestoreError::unreadable)?;
     progress.start(what, object.size);
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -225,7 +258,7 @@ pub async fn stream_object(
                 // whole to tell damage from a broken connection.
                 progress.finish();
                 let read = tallies.bytes();
-                let damage = match recheck(store, m, object).await {
+                let damage = match fetch::recheck(store, m, object).await {
                     Err(d) => format!("; {d}"),
                     Ok(()) => format!("; {} itself is intact (read again)", object.name),
                 };
@@ -244,7 +277,7 @@ pub async fn stream_object(
             // the stream's end shows the damage: the stored object is read again whole so the
             // error names the real cause.
             progress.finish();
-            let damage = match recheck(store, m, object).await {
+            let damage = match fetch::recheck(store, m, object).await {
                 Err(d) => format!("; {d}: restore rolled back"),
                 Ok(()) => String::new(),
             };
@@ -258,21 +291,6 @@ pub async fn stream_object(
     tallies
         .verdict(object)
         .map_err(|e: Damage| RestoreError::Failed(format!("{e}: restore rolled back")))
-}
-
-/// Reads `object`'s stored bytes once more, whole, and checks their size and SHA-256.
-async fn recheck(store: &dyn Store, m: &Manifest, object: &Object) -> Result<(), Damage> {
-    let body = fetch::open(store, m, object).await?;
-    let (mut checked, tallies) = Checked::new(body);
-    let copied = tokio::io::copy(&mut checked, &mut tokio::io::sink()).await;
-    match (tallies.verdict(object), copied) {
-        (Err(d), _) => Err(d),
-        (Ok(()), Err(e)) => Err(Damage::Unreadable {
-            name: object.name.clone(),
-            reason: e.to_string(),
-        }),
-        (Ok(()), Ok(_)) => Ok(()),
-    }
 }
 
 #[cfg(test)]
@@ -305,7 +323,7 @@ mod tests {
             .put(&format!("{}/{}", m.prefix, o.name), Bytes::from(data))
             .await
             .unwrap();
-        stream_object(&store, &m, &o, "psql", &mut Refusing, &Quiet)
+        stream_object(&store, &m, &o, None, "psql", &mut Refusing, &Quiet)
             .await
             .unwrap_err()
             .to_string()

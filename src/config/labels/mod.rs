@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::config::Defaults;
 use crate::model::KeepPolicy;
 use crate::model::Schedule;
+use crate::model::encryption::Recipients;
 use crate::model::{Compression, Databases, Format, Method, TargetId};
 use crate::notify::ping::{self, PingUrl};
 
@@ -30,6 +31,7 @@ pub const KNOWN: &[&str] = &[
     "pgbackup.compression",
     "pgbackup.dump_options",
     "pgbackup.restore_options",
+    "pgbackup.age_recipients",
     "pgbackup.physical.schedule",
     "pgbackup.drill.schedule",
     "pgbackup.sync.from",
@@ -80,6 +82,9 @@ pub struct TargetSpec {
     /// Shown as its host only (the path is the check's secret).
     pub ping_url: Option<PingUrl>,
     pub hooks: Hooks,
+    /// Every object is encrypted to these (`pgbackup.age_recipients`, else
+    /// `PGBACKUP_AGE_RECIPIENTS`; `none` turns it off for this target).
+    pub age_recipients: Option<Recipients>,
 }
 
 /// Commands run inside the target's container around each backup (`pgbackup.hook.*`).
@@ -297,6 +302,7 @@ pub fn parse(
     let prefix = r.prefix(id);
     let ping_url = r.ping_url();
     let hooks = r.hooks();
+    let age_recipients = r.age_recipients(defaults);
 
     let mut errors = r.errors;
     if !errors.is_empty() {
@@ -323,6 +329,7 @@ pub fn parse(
         prefix,
         ping_url,
         hooks,
+        age_recipients,
     })
 }
 
@@ -473,6 +480,36 @@ impl<'a> Reader<'a> {
             self.err("pgbackup.dump_options", v, &why);
             vec![]
         })
+    }
+
+    /// `pgbackup.age_recipients`: a list, or `none`; unset means `PGBACKUP_AGE_RECIPIENTS`.
+    fn age_recipients(&mut self, defaults: &Defaults) -> Option<Recipients> {
+        const LABEL: &str = "pgbackup.age_recipients";
+        let Some(v) = self.get(LABEL) else {
+            return defaults.age_recipients.clone();
+        };
+        if v.eq_ignore_ascii_case("none") {
+            return None;
+        }
+        match Recipients::parse(v) {
+            Ok(r) => Some(r),
+            Err(why) => {
+                // A private key pasted here must not be shown again in status and logs.
+                let shown = if v.contains("AGE-SECRET-KEY") || v.contains("PRIVATE KEY") {
+                    "(hidden: it holds a private key)"
+                } else {
+                    v
+                };
+                self.err(
+                    LABEL,
+                    shown,
+                    &format!("{} or none ({why})", Recipients::EXPECTED),
+                );
+                // Never fall back to writing unencrypted backups of a target meant to be
+                // encrypted: the target is invalid until the label is fixed.
+                None
+            }
+        }
     }
 
     fn restore_options(&mut self) -> Vec<String> {

@@ -57,7 +57,7 @@ async fn stream_base(
     spec: &TargetSpec,
     dir: &str,
 ) -> Result<Object, BackupError> {
-    let name = layout::base_object(spec.compression);
+    let name = sealed_name(spec, layout::base_object(spec.compression));
     let key = layout::join(&[dir, &name]);
     let args: Vec<String> = [
         "--no-password",
@@ -155,6 +155,7 @@ pub async fn physical(
                 image: c.image.clone(),
             }),
             facts: None,
+            encryption: encryption_of(spec),
         };
         commit_manifest(ctx, &dir, m).await
     }

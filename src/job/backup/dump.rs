@@ -185,7 +185,15 @@ pub(super) async fn dump_object(
     let (counted, raw) = pipeline::counting(&mut filtered);
     // The pipeline borrows the stream; it is finished (exit code) once the upload is done.
     let compressed = pipeline::compress(counted, spec.compression);
-    let uploaded = pipeline::store_stream(ctx.store, key, compressed).await;
+    // Encrypted after compression (ciphertext does not compress), before the hash: the
+    // SHA-256 is of the stored bytes, so `sha256sum -c` and verify work without the key.
+    let uploaded = match &spec.age_recipients {
+        None => pipeline::store_stream(ctx.store, key, compressed).await,
+        Some(to) => match crate::pipeline::crypt::encrypt(compressed, to) {
+            Ok(sealed) => pipeline::store_stream(ctx.store, key, sealed).await,
+            Err(e) => Err(UploadError::Read(e)),
+        },
+    };
     drop(filtered);
     let exit = stream.finish().await?;
     if exit.code != 0 {

@@ -111,6 +111,17 @@ pub fn pg_dump_args(spec: &TargetSpec, db: &str, snapshot: Option<&str>) -> Vec<
     args
 }
 
+/// An object's name as stored: `.age` appended when the target's backups are encrypted.
+fn sealed_name(spec: &TargetSpec, name: String) -> String {
+    crate::model::encryption::object_name(name, spec.age_recipients.is_some())
+}
+
+/// What the manifest records of the target's encryption (recipients' public keys and
+/// fingerprints only).
+fn encryption_of(spec: &TargetSpec) -> Option<crate::model::encryption::Encryption> {
+    spec.age_recipients.as_ref().map(|r| r.record())
+}
+
 /// The roles and tablespaces, by the server's own `pg_dumpall`, inside the target whatever the
 /// method: a newer pg_dumpall leaves out what it does not read from an older server
 /// (pg_dumpall 17 writes no GRANTED BY for servers before 16), and the roles are small.
@@ -120,7 +131,7 @@ async fn dump_globals(
     spec: &TargetSpec,
     dir: &str,
 ) -> Result<Object, BackupError> {
-    let name = layout::globals_object(spec.compression);
+    let name = sealed_name(spec, layout::globals_object(spec.compression));
     let key = layout::join(&[dir, &name]);
     let own = Access::Exec {
         docker: ctx.docker.clone(),
@@ -175,7 +186,10 @@ pub async fn logical(
             objects.push(dump_globals(ctx, &c, spec, &dir).await?);
         }
         for db in &dbs {
-            let name = layout::database_object(db, spec.format, spec.compression);
+            let name = sealed_name(
+                spec,
+                layout::database_object(db, spec.format, spec.compression),
+            );
             // Names are one-to-one (layout::database_object); this guards the manifest anyway:
             // two objects under one name would overwrite each other and fail every restore.
             if let Some(other) = objects.iter().find(|o: &&Object| o.name == name) {
@@ -253,6 +267,7 @@ pub async fn logical(
             tool: manifest::Tool::default(),
             physical: None,
             facts: counted,
+            encryption: encryption_of(spec),
         };
         commit_manifest(ctx, &dir, m).await
     }

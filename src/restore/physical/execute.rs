@@ -29,6 +29,7 @@ pub(super) async fn unpack(
         store,
         &plan.manifest,
         &plan.object,
+        plan.options.keys.as_deref(),
         "tar",
         &mut sink,
         progress,
@@ -185,6 +186,8 @@ pub async fn execute(
     plan: &Plan,
     progress: &dyn Progress,
 ) -> Result<Outcome, RestoreError> {
+    let keys = plan.options.keys.as_deref();
+    crate::restore::check_keys(store, &plan.manifest, &[&plan.object], keys).await?;
     let started = Instant::now();
     let mut undo = Undo::default();
     let result = {
@@ -329,7 +332,8 @@ pub(super) async fn in_place(
     let s = &plan.service;
     // Read it once first: damage must show before the old data is deleted.
     progress.start("verify", plan.object.size);
-    let verified = fetch::verify_object(store, &plan.manifest, &plan.object).await;
+    let keys = plan.options.keys.as_deref();
+    let verified = fetch::verify_object(store, &plan.manifest, &plan.object, keys).await;
     progress.finish();
     verified.map_err(|e| RestoreError::Failed(format!("{e}: nothing was changed")))?;
     docker.stop_container(&s.container_id).await?;

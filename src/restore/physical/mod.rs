@@ -76,6 +76,8 @@ pub struct Options {
     pub auto_conf: Option<PathBuf>,
     /// `*.sql` files run in name order once the restored server answers.
     pub post_sql: Option<PathBuf>,
+    /// What decrypts an encrypted base backup.
+    pub keys: Option<std::sync::Arc<crate::pipeline::crypt::Identities>>,
 }
 
 /// Files the options name, read before anything starts.

@@ -49,6 +49,7 @@ fn manifest(major: u32, kind: Kind) -> Manifest {
             image: "postgres:17".into(),
         }),
         facts: None,
+        encryption: None,
     }
 }
 
