@@ -93,6 +93,29 @@ measure() {
     log "$label: raw $RAW_RATE MB/s, pgbackup $PGB_RATE MB/s, naive $NAIVE_RATE MB/s, peak RSS $PEAK MiB"
 }
 
+# sidecar [ENV=VALUE…]: (re)creates the sidecar with these variables, waits until healthy.
+sidecar() {
+    env "$@" "${compose[@]}" up -d --force-recreate backup >/dev/null 2>&1
+    scripts/wait-healthy.sh "${compose[@]}" 2>/dev/null
+    sleep 3
+}
+
+# measure_encrypted LABEL RAW_BYTES: the same backup with every object encrypted to an age key
+# (README "Encryption"), by a fresh sidecar with PGBACKUP_AGE_RECIPIENTS; one markdown row.
+measure_encrypted() {
+    local label=$1 raw_bytes=$2 out enc_s stored peak
+    age-keygen -o "$KEYDIR/key.txt" 2>/dev/null
+    sidecar PGBACKUP_AGE_RECIPIENTS="$(age-keygen -y "$KEYDIR/key.txt")"
+    out=$(docker exec "$SIDECAR" pgctl backup --wait --json "$P/db")
+    enc_s=$(printf '%s' "$out" | python3 -c "import json,sys; r=json.load(sys.stdin)['outcomes'][0]; assert r['ok'], r; print(r['result']['duration_seconds'])")
+    stored=$(printf '%s' "$out" | python3 -c "import json,sys; print(json.load(sys.stdin)['outcomes'][0]['result']['bytes'])")
+    peak=$(docker exec "$SIDECAR" awk '/VmHWM/ {print int($2/1024)}' /proc/1/status)
+    sidecar PGBACKUP_AGE_RECIPIENTS=
+    ENC_RATE=$(rate "$raw_bytes" "$enc_s")
+    EROWS+="| $label | $PGB_RATE MB/s | $(secs "$enc_s") s · $ENC_RATE MB/s ($((stored / 1024 / 1024)) MiB stored) | $(ratio "$ENC_RATE" "$PGB_RATE")× | $peak MiB |"$'\n'
+    log "$label encrypted: $ENC_RATE MB/s ($(ratio "$ENC_RATE" "$PGB_RATE")× unencrypted), peak RSS $peak MiB"
+}
+
 # measure_restore LABEL RAW_BYTES: local pg_restore, pgctl restore, naive; one markdown row.
 measure_restore() {
     local label=$1 raw_bytes=$2 t0 t1 local_s pgb_s naive_s peak
@@ -138,20 +161,26 @@ measure_restore() {
     log "$label restore: local $LOCAL_R MB/s, pgbackup $PGB_R MB/s, naive $NAIVE_R MB/s, pgctl peak RSS $peak MiB"
 }
 
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+KEYDIR=$(mktemp -d)
 ROWS=""
 RROWS=""
+EROWS=""
 fill "$SCALE" 1500000
 measure "1x"
 measure_restore "1x" "$RAW_BYTES"
+# After the restore: `latest` is then the encrypted backup.
+measure_encrypted "1x" "$RAW_BYTES"
+BASE_ENC=$ENC_RATE
 BASE_PGB=$PGB_RATE BASE_RAW=$RAW_RATE BASE_NAIVE=$NAIVE_RATE BASE_PEAK=$PEAK
 BASE_LOCAL_R=$LOCAL_R BASE_PGB_R=$PGB_R BASE_NAIVE_R=$NAIVE_R
 if [ "${BENCH_SKIP_4X:-0}" != 1 ]; then
     fill $((SCALE * 4)) 6000000
     measure "4x"
     measure_restore "4x" "$RAW_BYTES"
+    measure_encrypted "4x" "$RAW_BYTES"
 fi
-
-ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+rm -rf "$KEYDIR"
 # Everything from "## History" on is written by people: kept as it is.
 notes=$(sed -n '/^## History/,$p' BENCHMARKS.md 2>/dev/null || true)
 cat >BENCHMARKS.md <<MD
@@ -169,6 +198,15 @@ Base size: pgbackup reaches **$(ratio "$BASE_PGB" "$BASE_RAW")×** the raw dump 
 **$(ratio "$BASE_PGB" "$BASE_NAIVE")×** the naive pipeline; peak sidecar memory $BASE_PEAK MiB.
 Targets (SPEC §9): ≥ 0.90× raw, ≥ 3× naive, ≤ 64 MiB at every size.
 
+The same backup encrypted with age (\`PGBACKUP_AGE_RECIPIENTS\`, a fresh sidecar; README
+"Encryption"):
+
+| size | pgbackup | pgbackup + age → Garage | encrypted ÷ unencrypted | sidecar peak RSS |
+|---|---|---|---|---|
+$EROWS
+Base size: encrypted backups run at **$(ratio "$BASE_ENC" "$BASE_PGB")×** the unencrypted rate.
+Target: ≥ 0.9×.
+
 Restore into \`db-restore\` (a fresh database each time; rates are dump bytes per second):
 
 | size | local \`pg_restore --single-transaction\` of the file | \`pgctl restore latest\` from Garage | naive \`aws s3 cp - \| gunzip \| psql -1\` | pgctl peak RSS |
@@ -182,6 +220,7 @@ Commands, exactly as run:
 \`\`\`sh
 docker exec $DB pg_dump -U app -Fc -Z0 app | wc -c                       # raw
 docker exec $SIDECAR pgctl backup --wait --json $P/db                    # pgbackup (zstd:3)
+PGBACKUP_AGE_RECIPIENTS=\$(age-keygen -y key.txt) docker compose up -d backup   # then the same backup, encrypted
 docker exec $DB pg_dump -U app app | gzip | aws --endpoint-url http://\$GARAGE s3 cp - s3://pgbackup/naive/app.sql.gz
 docker exec $SIDECAR awk '/VmHWM/' /proc/1/status                         # peak RSS, fresh sidecar per size
 docker exec $RDB pg_restore -U app -d app_local --single-transaction /tmp/bench.dump       # local restore

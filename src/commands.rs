@@ -12,9 +12,9 @@ use pgbackup::config::Config;
 use pgbackup::discovery::Target;
 use pgbackup::engine::docker::DockerClient;
 use pgbackup::exit;
+use pgbackup::model::encryption::Identities;
 use pgbackup::model::layout;
 use pgbackup::model::manifest::Manifest;
-use pgbackup::pipeline::crypt::Identities;
 use pgbackup::pipeline::fetch;
 use pgbackup::restore::physical;
 use pgbackup::restore::{self, BackupRef, Progress, Quiet, Request, RestoreError};
@@ -109,7 +109,7 @@ fn keys_for(cfg: &Config, files: &[String]) -> Result<Option<Arc<Identities>>, i
     }
     let mut all = Vec::new();
     for f in files {
-        all.push(Identities::load(f).map_err(|e| {
+        all.push(pgbackup::pipeline::crypt::load_identities(f).map_err(|e| {
             eprintln!("pgctl: --identity: {e}");
             exit::USAGE
         })?);

@@ -217,6 +217,7 @@ fn encrypted_exec_and_connect_backups_are_opaque_and_restore_only_with_their_key
         let dst = unique(&format!("{prefix}-to"));
         let _d = Cleanup(dst.clone());
         start(&s, &dst, &common::postgres_image(), "postgres", false, &[]);
+        let empty = fingerprint(&dst, "postgres");
         let watch = Processes::watch(vec![s.container("backup"), dst.clone(), src.clone()]);
         let o = pgctl_stdin(
             &s,
@@ -242,8 +243,9 @@ fn encrypted_exec_and_connect_backups_are_opaque_and_restore_only_with_their_key
             !seen.contains("AGE-SECRET-KEY"),
             "an identity in process arguments"
         );
-        assert_restored(
+        assert_restored_over(
             &before,
+            &empty,
             &fingerprint(&dst, "postgres"),
             &["app", ODD, "globals", SHOP],
             &format!("encrypted {method} backup"),

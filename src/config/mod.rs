@@ -19,9 +19,8 @@ use std::sync::Arc;
 
 use crate::model::KeepPolicy;
 use crate::model::Schedule;
-use crate::model::encryption::Recipients;
+use crate::model::encryption::{Identities, Recipients};
 use crate::notify::{self, ping::PingUrl};
-use crate::pipeline::crypt::Identities;
 
 /// A configuration error always names the variable and the expected form.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -86,9 +86,9 @@ impl FromStr for Recipient {
         let hint = "expected an age public key (age1…, as `age-keygen -y key.txt` prints) or an SSH public key (ssh-ed25519 … or ssh-rsa …)";
         if s.starts_with("AGE-SECRET-KEY-") {
             // Never echo it: this is the private key.
-            return Err(format!(
-                "an age identity (AGE-SECRET-KEY-…) was given where a recipient belongs: that is the PRIVATE key, which must not be in the sidecar that writes backups; give its public key instead (`age-keygen -y key.txt`), and treat this key as exposed"
-            ));
+            return Err(
+                "an age identity (AGE-SECRET-KEY-…) was given where a recipient belongs: that is the PRIVATE key, which must not be in the sidecar that writes backups; give its public key instead (`age-keygen -y key.txt`), and treat this key as exposed".to_string(),
+            );
         }
         if s.starts_with("age1") {
             return s
@@ -186,6 +186,113 @@ impl Serialize for Recipients {
     }
 }
 
+/// Identities that can decrypt backups: age X25519 keys (`AGE-SECRET-KEY-1…` lines, as
+/// `age-keygen` writes) or one unencrypted SSH private key. Never printed.
+pub struct Identities {
+    keys: Vec<Box<dyn age::Identity + Send + Sync>>,
+    /// The public keys of the age identities, for messages.
+    public: Vec<String>,
+    /// Where they came from, for messages: a file name or a variable.
+    pub source: String,
+}
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identities({} from {})", self.keys.len(), self.source)
+    }
+}
+
+impl Identities {
+    /// Parses the text of an identity file. Errors name the line, never its content.
+    pub fn parse(text: &str, source: &str) -> Result<Identities, String> {
+        let trimmed = text.trim_start();
+        if trimmed.starts_with("age-encryption.org/") || trimmed.starts_with("-----BEGIN AGE") {
+            return Err(format!(
+                "{source} is a passphrase-protected identity file, which pgctl does not read: decrypt it for the restore (`age -d key.age > key.txt`, on a disk you trust) and give that file"
+            ));
+        }
+        if trimmed.starts_with("-----BEGIN") {
+            return Self::ssh(text, source);
+        }
+        let mut keys: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+        let mut public = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.parse::<age::x25519::Identity>() {
+                Ok(id) => {
+                    public.push(id.to_public().to_string());
+                    keys.push(Box::new(id));
+                }
+                Err(_) => {
+                    let what = if line.starts_with("age1") || line.starts_with("ssh-") {
+                        "a public key (a recipient); give the private key, AGE-SECRET-KEY-1…"
+                    } else {
+                        "not an age identity (AGE-SECRET-KEY-1…, as age-keygen writes)"
+                    };
+                    return Err(format!("{source}: line {} is {what}", n + 1));
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Err(format!(
+                "{source} holds no identity: expected AGE-SECRET-KEY-1… lines (age-keygen) or an SSH private key"
+            ));
+        }
+        Ok(Identities {
+            keys,
+            public,
+            source: source.to_string(),
+        })
+    }
+
+    fn ssh(text: &str, source: &str) -> Result<Identities, String> {
+        let id = age::ssh::Identity::from_buffer(text.as_bytes(), None)
+            .map_err(|e| format!("{source} is not an SSH private key age can use: {e}"))?;
+        match id {
+            age::ssh::Identity::Unencrypted(_) => Ok(Identities {
+                keys: vec![Box::new(id)],
+                public: vec![],
+                source: source.to_string(),
+            }),
+            age::ssh::Identity::Encrypted(_) => Err(format!(
+                "{source} is a passphrase-protected SSH key, which pgctl does not read: give an age identity, or a copy of the key without passphrase (`ssh-keygen -p`) on a disk you trust"
+            )),
+            age::ssh::Identity::Unsupported(_) => Err(format!(
+                "{source} is an SSH key of a type age cannot decrypt with (ssh-ed25519 and ssh-rsa work)"
+            )),
+        }
+    }
+
+    /// Several sources as one (`--identity A --identity B`).
+    pub fn merge(all: Vec<Identities>) -> Option<Identities> {
+        let mut it = all.into_iter();
+        let mut first = it.next()?;
+        for more in it {
+            first.keys.extend(more.keys);
+            first.public.extend(more.public);
+            first.source = format!("{}, {}", first.source, more.source);
+        }
+        Some(first)
+    }
+
+    /// How many keys there are.
+    pub fn count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The public keys of these identities, where known (age keys; not SSH keys).
+    pub fn public(&self) -> &[String] {
+        &self.public
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
+        self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity)
+    }
+}
+
 /// The name an object is stored under: `.age` appended when the backup is encrypted. Pure.
 pub fn object_name(name: String, encrypted: bool) -> String {
     if encrypted { name + EXTENSION } else { name }
@@ -222,7 +329,8 @@ mod tests {
         );
         assert_eq!(serde_json::to_value(&r).unwrap(), serde_json::json!(fps));
         // Every recipient can be used to encrypt.
-        assert_eq!(r.iter().map(|x| x.to_age()).count(), 3);
+        let age: Vec<_> = r.iter().map(|x| x.to_age()).collect();
+        assert_eq!(age.len(), 3);
     }
 
     #[test]

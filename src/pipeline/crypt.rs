@@ -16,6 +16,7 @@ use age::secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, BufReader, ReadBuf};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
+pub use crate::model::encryption::Identities;
 use crate::model::encryption::Recipients;
 use crate::store::BoxRead;
 
@@ -102,121 +103,19 @@ impl<R: AsyncRead + Unpin> AsyncRead for Sealing<R> {
     }
 }
 
-/// Identities that can decrypt backups: age X25519 keys (`AGE-SECRET-KEY-1…` lines, as
-/// `age-keygen` writes) or one unencrypted SSH private key. Never printed.
-pub struct Identities {
-    keys: Vec<Box<dyn age::Identity + Send + Sync>>,
-    /// The public keys of the age identities, for messages.
-    public: Vec<String>,
-    /// Where they came from, for messages: a file name or a variable.
-    pub source: String,
-}
-
-impl std::fmt::Debug for Identities {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Identities({} from {})", self.keys.len(), self.source)
-    }
-}
-
-impl Identities {
-    /// Parses the text of an identity file. Errors name the line, never its content.
-    pub fn parse(text: &str, source: &str) -> Result<Identities, String> {
-        let trimmed = text.trim_start();
-        if trimmed.starts_with("age-encryption.org/") || trimmed.starts_with("-----BEGIN AGE") {
-            return Err(format!(
-                "{source} is a passphrase-protected identity file, which pgctl does not read: decrypt it for the restore (`age -d key.age > key.txt`, on a disk you trust) and give that file"
-            ));
-        }
-        if trimmed.starts_with("-----BEGIN") {
-            return Self::ssh(text, source);
-        }
-        let mut keys: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
-        let mut public = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            match line.parse::<age::x25519::Identity>() {
-                Ok(id) => {
-                    public.push(id.to_public().to_string());
-                    keys.push(Box::new(id));
-                }
-                Err(_) => {
-                    let what = if line.starts_with("age1") || line.starts_with("ssh-") {
-                        "a public key (a recipient); give the private key, AGE-SECRET-KEY-1…"
-                    } else {
-                        "not an age identity (AGE-SECRET-KEY-1…, as age-keygen writes)"
-                    };
-                    return Err(format!("{source}: line {} is {what}", n + 1));
-                }
-            }
-        }
-        if keys.is_empty() {
-            return Err(format!(
-                "{source} holds no identity: expected AGE-SECRET-KEY-1… lines (age-keygen) or an SSH private key"
-            ));
-        }
-        Ok(Identities {
-            keys,
-            public,
-            source: source.to_string(),
-        })
-    }
-
-    fn ssh(text: &str, source: &str) -> Result<Identities, String> {
-        let id = age::ssh::Identity::from_buffer(text.as_bytes(), None)
-            .map_err(|e| format!("{source} is not an SSH private key age can use: {e}"))?;
-        match id {
-            age::ssh::Identity::Unencrypted(_) => Ok(Identities {
-                keys: vec![Box::new(id)],
-                public: vec![],
-                source: source.to_string(),
-            }),
-            age::ssh::Identity::Encrypted(_) => Err(format!(
-                "{source} is a passphrase-protected SSH key, which pgctl does not read: give an age identity, or a copy of the key without passphrase (`ssh-keygen -p`) on a disk you trust"
-            )),
-            age::ssh::Identity::Unsupported(_) => Err(format!(
-                "{source} is an SSH key of a type age cannot decrypt with (ssh-ed25519 and ssh-rsa work)"
-            )),
-        }
-    }
-
-    /// Reads an identity file; `-` reads standard input (`docker compose exec -T … < key.txt`,
-    /// so the key never rests in the sidecar).
-    pub fn load(path: &str) -> Result<Identities, String> {
-        let text = if path == "-" {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                .map_err(|e| format!("cannot read an identity from standard input: {e}"))?;
-            s
-        } else {
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("identity file {path:?} cannot be read: {e}"))?
-        };
-        Identities::parse(&text, if path == "-" { "standard input" } else { path })
-    }
-
-    /// Several sources as one (`--identity A --identity B`).
-    pub fn merge(all: Vec<Identities>) -> Option<Identities> {
-        let mut it = all.into_iter();
-        let mut first = it.next()?;
-        for more in it {
-            first.keys.extend(more.keys);
-            first.public.extend(more.public);
-            first.source = format!("{}, {}", first.source, more.source);
-        }
-        Some(first)
-    }
-
-    /// The public keys of these identities, where known (age keys; not SSH keys).
-    pub fn public(&self) -> &[String] {
-        &self.public
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &dyn age::Identity> {
-        self.keys.iter().map(|k| k.as_ref() as &dyn age::Identity)
-    }
+/// Reads an identity file; `-` reads standard input (`docker compose exec -T … < key.txt`, so
+/// the key never rests in the sidecar).
+pub fn load_identities(path: &str) -> Result<Identities, String> {
+    let text = if path == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| format!("cannot read an identity from standard input: {e}"))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("identity file {path:?} cannot be read: {e}"))?
+    };
+    Identities::parse(&text, if path == "-" { "standard input" } else { path })
 }
 
 /// Why an encrypted object cannot be read.
@@ -252,7 +151,7 @@ pub async fn decrypt<'a>(
         Ok(reader) => Ok(Box::new(reader.compat())),
         Err(age::DecryptError::NoMatchingKeys) => Err(OpenError::NoMatchingKey {
             from: identities.source.clone(),
-            public: identities.public.clone(),
+            public: identities.public().to_vec(),
         }),
         Err(e) => Err(OpenError::Damaged(describe(&e))),
     }
@@ -356,7 +255,7 @@ mod tests {
             "k",
         )
         .unwrap();
-        assert_eq!(ids.keys.len(), 2);
+        assert_eq!(ids.count(), 2);
         assert_eq!(ids.public()[0], a_public);
         assert!(!format!("{ids:?}").contains("AGE-SECRET"));
         let broken = format!("{a}\n{}X\n", &b[..b.len() - 1]);
@@ -382,7 +281,7 @@ mod tests {
             Identities::parse(&b, "two").unwrap(),
         ])
         .unwrap();
-        assert_eq!(merged.keys.len(), 2);
+        assert_eq!(merged.count(), 2);
         assert_eq!(merged.source, "one, two");
     }
 }

@@ -77,7 +77,7 @@ pub struct Options {
     /// `*.sql` files run in name order once the restored server answers.
     pub post_sql: Option<PathBuf>,
     /// What decrypts an encrypted base backup.
-    pub keys: Option<std::sync::Arc<crate::pipeline::crypt::Identities>>,
+    pub keys: Option<std::sync::Arc<crate::model::encryption::Identities>>,
 }
 
 /// Files the options name, read before anything starts.
