@@ -189,9 +189,10 @@ fn readme_recipe_restores_a_pg15_exec_custom_backup_into_pg15_exactly() {
 /// README "Encryption": the key made as the README says (`age-keygen -o key.txt`), a backup
 /// encrypted to its public key, and the "Encrypted backups with standard tools" block run as
 /// written (its example folder and database object replaced by real ones): `aws s3 cp`,
-/// `sha256sum -c` on the encrypted objects, `age -d | zstd -d | psql / pg_restore`.
-#[test]
-fn readme_recipe_restores_an_encrypted_backup_with_age_and_zstd() {
+/// `sha256sum -c` on the encrypted objects, `age -d | zstd -d | psql / pg_restore`. A connect
+/// backup's databases go through the sidecar's pg_restore as "With standard tools only" says,
+/// with `age -d` first.
+fn encrypted_recipe(prefix: &str, labels: &[(&str, &str)]) {
     let s = stack!();
     let image = common::postgres_image();
     let p = Project::new(&s, &image);
@@ -208,13 +209,9 @@ fn readme_recipe_restores_an_encrypted_backup_with_age_and_zstd() {
         .find_map(|l| l.strip_prefix("# public key: "))
         .expect("age-keygen writes the public key")
         .to_string();
-    let src = source_as(
-        &s,
-        "recenc",
-        &image,
-        "app",
-        &[("pgbackup.age_recipients", &public)],
-    );
+    let mut all = vec![("pgbackup.age_recipients", public.as_str())];
+    all.extend_from_slice(labels);
+    let src = source_as(&s, prefix, &image, "app", &all);
     let _c = Cleanup(src.clone());
     let before = fingerprint(&src, "app");
     let m = backup_manifest(&s, &src);
@@ -239,17 +236,41 @@ fn readme_recipe_restores_an_encrypted_backup_with_age_and_zstd() {
         out.contains(".age: OK"),
         "sha256sum -c checks the encrypted objects: {out}"
     );
+    let connect = labels.contains(&("pgbackup.method", "connect"));
     for o in m["objects"].as_array().unwrap() {
         if o["kind"] != "database" || o["database"] == "postgres" || o["database"] == "app" {
             continue;
         }
         let name = format!("restore/{}", o["name"].as_str().unwrap());
-        p.sh(&s, &each[0].replace(per_db, &name));
+        let line = if connect {
+            let plain = &readme_blocks("With standard tools only")[3];
+            assert!(
+                plain.starts_with("zstd -dc restore/app.dump.zst |"),
+                "{plain}"
+            );
+            plain.replace(
+                "zstd -dc restore/app.dump.zst",
+                &format!("age -d -i key.txt {name} | zstd -d"),
+            )
+        } else {
+            each[0].replace(per_db, &name)
+        };
+        p.sh(&s, &line);
     }
     assert_restored(
         &before,
         &fingerprint(&p.db(), "app"),
         &[ODD, "globals", SHOP],
-        "README encrypted recipe",
+        &format!("README encrypted recipe for {prefix}"),
     );
+}
+
+#[test]
+fn readme_recipe_restores_an_encrypted_exec_backup_with_age_and_zstd() {
+    encrypted_recipe("recence", &[]);
+}
+
+#[test]
+fn readme_recipe_restores_an_encrypted_connect_backup_with_age_and_zstd() {
+    encrypted_recipe("rencc", &[("pgbackup.method", "connect")]);
 }

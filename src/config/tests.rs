@@ -171,3 +171,56 @@ fn a_directory_destination_needs_no_s3_settings() {
     let err = Config::from_map(&map(&[("PGBACKUP_DESTINATION", "s3")])).unwrap_err();
     assert!(err.to_string().contains("S3_BUCKET"), "{err}");
 }
+
+#[test]
+fn age_recipients_and_identity_are_read_and_never_echoed() {
+    let (secret, public) = crate::pipeline::crypt::generate();
+    let (_, other) = crate::pipeline::crypt::generate();
+    let cfg = Config::from_map(&map(&[
+        ("S3_BUCKET", "b"),
+        ("PGBACKUP_AGE_RECIPIENTS", &format!("{public},\n{other}")),
+    ]))
+    .unwrap();
+    assert_eq!(
+        cfg.age_recipients.as_ref().unwrap().fingerprints(),
+        [public.clone(), other]
+    );
+    assert!(cfg.age_identity.is_none());
+    assert_eq!(cfg.defaults().age_recipients, cfg.age_recipients);
+    // The identity from its file: named by the file, never by its content.
+    let vars = map(&[
+        ("S3_BUCKET", "b"),
+        ("PGBACKUP_AGE_IDENTITY_FILE", "/run/secrets/age"),
+    ]);
+    let resolved = resolve_env(vars, |_| Ok(format!("# key\n{secret}\n"))).unwrap();
+    let cfg = Config::from_map(&resolved).unwrap();
+    let keys = cfg.age_identity.unwrap();
+    assert_eq!(keys.public(), [public.as_str()]);
+    assert_eq!(keys.source, "PGBACKUP_AGE_IDENTITY_FILE=/run/secrets/age");
+    let resolved = resolve_env(
+        map(&[("S3_BUCKET", "b"), ("PGBACKUP_AGE_IDENTITY_FILE", "/k")]),
+        |_| Ok(format!("{public}\n")),
+    )
+    .unwrap();
+    let err = Config::from_map(&resolved).unwrap_err().to_string();
+    assert!(
+        err.contains("PGBACKUP_AGE_IDENTITY_FILE=/k: line 1"),
+        "{err}"
+    );
+    // A private key where the public one belongs: refused, and not repeated.
+    let err = Config::from_map(&map(&[
+        ("S3_BUCKET", "b"),
+        ("PGBACKUP_AGE_RECIPIENTS", &secret),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("PGBACKUP_AGE_RECIPIENTS: ") && err.contains("PRIVATE key"),
+        "{err}"
+    );
+    assert!(!err.contains(&secret[20..]), "{err}");
+    assert!(
+        unknown_variables(["PGBACKUP_AGE_IDENTITY_FILE", "PGBACKUP_AGE_RECIPIENTS_FILE"])
+            .is_empty()
+    );
+}

@@ -362,6 +362,42 @@ pub async fn recheck(store: &dyn Store, m: &Manifest, o: &Object) -> Result<(), 
     }
 }
 
+/// An encrypted sample backup in the memory store (tests): its manifest, the identity and its
+/// public key.
+#[cfg(test)]
+pub(crate) async fn sealed_sample(
+    store: &crate::store::memory::MemoryStore,
+    raw: &[u8],
+) -> (Manifest, String, String) {
+    use crate::store::Store;
+    use tokio::io::AsyncReadExt;
+    let (secret, public) = crypt::generate();
+    let to = crate::model::encryption::Recipients::parse(&public).unwrap();
+    let mut compressed = Vec::new();
+    crate::pipeline::compress(raw, Compression::Zstd(3))
+        .read_to_end(&mut compressed)
+        .await
+        .unwrap();
+    let mut stored = Vec::new();
+    crypt::encrypt(&compressed[..], &to)
+        .unwrap()
+        .read_to_end(&mut stored)
+        .await
+        .unwrap();
+    let mut m = Manifest::sample(
+        "shop/db",
+        "shop/db",
+        "20261121T030000Z-logical".parse().unwrap(),
+    );
+    m.encryption = Some(to.record());
+    m.objects[0].name = "app.dump.zst.age".into();
+    m.objects[0].size = stored.len() as u64;
+    m.objects[0].sha256 = hex::encode(Sha256::digest(&stored));
+    let key = format!("{}/{}", m.prefix, m.objects[0].name);
+    store.put(&key, bytes::Bytes::from(stored)).await.unwrap();
+    (m, secret, public)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,5 +519,70 @@ mod tests {
                 assert!(r.is_err() || sink != raw, "{c}: corruption went unnoticed");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn encrypted_content_opens_only_with_its_identity() {
+        use crate::store::Store;
+        let store = crate::store::memory::MemoryStore::new();
+        let raw: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let (m, secret, public) = sealed_sample(&store, &raw).await;
+        let o = m.objects[0].clone();
+        let keys = Identities::parse(&secret, "key.txt").unwrap();
+        let (mut r, t) = content(&store, &m, &o, Some(&keys)).await.unwrap();
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, raw);
+        assert_eq!(t.verdict(&o), Ok(()));
+        // No identity, a wrong one: refused before any content is read, naming the recipient.
+        let e = content(&store, &m, &o, None).await.err().unwrap();
+        assert!(
+            matches!(&e, Unreadable::Locked(w) if w.contains(&public) && w.contains("--identity")),
+            "{e}"
+        );
+        let (other, _) = crypt::generate();
+        let wrong = Identities::parse(&other, "other.txt").unwrap();
+        let e = content(&store, &m, &o, Some(&wrong)).await.err().unwrap();
+        assert!(
+            matches!(&e, Unreadable::Locked(w) if w.contains(&public) && w.contains("other.txt")),
+            "{e}"
+        );
+        // Verify: stored bytes without a key, the whole content with it, a note with a wrong one.
+        assert_eq!(
+            verify_object(&store, &m, &o, None).await.unwrap(),
+            Verified::Stored
+        );
+        assert_eq!(
+            verify_object(&store, &m, &o, Some(&keys)).await.unwrap(),
+            Verified::Decrypted
+        );
+        assert!(matches!(
+            verify_object(&store, &m, &o, Some(&wrong)).await,
+            Err(Unreadable::Locked(_))
+        ));
+        // A byte flipped inside: the SHA-256 names it, decrypted or not.
+        let key = format!("{}/{}", m.prefix, o.name);
+        let mut bad = store.object(&key).unwrap().to_vec();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 1;
+        store.put(&key, bytes::Bytes::from(bad)).await.unwrap();
+        for k in [None, Some(&keys)] {
+            let e = verify_object(&store, &m, &o, k)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("does not match the manifest"), "{e}");
+        }
+        // An encryption this pgctl does not know.
+        let mut future = m.clone();
+        future.encryption.as_mut().unwrap().method = "sops".into();
+        let e = content(&store, &future, &o, Some(&keys))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&e, Unreadable::Unsupported(w) if w.contains("upgrade pgbackup")),
+            "{e}"
+        );
     }
 }

@@ -351,4 +351,28 @@ mod tests {
         assert!(e.contains("does not match the manifest"), "{e}");
         assert!(!e.contains("truncated"), "{e}");
     }
+
+    /// A missing or wrong identity is bad input found before anything changes.
+    #[tokio::test]
+    async fn keys_are_checked_before_anything_changes() {
+        let store = crate::store::memory::MemoryStore::new();
+        let (m, secret, public) = fetch::sealed_sample(&store, b"SELECT 1;\n").await;
+        let o = &m.objects[0];
+        let keys = Identities::parse(&secret, "key.txt").unwrap();
+        check_keys(&store, &m, &[o], Some(&keys)).await.unwrap();
+        let (other, _) = crate::pipeline::crypt::generate();
+        let wrong = Identities::parse(&other, "other.txt").unwrap();
+        for k in [None, Some(&wrong)] {
+            let e = check_keys(&store, &m, &[o], k).await.unwrap_err();
+            assert_eq!(e.exit_code(), crate::exit::USAGE);
+            let text = e.to_string();
+            assert!(text.contains(&public), "{text}");
+            assert!(text.ends_with("(nothing was changed)"), "{text}");
+        }
+        // An unencrypted backup reads nothing here.
+        let plain = Manifest::sample("shop/db", "shop/db", m.backup_id);
+        check_keys(&store, &plain, &[&plain.objects[0]], None)
+            .await
+            .unwrap();
+    }
 }

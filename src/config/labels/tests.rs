@@ -279,3 +279,47 @@ fn env_defaults_feed_labels() {
     assert_eq!(spec.keep.daily, Some(14));
     assert_eq!(spec.keep.weekly, Some(4));
 }
+
+#[test]
+fn age_recipients_label_overrides_the_default_and_hides_private_keys() {
+    let (secret, public) = crate::pipeline::crypt::generate();
+    let (_, team) = crate::pipeline::crypt::generate();
+    let mut d = defaults();
+    assert_eq!(
+        parse(&id(), &labels(&[]), &HashMap::new(), &d)
+            .unwrap()
+            .age_recipients,
+        None
+    );
+    d.age_recipients = Some(crate::model::encryption::Recipients::parse(&team).unwrap());
+    let spec = parse(&id(), &labels(&[]), &HashMap::new(), &d).unwrap();
+    assert_eq!(spec.age_recipients.unwrap().fingerprints(), [team.as_str()]);
+    let own = labels(&[("pgbackup.age_recipients", &public)]);
+    let spec = parse(&id(), &own, &HashMap::new(), &d).unwrap();
+    assert_eq!(spec.age_recipients.unwrap().fingerprints(), [public]);
+    let off = labels(&[("pgbackup.age_recipients", "none")]);
+    assert_eq!(
+        parse(&id(), &off, &HashMap::new(), &d)
+            .unwrap()
+            .age_recipients,
+        None
+    );
+    // A bad value makes the target invalid (never backed up unencrypted by mistake); a private
+    // key is not shown again.
+    for (value, shown) in [
+        ("age1broken", "age1broken"),
+        (secret.as_str(), "(hidden: it holds a private key)"),
+    ] {
+        let errors = parse(
+            &id(),
+            &labels(&[("pgbackup.age_recipients", value)]),
+            &HashMap::new(),
+            &d,
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].label, "pgbackup.age_recipients");
+        assert_eq!(errors[0].value, shown);
+        assert!(!errors[0].to_string().contains(&secret[20..]));
+    }
+}
