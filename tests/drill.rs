@@ -52,16 +52,6 @@ fn damage_shop_dump(s: &common::Stack, b: &Value) -> String {
     object
 }
 
-fn metrics(s: &common::Stack) -> String {
-    docker(&[
-        "exec",
-        &s.container("backup"),
-        "curl",
-        "-fsS",
-        "http://127.0.0.1:8080/metrics",
-    ])
-}
-
 #[test]
 fn scheduled_drills_of_exec_and_connect_targets_pass_and_show_in_status_and_metrics() {
     let s = stack!();
@@ -119,7 +109,7 @@ fn scheduled_drills_of_exec_and_connect_targets_pass_and_show_in_status_and_metr
         );
     }
     assert!(text.contains("drill (logical): passed"), "{text}");
-    let m = metrics(&s);
+    let m = s.metrics();
     for t in [&exec, &conn] {
         for needle in [
             format!(
@@ -221,7 +211,7 @@ fn drills_of_a_damaged_object_or_a_tampered_count_fail_and_say_why() {
     assert_eq!(last["ok"], false);
     assert_eq!(last["differences"], serde_json::json!([expected]), "{last}");
     assert!(
-        metrics(&s).contains(&format!(
+        s.metrics().contains(&format!(
             "pgbackup_drill_last_result{{target=\"{t}\",kind=\"logical\"}} 0"
         )),
         "a failed drill shows in the metrics"

@@ -122,16 +122,6 @@ impl Processes {
     }
 }
 
-fn metrics(s: &common::Stack) -> String {
-    docker(&[
-        "exec",
-        &s.container("backup"),
-        "curl",
-        "-fsS",
-        "http://127.0.0.1:8080/metrics",
-    ])
-}
-
 /// The secret part of an identity, as it could leak.
 fn secret_of(identity: &str) -> String {
     identity
@@ -263,7 +253,7 @@ fn encrypted_exec_and_connect_backups_are_opaque_and_restore_only_with_their_key
     let secret = secret_of(&identity);
     let logs = docker(&["logs", "--since", &started, &s.container("backup")]);
     let status = stdout(&s.pgctl(&["status", "--json"]));
-    let metrics = metrics(&s);
+    let metrics = s.metrics();
     for (what, text) in [("logs", &logs), ("status", &status), ("metrics", &metrics)] {
         assert!(
             !text.contains(&secret),
@@ -342,65 +332,26 @@ fn keys_rotate_without_touching_old_backups_and_retention_verify_and_drills_work
         assert_opaque(&s, m, want);
     }
 
+    let restore = |id: &str, key: &str| {
+        host(
+            &s,
+            &["restore", id, "--from", &t, "--clean", "--identity", key],
+            &[],
+        )
+    };
+    let restore_ok =
+        |id: &str, key: &str| succeeded(&["restore", id, "--identity", key], restore(id, key));
     // The first backup with only the new key: refused, naming the old one; nothing changed.
-    let o = host(
-        &s,
-        &[
-            "restore",
-            &ids[0],
-            "--from",
-            &t,
-            "--clean",
-            "--identity",
-            &b_file,
-        ],
-        &[],
-    );
+    let o = restore(&ids[0], &b_file);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains(&a_public), "{}", stderr(&o));
     assert_eq!(rows(), "one,three,two");
     // Each backup with its own key; the middle one with either.
-    host_ok(
-        &s,
-        &[
-            "restore",
-            &ids[0],
-            "--from",
-            &t,
-            "--clean",
-            "--identity",
-            &a_file,
-        ],
-        &[],
-    );
+    restore_ok(&ids[0], &a_file);
     assert_eq!(rows(), "one");
-    host_ok(
-        &s,
-        &[
-            "restore",
-            &ids[2],
-            "--from",
-            &t,
-            "--clean",
-            "--identity",
-            &b_file,
-        ],
-        &[],
-    );
+    restore_ok(&ids[2], &b_file);
     assert_eq!(rows(), "one,three,two");
-    host_ok(
-        &s,
-        &[
-            "restore",
-            &ids[1],
-            "--from",
-            &t,
-            "--clean",
-            "--identity",
-            &b_file,
-        ],
-        &[],
-    );
+    restore_ok(&ids[1], &b_file);
     assert_eq!(rows(), "one,two");
     // Both keys at once, from the variable: the old backup restores too.
     let both = vec![("PGBACKUP_AGE_IDENTITY", format!("{a}\n{b}"))];

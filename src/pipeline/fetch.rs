@@ -347,6 +347,15 @@ pub async fn verify_object(
     }
 }
 
+/// What to add to the error of a read of `o` that broke off: its stored bytes read again whole
+/// tell damage (named by SHA-256) from a broken read (the object itself intact).
+pub async fn cut_short(store: &dyn Store, m: &Manifest, o: &Object) -> String {
+    match recheck(store, m, o).await {
+        Err(d) => format!("; {d}"),
+        Ok(()) => format!("; {} itself is intact (read again)", o.name),
+    }
+}
+
 /// Reads `o`'s stored bytes once more, whole, and checks their size and SHA-256.
 pub async fn recheck(store: &dyn Store, m: &Manifest, o: &Object) -> Result<(), Damage> {
     let body = open(store, m, o).await?;

@@ -124,10 +124,7 @@ pub(super) async fn globals_script(
     drop(reader);
     if let Err(e) = read {
         // Cut short: the stored object, read again whole, tells damage from a broken read.
-        let damage = match fetch::recheck(store, m, g).await {
-            Err(d) => format!("; {d}"),
-            Ok(()) => format!("; {} itself is intact (read again)", g.name),
-        };
+        let damage = fetch::cut_short(store, m, g).await;
         return Err(RestoreError::Failed(format!(
             "reading {} failed: {e}{damage}: nothing was restored",
             g.name

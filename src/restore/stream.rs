@@ -258,10 +258,7 @@ pub async fn stream_object(
                 // whole to tell damage from a broken connection.
                 progress.finish();
                 let read = tallies.bytes();
-                let damage = match fetch::recheck(store, m, object).await {
-                    Err(d) => format!("; {d}"),
-                    Ok(()) => format!("; {} itself is intact (read again)", object.name),
-                };
+                let damage = fetch::cut_short(store, m, object).await;
                 return Err(RestoreError::Failed(format!(
                     "reading {} failed after {read} bytes: {e}{damage}",
                     object.name

@@ -406,6 +406,17 @@ impl Stack {
     }
 
     /// Committed backups as `pgctl list --json` reports them.
+    /// The sidecar's `/metrics`.
+    pub fn metrics(&self) -> String {
+        docker(&[
+            "exec",
+            &self.container("backup"),
+            "curl",
+            "-fsS",
+            "http://127.0.0.1:8080/metrics",
+        ])
+    }
+
     pub fn list(&self, target: &str) -> Vec<Value> {
         let o = self.pgctl(&["list", target, "--json"]);
         assert!(o.status.success(), "pgctl list failed: {}", stderr(&o));
