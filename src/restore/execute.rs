@@ -362,7 +362,18 @@ async fn convert(
             })?;
         }
     };
-    tokio::try_join!(feed, relay)?;
+    if let Err(e) = tokio::try_join!(feed, relay) {
+        // psql can reject garbage from a damaged object before the stream's end shows the
+        // damage: the stored object is read again whole so the error names the real cause.
+        return Err(
+            match (e, fetch::recheck(s.store, &plan.manifest, &d.object).await) {
+                (RestoreError::Failed(m), Err(damage)) if !m.contains(&damage.to_string()) => {
+                    RestoreError::Failed(format!("{m}; {damage}: restore rolled back"))
+                }
+                (e, _) => e,
+            },
+        );
+    }
     let exit = conv.output.finish().await?;
     if exit.code != 0 {
         return Err(RestoreError::Failed(format!(
