@@ -87,6 +87,18 @@ impl Drop for Project {
     }
 }
 
+/// The example backup folder a README block sets (`B=s3://…`), to be replaced by a real one.
+fn example_folder(block: &str) -> String {
+    block
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("B=")
+                .and_then(|v| v.split_whitespace().next())
+        })
+        .expect("the block sets B")
+        .to_string()
+}
+
 /// Backs up a fixture source, restores it with the README's blocks (`which`: the block used
 /// for each database) into a fresh server of the same image, and compares.
 fn recipe(prefix: &str, image: &str, labels: &[(&str, &str)], which: usize) {
@@ -106,14 +118,7 @@ fn recipe(prefix: &str, image: &str, labels: &[(&str, &str)], which: usize) {
     let folder = format!("s3://pgbackup/{}", m["prefix"].as_str().unwrap());
 
     let p = Project::new(&s, image);
-    let example = blocks[0]
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("B=")
-                .and_then(|v| v.split_whitespace().next())
-        })
-        .expect("the first block sets B")
-        .to_string();
+    let example = example_folder(&blocks[0]);
     p.sh(&s, &blocks[0].replace(&example, &folder));
     let object_example = if blocks[which].contains("app.sql.zst") {
         "app.sql.zst"
@@ -220,14 +225,7 @@ fn encrypted_recipe(prefix: &str, labels: &[(&str, &str)]) {
 
     let blocks = readme_blocks("Encrypted backups with standard tools");
     assert_eq!(blocks.len(), 1, "{blocks:#?}");
-    let example = blocks[0]
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("B=")
-                .and_then(|v| v.split_whitespace().next())
-        })
-        .expect("the block sets B")
-        .to_string();
+    let example = example_folder(&blocks[0]);
     let per_db = "restore/app.dump.zst.age";
     let (once, each): (Vec<&str>, Vec<&str>) = blocks[0].lines().partition(|l| !l.contains(per_db));
     assert_eq!(each.len(), 1, "{blocks:#?}");

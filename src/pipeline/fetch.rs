@@ -154,6 +154,14 @@ fn recipients_of(m: &Manifest) -> String {
         .unwrap_or_default()
 }
 
+/// An encrypted object whose age header cannot be read: damage.
+fn not_age(o: &Object, reason: &str) -> Unreadable {
+    Unreadable::Damage(Damage::Unreadable {
+        name: o.name.clone(),
+        reason: format!("not a readable age file ({reason})"),
+    })
+}
+
 /// The content of one object as pg_dump wrote it: stored bytes → size + SHA-256 (the
 /// returned [`Tallies`]) → age decryption when the backup is encrypted → decompression. The
 /// age header is read and the file key unwrapped here, so a missing or wrong identity fails
@@ -187,10 +195,7 @@ pub async fn content(
                 m.backup_id,
                 recipients_of(m)
             )),
-            OpenError::Damaged(reason) => Unreadable::Damage(Damage::Unreadable {
-                name: o.name.clone(),
-                reason: format!("not a readable age file ({reason})"),
-            }),
+            OpenError::Damaged(reason) => not_age(o, &reason),
         })?,
     };
     Ok((decompress(plain, compression), tallies))
@@ -318,12 +323,7 @@ pub async fn verify_object(
                     recipients_of(m)
                 )));
             }
-            Err(OpenError::Damaged(reason)) => {
-                return Err(Unreadable::Damage(Damage::Unreadable {
-                    name: o.name.clone(),
-                    reason: format!("not a readable age file ({reason})"),
-                }));
-            }
+            Err(OpenError::Damaged(reason)) => return Err(not_age(o, &reason)),
         },
     };
     match tokio::io::copy(&mut reader, &mut tokio::io::sink()).await {
