@@ -32,7 +32,7 @@ pub fn load_config() -> Result<Config, i32> {
 }
 
 async fn connect_docker(cfg: &Config) -> Result<DockerClient, i32> {
-    DockerClient::connect_scoped(cfg.docker_host.as_deref(), &cfg.scope)
+    DockerClient::connect_scoped(cfg.docker_host.as_deref(), &cfg.defaults.scope)
         .await
         .map_err(|e| {
             eprintln!("pgctl: {e}");
@@ -87,6 +87,8 @@ pub struct RestoreArgs {
     pub backup: String,
     pub from: Option<String>,
     pub to: Option<String>,
+    /// `--to-url`, as given.
+    pub to_url: Option<String>,
     pub db: Option<String>,
     pub clean: bool,
     /// `Some` with --physical.
@@ -102,10 +104,32 @@ pub struct RestoreArgs {
     pub identity: Vec<String>,
 }
 
+/// `--to-url`: the server, its password from `PGPASSWORD` (a password in the URL is refused:
+/// every process list shows pgctl's arguments). Errors never repeat the URL.
+fn to_url(url: &str) -> Result<pgbackup::config::endpoint::Endpoint, String> {
+    let mut e = pgbackup::config::endpoint::Endpoint::parse(url).map_err(|why| {
+        format!(
+            "--to-url is not valid: {why}; expected {}",
+            pgbackup::config::endpoint::EXPECTED
+        )
+    })?;
+    if e.password.is_some() {
+        return Err(
+            "--to-url holds a password, which every process list shows: leave it out and set PGPASSWORD (docker compose exec -e PGPASSWORD backup pgctl restore …), or declare the server as a target (PGBACKUP_TARGET_<NAME>_URL_FILE) and restore --to NAME; nothing was changed"
+                .into(),
+        );
+    }
+    e.password = std::env::var("PGPASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(pgbackup::config::Secret::new);
+    Ok(e)
+}
+
 /// What decrypts encrypted backups: the `--identity` files, else PGBACKUP_AGE_IDENTITY_FILE.
 fn keys_for(cfg: &Config, files: &[String]) -> Result<Option<Arc<Identities>>, i32> {
     if files.is_empty() {
-        return Ok(cfg.age_identity.clone());
+        return Ok(cfg.defaults.age_identity.clone());
     }
     let mut all = Vec::new();
     for f in files {
@@ -187,10 +211,18 @@ pub async fn restore(args: RestoreArgs, json: bool) -> i32 {
         );
         return exit::USAGE;
     }
+    let to_url = match args.to_url.as_deref().map(to_url).transpose() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("pgctl: {e}");
+            return exit::USAGE;
+        }
+    };
     let req = Request {
         backup,
         from: args.from,
         to: args.to,
+        to_url,
         db: args.db,
         clean: args.clean,
         kind: if args.physical.is_some() {
@@ -388,7 +420,7 @@ async fn scopes(cfg: &Config, docker: &DockerClient, names: &[String]) -> Result
                 out.push(Scope {
                     target: name.clone(),
                     dir: layout::target_dir(cfg.destination.prefix(), name),
-                    policy: cfg.keep.clone(),
+                    policy: cfg.defaults.keep.clone(),
                 })
             }
             [] => {
@@ -424,17 +456,24 @@ pub async fn prune(targets: Vec<String>, dry_run: bool, json: bool) -> i32 {
     let mut plans = Vec::new();
     let mut failed = false;
     for scope in &scopes {
-        let plan =
-            match prune::plan(store.as_ref(), scope, cfg.min_backups, cfg.timezone, now).await {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("pgctl: {}: {e}", scope.target);
-                    failed = true;
-                    continue;
-                }
-            };
+        let plan = match prune::plan(
+            store.as_ref(),
+            scope,
+            cfg.min_backups,
+            cfg.defaults.timezone,
+            now,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("pgctl: {}: {e}", scope.target);
+                failed = true;
+                continue;
+            }
+        };
         if !json {
-            print!("{}", prune::render(&plan, cfg.timezone, now));
+            print!("{}", prune::render(&plan, cfg.defaults.timezone, now));
         }
         if !dry_run {
             match prune::execute(store.as_ref(), &plan).await {
@@ -588,6 +627,7 @@ async fn chosen(
         backup,
         from,
         to: None,
+        to_url: None,
         db: None,
         clean: false,
         kind: pgbackup::model::layout::Kind::Logical,
@@ -689,4 +729,36 @@ fn print_verified(v: &Verified) {
     } else if let Some(n) = &v.note {
         println!("         age-encrypted: {n}");
     }
+}
+
+/// `pgctl rescue SERVICE --reset-wal --yes` ([`restore::rescue`]).
+pub async fn rescue(service: &str, reset_wal: bool, yes: bool, json: bool) -> i32 {
+    if !reset_wal {
+        eprintln!(
+            "pgctl: rescue needs what to do: --reset-wal (pg_resetwal, for a server that cannot start because of its WAL)"
+        );
+        return exit::USAGE;
+    }
+    if !yes {
+        eprintln!(
+            "pgctl: rescue --reset-wal loses the transactions whose WAL is gone and may leave data inconsistent; restoring a backup is the first choice (pgctl restore latest --to {service} --physical). It copies the data volume first and puts it back if the server still cannot start. Add --yes to go ahead (nothing was changed)"
+        );
+        return exit::USAGE;
+    }
+    let (_cfg, docker) = match config_and_docker().await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let say = |line: &str| {
+        if !json {
+            eprintln!("{line}");
+        }
+    };
+    let result = restore::rescue::reset_wal(&docker, service, &say).await;
+    report(result.map(Some), json, |o: &restore::rescue::Outcome| {
+        println!(
+            "rescued {} ({}): the server answers: {}\nThe data volume {} was reset; its state before is kept in volume {}. Transactions after the last checkpoint whose WAL was lost are gone: check the data, take a backup now (pgctl backup {}), and when satisfied remove the copy (docker volume rm {}).",
+            o.service, o.container, o.server, o.volume, o.copy, o.service, o.copy
+        )
+    })
 }

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
                 backup,
                 from,
                 to,
+                to_url,
                 db,
                 clean,
                 physical,
@@ -98,6 +99,7 @@ fn main() -> ExitCode {
                         backup: backup.unwrap_or_default(),
                         from,
                         to,
+                        to_url,
                         db,
                         clean,
                         physical: physical.then_some(pgbackup::restore::physical::Options {
@@ -139,6 +141,12 @@ fn main() -> ExitCode {
                 identity,
                 json,
             } => commands::verify(backup, all, from, identity, json).await,
+            Command::Rescue {
+                service,
+                reset_wal,
+                yes,
+                json,
+            } => commands::rescue(&service, reset_wal, yes, json).await,
         }
     });
     ExitCode::from(code as u8)
@@ -377,6 +385,11 @@ async fn cmd_backup(
                     },
                     pgbackup::table::human_bytes(r["bytes"].as_u64().unwrap_or(0)),
                     r["duration_seconds"].as_f64().unwrap_or(0.0)
+                ),
+                (None, true) if o.skipped.is_some() => println!(
+                    "skipped {}  {}",
+                    o.target,
+                    o.skipped.as_deref().unwrap_or_default()
                 ),
                 _ => println!(
                     "{}  {}  {}",

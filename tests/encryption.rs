@@ -9,12 +9,9 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use common::fixture::*;
-use common::{Cleanup, docker, psql, stderr, stdout, unique};
+use common::{Cleanup, Processes, docker, psql, stderr, stdout, unique};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -79,46 +76,6 @@ fn assert_opaque(s: &common::Stack, m: &Value, recipients: &[&str]) {
         let sha = hex::encode(Sha256::digest(&bytes));
         assert_eq!(o["sha256"].as_str().unwrap(), sha, "{name}");
         assert!(sums.contains(&format!("{sha}  {name}\n")), "{sums}");
-    }
-}
-
-/// Samples every process's arguments in `containers` until stopped; the samples.
-struct Processes {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<String>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Processes {
-    fn watch(containers: Vec<String>) -> Processes {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<String>> = Default::default();
-        let (st, se) = (stop.clone(), seen.clone());
-        let thread = std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                for c in &containers {
-                    let o = Command::new("docker")
-                        .args(["top", c, "-eo", "pid,args"])
-                        .output()
-                        .unwrap();
-                    se.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&o.stdout));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Processes {
-            stop,
-            seen,
-            thread: Some(thread),
-        }
-    }
-
-    fn stop(mut self) -> String {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        self.seen.lock().unwrap().clone()
     }
 }
 

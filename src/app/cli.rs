@@ -126,6 +126,12 @@ pub enum Command {
         /// the backup's own target).
         #[arg(long, value_name = "TARGET")]
         to: Option<String>,
+        /// Restore into the server this URL names instead (postgres://USER@HOST[:PORT][/DB]
+        /// [?sslmode=verify-full&sslrootcert=FILE]), through the sidecar's client programs. The
+        /// password comes from PGPASSWORD, never the URL (process lists show arguments); a
+        /// database in the path restores that database of the backup, as --db does.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["to", "physical"])]
+        to_url: Option<String>,
         /// Restore only this database of the backup.
         #[arg(long, value_name = "NAME")]
         db: Option<String>,
@@ -213,6 +219,31 @@ pub enum Command {
         #[arg(long = "identity", value_name = "FILE")]
         identity: Vec<String>,
         /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Last resort for a Postgres service that will not start because its WAL is damaged or
+    /// missing: pg_resetwal on its stopped data volume. Restoring a backup is the first
+    /// choice: a reset loses the transactions whose WAL is gone and may leave data
+    /// inconsistent (dump it and restore it into a fresh cluster afterwards).
+    ///
+    /// Refused while the server runs and answers. The data volume is first copied whole to a
+    /// new volume (VOLUME-before-resetwal-TIME, kept: the way back); `pg_resetwal --dry-run`
+    /// is shown; then `pg_resetwal -f` runs from the service's own image, the service starts
+    /// and what the server says is printed. If it still cannot start, the volume is put back
+    /// from the copy. Exit codes: 0 rescued, 1 failed (the volume put back), 2 bad arguments,
+    /// 4 refused (the server is running; nothing was changed).
+    Rescue {
+        /// The service: `project/service`, service or container name (running or stopped).
+        #[arg(value_name = "SERVICE")]
+        service: String,
+        /// Reset the write-ahead log (pg_resetwal); the only rescue there is.
+        #[arg(long)]
+        reset_wal: bool,
+        /// Confirms that recent transactions may be lost.
+        #[arg(long)]
+        yes: bool,
+        /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use crate::config::{self, Config};
 use crate::discovery::{self, S3_PROBE_EVERY, Shared};
 use crate::engine::docker::{DockerClient, DockerError};
-use crate::job::runner::{Runner, Trigger};
+use crate::job::runner::{RunError, Runner, Trigger};
 use crate::model::layout::Kind;
 use crate::store::{self, SharedStore, StoreError};
 use crate::{app::http, exit};
@@ -145,7 +145,15 @@ pub async fn once(cfg: Config, names: Vec<String>, physical: bool) -> i32 {
     };
     let jobs: Vec<_> = chosen
         .iter()
-        .map(|t| runner.submit(t.clone(), kind, Trigger::Once, true))
+        .map(|t| {
+            // A run of every target skips one backed up recently (skip_if_newer_than); a
+            // named target always runs.
+            if names.is_empty() {
+                runner.submit_unless_recent(t.clone(), kind, Trigger::Once, true)
+            } else {
+                runner.submit(t.clone(), kind, Trigger::Once, true)
+            }
+        })
         .collect();
     tracing::info!(
         targets = chosen.len(),
@@ -161,11 +169,13 @@ pub async fn once(cfg: Config, names: Vec<String>, physical: bool) -> i32 {
             return exit::FAILED;
         }
     };
-    let (mut ok, mut failed) = (0, 0);
+    let (mut ok, mut failed, mut skipped) = (0, 0, 0);
     for r in results {
         match r {
             Ok(Ok(res)) if res.ok => ok += 1,
             Ok(Ok(_)) => failed += 1,
+            // Logged by the runner; nothing failed.
+            Ok(Err(RunError::Recent { .. })) => skipped += 1,
             Ok(Err(e)) => {
                 failed += 1;
                 tracing::error!("A backup did not run: {e}");
@@ -187,6 +197,7 @@ pub async fn once(cfg: Config, names: Vec<String>, physical: bool) -> i32 {
     if failed == 0 && invalid == 0 {
         tracing::info!(
             backups = ok,
+            skipped,
             "Single-shot run finished: every backup succeeded."
         );
         exit::OK
@@ -204,7 +215,8 @@ pub async fn once(cfg: Config, names: Vec<String>, physical: bool) -> i32 {
 /// Docker and the backup destination, both checked.
 async fn connect(cfg: &Config) -> Result<(DockerClient, SharedStore), StartupError> {
     tracing::info!(settings = ?config::describe(cfg), version = env!("CARGO_PKG_VERSION"), "pgbackup starting.");
-    let docker = DockerClient::connect_scoped(cfg.docker_host.as_deref(), &cfg.scope).await?;
+    let docker =
+        DockerClient::connect_scoped(cfg.docker_host.as_deref(), &cfg.defaults.scope).await?;
     tracing::info!(host = docker.host(), scope = %docker.scope(), own_project = docker.own_project().unwrap_or("(none)"),
         "Docker daemon reachable; acting on the containers in scope (PGBACKUP_SCOPE).");
     let store = store::open(&cfg.destination).await;
@@ -246,6 +258,11 @@ async fn serve(cfg: Config, started: Started, signal: impl std::future::Future<O
     // Throwaway servers of drills a killed sidecar could not remove.
     crate::job::drill::remove_leftovers(&docker).await;
     let shared = Shared::default();
+    // Targets declared by URL are there before (and without) the first listing.
+    *shared.registry.write().await = discovery::Registry::declaring(&cfg.defaults);
+    for t in shared.registry.read().await.targets() {
+        log_declared(&t);
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (changed_tx, changed_rx) = watch::channel(0u64);
     let runner = Arc::new(Runner::new(
@@ -350,5 +367,23 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+/// A target declared by URL, as the controller starts: where it is, or why it is invalid
+/// (named by the variables that set it).
+fn log_declared(t: &discovery::Target) {
+    match (&t.spec, &t.endpoint) {
+        (discovery::Parsed::Valid { settings }, Some(e)) => tracing::info!(
+            target_id = %t.target, url = %e.redacted(), schedule = %settings.schedule,
+            "Target declared by URL."
+        ),
+        (discovery::Parsed::Invalid { errors }, _) => {
+            for e in errors {
+                tracing::error!(target_id = %t.target, variable = %e.label,
+                    "Target is invalid and will not be backed up: {e}.");
+            }
+        }
+        _ => {}
     }
 }

@@ -153,6 +153,9 @@ pub struct BackupOutcome {
     pub target: String,
     pub ok: bool,
     pub refused: bool,
+    /// Why nothing ran although nothing failed (a recent backup, `skip_if_newer_than`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
 }
@@ -175,6 +178,7 @@ async fn backups(State(s): State<AppState>, Json(req): Json<BackupRequest>) -> i
                     target: t.target.to_string(),
                     ok: true,
                     refused: false,
+                    skipped: None,
                     result: None,
                     error: None,
                 })
@@ -186,19 +190,36 @@ async fn backups(State(s): State<AppState>, Json(req): Json<BackupRequest>) -> i
         let runner = s.runner.clone();
         let kind = req.kind;
         let wait = req.wait;
+        let (all, names) = (req.all, &req.targets);
         async move {
             // A task the runner owns: a client that goes away (Ctrl-C on `pgctl backup`) does
             // not cut the job off half-way; it ends, cleans up and is recorded like any other.
-            let r = runner
-                .submit(t.clone(), kind, Trigger::Manual, wait)
+            // `--all` skips a target backed up recently (skip_if_newer_than); a target the
+            // request names always runs.
+            let named = names.iter().any(|n| t.target.matches(n));
+            let rx = if all && !named {
+                runner.submit_unless_recent(t.clone(), kind, Trigger::Manual, wait)
+            } else {
+                runner.submit(t.clone(), kind, Trigger::Manual, wait)
+            };
+            let r = rx
                 .await
                 .unwrap_or_else(|_| Err(RunError::Crashed("the job was aborted".into())));
             match r {
                 Ok(res) => outcome(&t.target.to_string(), res),
+                Err(e @ RunError::Recent { .. }) => BackupOutcome {
+                    target: t.target.to_string(),
+                    ok: true,
+                    refused: false,
+                    skipped: Some(e.to_string()),
+                    result: None,
+                    error: None,
+                },
                 Err(e) => BackupOutcome {
                     target: t.target.to_string(),
                     ok: false,
                     refused: true,
+                    skipped: None,
                     result: None,
                     error: Some(e.to_string()),
                 },
@@ -234,6 +255,7 @@ async fn drills(State(s): State<AppState>, Json(req): Json<DrillRequest>) -> imp
                     target,
                     ok: true,
                     refused: false,
+                    skipped: None,
                     result: None,
                     error: None,
                 };
@@ -247,6 +269,7 @@ async fn drills(State(s): State<AppState>, Json(req): Json<DrillRequest>) -> imp
                     target,
                     ok: results.iter().all(|r| r.ok),
                     refused: false,
+                    skipped: None,
                     error: {
                         let errors: Vec<String> = results
                             .iter()
@@ -260,6 +283,7 @@ async fn drills(State(s): State<AppState>, Json(req): Json<DrillRequest>) -> imp
                     target,
                     ok: false,
                     refused: true,
+                    skipped: None,
                     result: None,
                     error: Some(e.to_string()),
                 },
@@ -275,6 +299,7 @@ fn outcome(target: &str, r: JobResult) -> BackupOutcome {
         target: target.to_string(),
         ok: r.ok,
         refused: false,
+        skipped: None,
         error: r.error.clone(),
         result: Some(serde_json::to_value(r).expect("result serialises")),
     }

@@ -249,7 +249,11 @@ pub fn render(r: &Report) -> String {
         };
         rows.push(vec![
             s("target"),
-            s("container"),
+            // A target declared by URL has no container: where it is, without the password.
+            match t["url"].as_str() {
+                Some(url) => format!("url {}", url.split('?').next().unwrap_or(url)),
+                None => s("container"),
+            },
             state.clone(),
             settings["schedule"].as_str().unwrap_or("-").to_string(),
             if state == "valid" { next } else { "-".into() },

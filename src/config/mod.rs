@@ -4,6 +4,8 @@
 //! [`Config::from_env`] is the thin shell that reads the process environment and resolves the
 //! `<NAME>_FILE` variants (Docker secrets) into that map.
 
+pub mod declared;
+pub mod endpoint;
 pub mod labels;
 pub mod scope;
 
@@ -76,6 +78,7 @@ pub const VARIABLES: &[&str] = &[
     "PGBACKUP_AGE_IDENTITY",
     "PGBACKUP_CONCURRENCY",
     "PGBACKUP_RUN_ON_STARTUP",
+    "PGBACKUP_SKIP_IF_NEWER_THAN",
     "PGBACKUP_RESYNC_INTERVAL",
     "TZ",
     "RETENTION_KEEP_LAST",
@@ -118,6 +121,7 @@ struct Raw {
     pgbackup_age_identity_file: Option<String>,
     pgbackup_concurrency: Option<String>,
     pgbackup_run_on_startup: Option<String>,
+    pgbackup_skip_if_newer_than: Option<String>,
     pgbackup_resync_interval: Option<String>,
     tz: Option<String>,
     retention_keep_last: Option<String>,
@@ -219,16 +223,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub destination: Destination,
-    pub schedule: Schedule,
-    pub drill_schedule: Schedule,
+    /// What every target gets unless its labels say otherwise (schedules, time zone,
+    /// retention, scope, encryption, skip window).
+    pub defaults: Defaults,
     pub concurrency: usize,
     pub run_on_startup: bool,
     pub resync_interval: Duration,
-    pub timezone: Tz,
-    pub keep: KeepPolicy,
-    pub scope: scope::Setting,
-    pub age_recipients: Option<Recipients>,
-    pub age_identity: Option<Arc<Identities>>,
     pub min_backups: u32,
     /// `None` disables the HTTP server.
     pub http_addr: Option<SocketAddr>,
@@ -257,6 +257,11 @@ pub struct Defaults {
     /// `PGBACKUP_AGE_IDENTITY_FILE`: what decrypts backups for restores, verify, drills and
     /// copies (`--identity` overrides). Usually unset in the sidecar that writes backups.
     pub age_identity: Option<Arc<Identities>>,
+    /// `PGBACKUP_SKIP_IF_NEWER_THAN`: start-up, `--all` and single-shot runs skip a target
+    /// whose newest committed backup of the kind is younger (a label overrides).
+    pub skip_if_newer_than: Option<Duration>,
+    /// Targets declared by `PGBACKUP_TARGET_<NAME>_URL` (databases outside Docker).
+    pub declared: Vec<declared::Declared>,
 }
 
 impl Config {
@@ -271,7 +276,7 @@ impl Config {
     pub fn from_map(map: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let mut raw = parse_raw(map)?;
         // Label defaults first: the rest consumes `raw` field by field.
-        let defaults = Defaults::from_raw(&raw)?;
+        let defaults = Defaults::from_raw(&raw, map)?;
         let destination = destination(&mut raw)?;
         let notify = notify_settings(&mut raw)?;
         let single_shot = parse_bool(
@@ -318,16 +323,10 @@ impl Config {
         };
         Ok(Config {
             destination,
-            schedule: defaults.schedule,
-            drill_schedule: defaults.drill_schedule,
+            defaults,
             concurrency: concurrency as usize,
             run_on_startup,
             resync_interval,
-            timezone: defaults.timezone,
-            keep: defaults.keep,
-            scope: defaults.scope,
-            age_recipients: defaults.age_recipients,
-            age_identity: defaults.age_identity,
             min_backups,
             http_addr,
             log_format,
@@ -338,25 +337,17 @@ impl Config {
     }
 
     pub fn defaults(&self) -> Defaults {
-        Defaults {
-            schedule: self.schedule.clone(),
-            drill_schedule: self.drill_schedule.clone(),
-            timezone: self.timezone,
-            keep: self.keep.clone(),
-            scope: self.scope.clone(),
-            age_recipients: self.age_recipients.clone(),
-            age_identity: self.age_identity.clone(),
-        }
+        self.defaults.clone()
     }
 }
 
 impl Defaults {
     /// Only the label defaults, for commands that need no S3 settings.
     pub fn from_map(map: &HashMap<String, String>) -> Result<Defaults, ConfigError> {
-        Defaults::from_raw(&parse_raw(map)?)
+        Defaults::from_raw(&parse_raw(map)?, map)
     }
 
-    fn from_raw(raw: &Raw) -> Result<Defaults, ConfigError> {
+    fn from_raw(raw: &Raw, map: &HashMap<String, String>) -> Result<Defaults, ConfigError> {
         let keep = [
             ("RETENTION_KEEP_LAST", &raw.retention_keep_last),
             ("RETENTION_KEEP_HOURLY", &raw.retention_keep_hourly),
@@ -429,6 +420,23 @@ impl Defaults {
                         .map_err(|e| ConfigError::Other(format!("PGBACKUP_AGE_RECIPIENTS: {e}")))?,
                 ),
             },
+            declared: declared::read(map).0,
+            skip_if_newer_than: match non_empty(raw.pgbackup_skip_if_newer_than.clone()) {
+                None => None,
+                Some(v) if v.eq_ignore_ascii_case("off") => None,
+                Some(v) => Some(
+                    humantime::parse_duration(&v)
+                        .ok()
+                        .filter(|d| *d >= Duration::from_secs(1))
+                        .ok_or_else(|| {
+                            invalid(
+                                "PGBACKUP_SKIP_IF_NEWER_THAN",
+                                &v,
+                                "a duration of at least 1s such as 20h or 30m, or off",
+                            )
+                        })?,
+                ),
+            },
             // The message names the file, never a line of it.
             age_identity: match non_empty(raw.pgbackup_age_identity.clone()) {
                 None => None,
@@ -456,8 +464,9 @@ fn parse_raw(map: &HashMap<String, String>) -> Result<Raw, ConfigError> {
 /// Variables that look like ours (`PGBACKUP_*`, `S3_*`, `RETENTION_*`) but are not read: a typo
 /// or an option pgbackup does not have (`PGBACKUP_LOG_FILE`). Warned about at start-up.
 pub fn unknown_variables<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let names: Vec<&str> = names.into_iter().collect();
     let mut out: Vec<String> = names
-        .into_iter()
+        .iter()
         .filter(|n| {
             ["PGBACKUP_", "S3_", "RETENTION_"]
                 .iter()
@@ -465,10 +474,26 @@ pub fn unknown_variables<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<St
         })
         .filter(|n| {
             let base = n.strip_suffix("_FILE").unwrap_or(n);
-            !VARIABLES.contains(&base) && !OTHER_VARIABLES.contains(n)
+            !VARIABLES.contains(&base)
+                && !OTHER_VARIABLES.contains(*n)
+                && !n.starts_with(declared::PREFIX)
         })
-        .map(String::from)
+        .map(|n| n.to_string())
         .collect();
+    // `PGBACKUP_TARGET_*` that set nothing of a declared target (an unknown setting, a name
+    // without its `_URL`).
+    let declarations: HashMap<String, String> = names
+        .into_iter()
+        .filter(|n| n.starts_with(declared::PREFIX))
+        .map(|n| {
+            (
+                n.strip_suffix("_URL_FILE")
+                    .map_or(n.to_string(), |b| format!("{b}_URL")),
+                String::new(),
+            )
+        })
+        .collect();
+    out.extend(declared::read(&declarations).1);
     out.sort();
     out
 }
@@ -489,12 +514,22 @@ where
     F: Fn(&Path) -> std::io::Result<String>,
 {
     let mut map: HashMap<String, String> = vars.into_iter().collect();
-    for name in VARIABLES {
+    // A declared target's URL may come from a file (it holds a password).
+    let urls: Vec<String> = map
+        .keys()
+        .filter(|k| k.starts_with(declared::PREFIX))
+        .filter_map(|k| k.strip_suffix("_URL_FILE").map(|b| format!("{b}_URL")))
+        .collect();
+    for name in VARIABLES
+        .iter()
+        .copied()
+        .chain(urls.iter().map(String::as_str))
+    {
         let file_var = format!("{name}_FILE");
         let Some(path) = map.get(&file_var).cloned() else {
             continue;
         };
-        if map.get(*name).is_some_and(|v| !v.is_empty()) {
+        if map.get(name).is_some_and(|v| !v.is_empty()) {
             return Err(ConfigError::Both {
                 name: name.to_string(),
             });
@@ -728,8 +763,8 @@ pub fn describe(cfg: &Config) -> BTreeMap<&'static str, String> {
             m.insert("destination", root.display().to_string());
         }
     }
-    m.insert("schedule", cfg.schedule.to_string());
-    m.insert("timezone", cfg.timezone.to_string());
+    m.insert("schedule", cfg.defaults.schedule.to_string());
+    m.insert("timezone", cfg.defaults.timezone.to_string());
     m.insert("concurrency", cfg.concurrency.to_string());
     if !cfg.notify.services.is_empty() {
         let shown: Vec<String> = cfg.notify.services.iter().map(|s| s.shown()).collect();

@@ -19,10 +19,10 @@ fn minimal_config_uses_documented_defaults() {
     assert_eq!(s3(&cfg).endpoint, None);
     assert!(!s3(&cfg).force_path_style);
     assert_eq!(s3(&cfg).credentials, None);
-    assert_eq!(cfg.schedule.to_string(), "@daily");
+    assert_eq!(cfg.defaults.schedule.to_string(), "@daily");
     assert_eq!(cfg.concurrency, 2);
     assert!(!cfg.run_on_startup);
-    assert_eq!(cfg.timezone, Tz::UTC);
+    assert_eq!(cfg.defaults.timezone, Tz::UTC);
     assert_eq!(cfg.min_backups, 1);
     assert_eq!(cfg.http_addr, Some("0.0.0.0:8080".parse().unwrap()));
     assert_eq!(cfg.log_format, LogFormat::Text);
@@ -42,7 +42,7 @@ fn custom_endpoint_defaults_to_path_style() {
     .unwrap();
     assert!(s3(&cfg).force_path_style);
     assert_eq!(s3(&cfg).prefix, "prod/db");
-    assert_eq!(cfg.timezone, chrono_tz::Europe::Berlin);
+    assert_eq!(cfg.defaults.timezone, chrono_tz::Europe::Berlin);
     assert_eq!(cfg.http_addr, None);
     let (id, secret) = s3(&cfg).credentials.clone().unwrap();
     assert_eq!((id.as_str(), secret.expose()), ("GK1", "s3cr3t"));
@@ -182,11 +182,11 @@ fn age_recipients_and_identity_are_read_and_never_echoed() {
     ]))
     .unwrap();
     assert_eq!(
-        cfg.age_recipients.as_ref().unwrap().fingerprints(),
+        cfg.defaults.age_recipients.as_ref().unwrap().fingerprints(),
         [public.clone(), other]
     );
-    assert!(cfg.age_identity.is_none());
-    assert_eq!(cfg.defaults().age_recipients, cfg.age_recipients);
+    assert!(cfg.defaults.age_identity.is_none());
+    assert_eq!(cfg.defaults().age_recipients, cfg.defaults.age_recipients);
     // The identity from its file: named by the file, never by its content.
     let vars = map(&[
         ("S3_BUCKET", "b"),
@@ -194,7 +194,7 @@ fn age_recipients_and_identity_are_read_and_never_echoed() {
     ]);
     let resolved = resolve_env(vars, |_| Ok(format!("# key\n{secret}\n"))).unwrap();
     let cfg = Config::from_map(&resolved).unwrap();
-    let keys = cfg.age_identity.unwrap();
+    let keys = cfg.defaults.age_identity.unwrap();
     assert_eq!(keys.public(), [public.as_str()]);
     assert_eq!(keys.source, "PGBACKUP_AGE_IDENTITY_FILE=/run/secrets/age");
     let resolved = resolve_env(
@@ -222,5 +222,57 @@ fn age_recipients_and_identity_are_read_and_never_echoed() {
     assert!(
         unknown_variables(["PGBACKUP_AGE_IDENTITY_FILE", "PGBACKUP_AGE_RECIPIENTS_FILE"])
             .is_empty()
+    );
+}
+
+#[test]
+fn targets_declared_by_url_read_their_url_from_a_file_and_strays_are_named() {
+    let vars = map(&[
+        ("S3_BUCKET", "b"),
+        (
+            "PGBACKUP_TARGET_BILLING_URL_FILE",
+            "/run/secrets/billing_url",
+        ),
+        ("PGBACKUP_TARGET_BILLING_SCHEDULE", "@hourly"),
+        ("PGBACKUP_SKIP_IF_NEWER_THAN", "20h"),
+    ]);
+    let resolved = resolve_env(vars, |p| {
+        assert_eq!(p, Path::new("/run/secrets/billing_url"));
+        Ok("postgres://backup:pw@db.example.com/billing?sslmode=require\n".to_string())
+    })
+    .unwrap();
+    let cfg = Config::from_map(&resolved).unwrap();
+    assert_eq!(cfg.defaults.declared.len(), 1);
+    let d = &cfg.defaults.declared[0];
+    assert_eq!(d.name, "billing");
+    let e = d.endpoint.as_ref().unwrap();
+    assert_eq!(
+        (e.host.as_str(), e.password.as_ref().unwrap().expose()),
+        ("db.example.com", "pw")
+    );
+    assert_eq!(
+        cfg.defaults.skip_if_newer_than,
+        Some(Duration::from_secs(20 * 3600))
+    );
+    assert_eq!(
+        unknown_variables([
+            "PGBACKUP_TARGET_BILLING_URL_FILE",
+            "PGBACKUP_TARGET_BILLING_SCHEDULE",
+            "PGBACKUP_TARGET_BILLING_SCHEDUEL",
+            "PGBACKUP_TARGET_NOURL_SCHEDULE",
+        ]),
+        [
+            "PGBACKUP_TARGET_BILLING_SCHEDUEL",
+            "PGBACKUP_TARGET_NOURL_SCHEDULE"
+        ]
+    );
+    let bad = Config::from_map(&map(&[
+        ("S3_BUCKET", "b"),
+        ("PGBACKUP_SKIP_IF_NEWER_THAN", "yesterday"),
+    ]))
+    .unwrap_err();
+    assert!(
+        bad.to_string().contains("PGBACKUP_SKIP_IF_NEWER_THAN"),
+        "{bad}"
     );
 }

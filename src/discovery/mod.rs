@@ -14,6 +14,8 @@ use serde::Serialize;
 use tokio::sync::{RwLock, watch};
 
 use crate::config::Defaults;
+use crate::config::declared::Declared;
+use crate::config::endpoint::Endpoint;
 use crate::config::labels::{self, LabelError, TargetSpec};
 use crate::engine::docker::{Container, ContainerEvent, DockerClient, DockerError};
 use crate::model::TargetId;
@@ -21,11 +23,27 @@ use crate::model::TargetId;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Target {
     pub target: TargetId,
+    /// The container's name, id and image; empty for a target declared by URL.
     pub container: String,
     pub container_id: String,
     pub image: String,
+    /// A target declared by `PGBACKUP_TARGET_<NAME>_URL`: the server it names (shown without
+    /// its password). `None` for a labelled container.
+    #[serde(
+        rename = "url",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redacted"
+    )]
+    pub endpoint: Option<Endpoint>,
     #[serde(flatten)]
     pub spec: Parsed,
+}
+
+fn redacted<S: serde::Serializer>(e: &Option<Endpoint>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(e) => s.serialize_str(&e.redacted()),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -56,8 +74,37 @@ impl Target {
             container: c.name.clone(),
             container_id: c.id.clone(),
             image: c.image.clone(),
+            endpoint: None,
             spec,
         })
+    }
+
+    /// A target declared by variables ([`declared`](crate::config::declared)): the same label
+    /// rules, errors named by the variables that set them.
+    pub fn declared(d: &Declared, defaults: &Defaults) -> Target {
+        let target = TargetId {
+            project: None,
+            service: d.name.clone(),
+        };
+        let (labels, mut errors) = d.labels();
+        let spec = match labels::parse(&target, &labels, &Default::default(), defaults) {
+            Ok(settings) if errors.is_empty() => Parsed::Valid {
+                settings: Box::new(settings),
+            },
+            Ok(_) => Parsed::Invalid { errors },
+            Err(more) => {
+                errors.extend(more.into_iter().map(|e| d.rename(e)));
+                Parsed::Invalid { errors }
+            }
+        };
+        Target {
+            target,
+            container: String::new(),
+            container_id: String::new(),
+            image: String::new(),
+            endpoint: d.endpoint.clone().ok(),
+            spec,
+        }
     }
 
     pub fn settings(&self) -> Option<&TargetSpec> {
@@ -121,6 +168,8 @@ impl SyncDest {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Registry {
     by_container: BTreeMap<String, Target>,
+    /// Targets declared by URL (from the defaults of the last listing).
+    declared: Vec<Target>,
 }
 
 impl Registry {
@@ -137,7 +186,7 @@ impl Registry {
 
     /// Replaces everything with a fresh listing; returns whether anything changed.
     pub fn replace_all(&mut self, containers: &[Container], defaults: &Defaults) -> bool {
-        let mut next = Registry::default();
+        let mut next = Registry::declaring(defaults);
         for c in containers {
             next.upsert(c, defaults);
         }
@@ -146,10 +195,23 @@ impl Registry {
         changed
     }
 
+    /// No containers yet; the targets `defaults` declare by URL.
+    pub fn declaring(defaults: &Defaults) -> Registry {
+        Registry {
+            by_container: BTreeMap::new(),
+            declared: defaults
+                .declared
+                .iter()
+                .map(|d| Target::declared(d, defaults))
+                .collect(),
+        }
+    }
+
     /// Targets sorted by identity, then container name. Targets whose folders collide are
     /// invalid here ([`refuse_shared_folders`]).
     pub fn targets(&self) -> Vec<Target> {
         let mut v: Vec<Target> = self.by_container.values().cloned().collect();
+        v.extend(self.declared.iter().cloned());
         v.sort_by(|a, b| (&a.target, &a.container).cmp(&(&b.target, &b.container)));
         refuse_shared_folders(&mut v);
         v

@@ -130,3 +130,64 @@ fn backoff_doubles_to_a_ceiling() {
     assert_eq!(seen[1], BACKOFF_MIN * 2);
     assert_eq!(*seen.last().unwrap(), BACKOFF_MAX);
 }
+
+#[test]
+fn a_target_declared_by_url_is_listed_with_its_settings_or_its_variables_errors() {
+    let vars: HashMap<String, String> = [
+        (
+            "PGBACKUP_TARGET_BILLING_URL",
+            "postgres://backup:s3cret@db.example.com:6432/billing?sslmode=verify-full&sslrootcert=/certs/ca.crt",
+        ),
+        ("PGBACKUP_TARGET_BILLING_KEEP_DAILY", "7"),
+        ("PGBACKUP_TARGET_BAD_URL", "postgres://backup:s3cret@db/x"),
+        ("PGBACKUP_TARGET_BAD_SCHEDULE", "every day"),
+        ("PGBACKUP_TARGET_BAD_PHYSICAL_SCHEDULE", "@daily"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let d = Defaults::from_map(&vars).unwrap();
+    let mut r = Registry::default();
+    r.replace_all(&[container("a", "db", &[], true)], &d);
+    let targets = r.targets();
+    let names: Vec<String> = targets.iter().map(|t| t.target.to_string()).collect();
+    assert_eq!(names, ["bad", "billing", "shop/db"]);
+    let billing = &targets[1];
+    let spec = billing.settings().expect("valid");
+    assert_eq!(spec.method, crate::model::Method::Connect);
+    assert_eq!(spec.user, "backup");
+    assert_eq!(spec.prefix, "billing");
+    assert_eq!(spec.keep.daily, Some(7));
+    assert_eq!(
+        spec.databases,
+        crate::model::Databases::List(vec!["billing".into()])
+    );
+    let shown = serde_json::to_string(billing).unwrap();
+    assert!(
+        shown.contains(
+            "\"url\":\"postgres://backup@db.example.com:6432/billing?sslmode=verify-full&sslrootcert=/certs/ca.crt\""
+        ),
+        "{shown}"
+    );
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let Parsed::Invalid { errors } = &targets[0].spec else {
+        panic!("bad is invalid");
+    };
+    let named: Vec<&str> = errors.iter().map(|e| e.label.as_str()).collect();
+    assert_eq!(
+        named,
+        [
+            "PGBACKUP_TARGET_BAD_PHYSICAL_SCHEDULE",
+            "PGBACKUP_TARGET_BAD_SCHEDULE"
+        ],
+        "{errors:?}"
+    );
+    assert!(
+        errors[1]
+            .to_string()
+            .starts_with("variable PGBACKUP_TARGET_BAD_SCHEDULE=")
+    );
+    // Declared targets stay through every listing.
+    r.replace_all(&[], &d);
+    assert_eq!(r.targets().len(), 2);
+}

@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::process::{Child, ChildStdout};
 
 use crate::config::Secret;
+use crate::config::endpoint::Endpoint;
 use crate::engine::docker::{DockerClient, DockerError, ExecExit, ExecStream};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +63,23 @@ pub enum Access {
         port: u16,
         user: String,
         password: Option<Secret>,
+        /// More libpq variables (`PGSSLMODE`, `PGSSLROOTCERT`…).
+        env: Vec<(&'static str, String)>,
     },
 }
 
 impl Access {
+    /// The server a connection URL names, from the sidecar.
+    pub fn to(e: &Endpoint) -> Access {
+        Access::Connect {
+            host: e.host.clone(),
+            port: e.port,
+            user: e.user.clone(),
+            password: e.password.clone(),
+            env: e.env.clone(),
+        }
+    }
+
     pub fn user(&self) -> &str {
         match self {
             Access::Exec { user, .. } | Access::Connect { user, .. } => user,
@@ -87,6 +101,51 @@ impl Access {
 
     async fn spawn(&self, program: &str, args: &[String]) -> Result<PgStream, PgError> {
         Ok(self.spawn_with(program, args, false).await?.0)
+    }
+
+    /// `psql` reading a script from its stdin as this access's user on `database`
+    /// ([`psql_script_argv`]): stop at the first error, results discarded.
+    pub async fn script(&self, database: &str) -> Result<(PgStream, PgInput), PgError> {
+        let argv = psql_script_argv(self.user(), database);
+        let (out, input) = self.spawn_with("psql", &argv[1..], true).await?;
+        Ok((out, input.expect("stdin piped")))
+    }
+
+    /// `program args…` (no `-U`) with its stdin piped: the caller writes its input.
+    pub async fn program_with_stdin(
+        &self,
+        program: &str,
+        args: &[String],
+    ) -> Result<(PgStream, PgInput), PgError> {
+        let (out, input) = self.spawn_with(program, args, true).await?;
+        Ok((out, input.expect("stdin piped")))
+    }
+
+    /// Runs `sql` as a [`Access::script`] on `database` and waits for psql to end.
+    pub async fn feed(&self, database: &str, sql: &[u8]) -> Result<ExecExit, PgError> {
+        use tokio::io::AsyncWriteExt;
+        let (mut out, mut input) = self.script(database).await?;
+        // Its output is read while the script is written: psql blocks when nobody reads.
+        let drain = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink).await;
+            out.finish().await
+        });
+        let sent = async {
+            input.write_all(sql).await?;
+            input.shutdown().await
+        }
+        .await;
+        drop(input);
+        let exit = drain
+            .await
+            .map_err(|e| PgError::Other(format!("psql's output task failed: {e}")))??;
+        match sent {
+            Err(e) if exit.code == 0 => Err(PgError::Other(format!(
+                "sending the script to psql failed: {e}"
+            ))),
+            _ => Ok(exit),
+        }
     }
 
     /// `psql` reading SQL from its stdin as this access's user in `database`, unaligned and
@@ -134,6 +193,7 @@ impl Access {
                 host,
                 port,
                 password,
+                env,
                 ..
             } => {
                 let mut cmd = tokio::process::Command::new(program);
@@ -142,6 +202,19 @@ impl Access {
                     .env("PGPORT", port.to_string())
                     .env("PGCONNECT_TIMEOUT", "10")
                     .env_remove("PGPASSWORD");
+                // Only what the URL says: a sidecar's own PGSSLMODE… must not change it.
+                for var in [
+                    "PGSSLMODE",
+                    "PGSSLROOTCERT",
+                    "PGSSLCERT",
+                    "PGSSLKEY",
+                    "PGSSLCRL",
+                ] {
+                    cmd.env_remove(var);
+                }
+                for (k, v) in env {
+                    cmd.env(k, v);
+                }
                 if let Some(p) = password {
                     // Environment, never argv: `ps` shows arguments to everyone.
                     cmd.env("PGPASSWORD", p.expose());
@@ -204,12 +277,12 @@ pub fn psql_script_argv(user: &str, database: &str) -> Vec<String> {
     .to_vec()
 }
 
-/// A psql session kept open inside a container for as long as something must hold: a
-/// temporary replication slot, an advisory lock. The server releases what the session holds
-/// when it ends: on [`Held::release`], or when pgctl dies and the exec connection closes, so
-/// nothing it holds can outlive pgctl.
+/// A psql session kept open (in the target, or from the sidecar) for as long as something must
+/// hold: a temporary replication slot, a restore's liveness mark. The server releases what the
+/// session holds when it ends: on [`Held::release`], or when pgctl dies and the exec connection
+/// closes (or its own psql child is killed with it), so nothing it holds can outlive pgctl.
 pub struct Held {
-    input: crate::engine::docker::ExecInput,
+    input: PgInput,
     output: tokio::task::JoinHandle<()>,
 }
 
@@ -217,20 +290,13 @@ pub struct Held {
 const HELD: &[u8] = b"pgbackup:held";
 
 impl Held {
-    /// Runs `sql` (which must succeed) in a session of `user` on `database`, and keeps it open.
-    pub async fn open(
-        docker: &DockerClient,
-        container: &str,
-        user: &str,
-        database: &str,
-        sql: &str,
-    ) -> Result<Held, PgError> {
+    /// Runs `sql` (which must succeed) in a session of the access's user on `database`, and
+    /// keeps it open.
+    pub async fn open(access: &Access, database: &str, sql: &str) -> Result<Held, PgError> {
         use tokio::io::AsyncWriteExt;
-        let cmd = psql_script_argv(user, database);
-        let (mut out, mut input) = docker.exec_with_stdin(container, &cmd, &[], None).await?;
+        let (mut out, mut input) = access.session(database).await?;
         let script = format!("{sql}\n\\echo {}\n", String::from_utf8_lossy(HELD));
-        let io =
-            |e: std::io::Error| PgError::Other(format!("holding a session in {container}: {e}"));
+        let io = |e: std::io::Error| PgError::Other(format!("holding a session: {e}"));
         input.write_all(script.as_bytes()).await.map_err(io)?;
         input.flush().await.map_err(io)?;
         let mut seen = Vec::new();

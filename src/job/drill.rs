@@ -130,6 +130,12 @@ pub async fn owner(docker: &DockerClient) -> String {
 /// restored into a throwaway server and checked. Never fails as a call: a failure is a result
 /// with `ok: false`.
 pub async fn run(ctx: &Ctx<'_>, target: &Target) -> Vec<DrillResult> {
+    if target.endpoint.is_some() {
+        return vec![DrillResult::failed(
+            target,
+            "a restore drill starts a server from the target's own image, and a target declared by URL names none: test its backups by restoring one into a container (pgctl restore latest --from NAME --to SERVICE)",
+        )];
+    }
     let mut out = Vec::new();
     let latest = match latest_of(ctx, target).await {
         Ok(l) => l,
@@ -253,6 +259,7 @@ async fn logical(
         backup: BackupRef::Id(m.backup_id),
         from: None,
         to: None,
+        to_url: None,
         db: None,
         clean: true,
         kind: Kind::Logical,

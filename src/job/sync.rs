@@ -158,6 +158,7 @@ async fn copy(
         backup: BackupRef::Id(m.backup_id),
         from: Some(spec.from.clone()),
         to: None,
+        to_url: None,
         db: spec.db.clone(),
         clean: true,
         kind: Kind::Logical,

@@ -93,7 +93,7 @@ pub async fn execute(
     )
     .await?;
     let started = std::time::Instant::now();
-    let access = exec_access(docker, &plan.container, &plan.user);
+    let access = plan.place.access(docker, &plan.user);
     let maint = maintenance_db(plan);
     let run = run_id();
     let temps: Vec<Temporary> = (1..=plan.databases.len())
@@ -103,9 +103,7 @@ pub async fn execute(
     let mut skipped = Vec::new();
     // Alive for as long as this run: the next restore knows it from an interrupted one.
     let alive = pg::Held::open(
-        docker,
-        &plan.container.id,
-        &plan.user,
+        &access,
         maint,
         &format!("SET application_name = '{}';", liveness_name(&run)),
     )
@@ -117,7 +115,7 @@ pub async fn execute(
     })?;
     clean_abandoned(&access, maint, plan.server_major, &plan.leftovers).await;
     let session = Session {
-        docker,
+        access: access.clone(),
         store,
         plan,
         maint,
@@ -147,15 +145,7 @@ pub async fn execute(
     // puts the old ones back and is undone like any other.
     let swapped = match swapped {
         Ok(_) if !plan.scripts.is_empty() => {
-            match super::scripts::run(
-                docker,
-                &plan.container.id,
-                &plan.user,
-                &plan.scripts_database,
-                &plan.scripts,
-            )
-            .await
-            {
+            match super::scripts::run(&access, &plan.scripts_database, &plan.scripts).await {
                 Ok(()) => Ok(()),
                 Err(e) => {
                     let pairs: Vec<(&DbPlan, &Temporary)> =
@@ -242,7 +232,8 @@ async fn drop_replaced(
 
 /// What every step of one restore run works with.
 pub(super) struct Session<'a> {
-    pub(super) docker: &'a DockerClient,
+    /// How the restore reaches the server ([`Place::access`]).
+    pub(super) access: Access,
     pub(super) store: &'a dyn Store,
     pub(super) plan: &'a Plan,
     /// The database psql stays on ([`maintenance_db`]).
@@ -261,7 +252,7 @@ pub(super) async fn restore_roles(
     let plan = s.plan;
     let (script, created, skipped) = globals_script(s.store, plan, g, access).await?;
     let what = format!("restoring roles from {}", g.name);
-    let mut psql = Psql::start(s.docker, &plan.container, &plan.user, s.maint, &what).await?;
+    let mut psql = Psql::start(&s.access, s.maint, &what).await?;
     // One transaction: every role is created, or none is. Roles commit first: the databases'
     // owners and grants need them. Each new role is marked with this run until the swap
     // commits, so a crash in between cannot leave it unnoticed.
@@ -280,7 +271,7 @@ pub(super) async fn restore_roles(
 pub(super) async fn load(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(), RestoreError> {
     let plan = s.plan;
     let what = format!("restoring database {:?} from {}", d.database, d.object.name);
-    let mut psql = Psql::start(s.docker, &plan.container, &plan.user, s.maint, &what).await?;
+    let mut psql = Psql::start(&s.access, s.maint, &what).await?;
     let mut sink = Rewriting {
         rewriter: sql::Rewriter::new(sql::Rewrite {
             from: d.database.clone(),
@@ -332,7 +323,7 @@ async fn convert(
     let mut conv = if plan.convert_in_sidecar {
         Converter::in_sidecar(&plan.options)?
     } else {
-        Converter::in_target(s.docker, &plan.container, &plan.options).await?
+        Converter::in_target(&s.access, &plan.place.name(), &plan.options).await?
     };
     let feed = async {
         let r = stream_object(

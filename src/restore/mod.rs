@@ -27,6 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::config::Defaults;
+use crate::config::endpoint::Endpoint;
 use crate::discovery::Target;
 use crate::engine::docker::{Container, DockerClient, DockerError, ExecExit, ExecInput};
 use crate::engine::pg::{self, Access, PgError, PgStream};
@@ -42,6 +43,7 @@ mod execute;
 mod globals;
 pub mod physical;
 mod plan;
+pub mod rescue;
 mod resolve;
 pub mod scripts;
 mod session;
@@ -182,10 +184,13 @@ impl RestoreError {
     }
 }
 
+#[derive(Clone)]
 pub struct Request {
     pub backup: BackupRef,
     pub from: Option<String>,
     pub to: Option<String>,
+    /// `--to-url`: a server reached by URL instead of a container or declared target.
+    pub to_url: Option<Endpoint>,
     pub db: Option<String>,
     pub clean: bool,
     /// Which kind `latest` means.
@@ -398,7 +403,7 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
         );
         Plan {
             manifest: m,
-            container: crate::discovery::test_container("id", "db", &[], true),
+            place: Place::Container(crate::discovery::test_container("id", "db", &[], true)),
             target: "shop/db".into(),
             user: "postgres".into(),
             server_major,

@@ -13,10 +13,37 @@ pub struct DbPlan {
     pub objects: u64,
 }
 
+/// Where a logical restore goes: a container of this host, or a server reached by URL (a
+/// target declared by `PGBACKUP_TARGET_<NAME>_URL`, or `--to-url`).
+#[derive(Debug, Clone)]
+pub enum Place {
+    Container(Container),
+    Url(Endpoint),
+}
+
+impl Place {
+    /// How the restore reaches the server: `docker exec` into the container, or the sidecar's
+    /// own client programs over the network.
+    pub fn access(&self, docker: &DockerClient, user: &str) -> Access {
+        match self {
+            Place::Container(c) => exec_access(docker, c, user),
+            Place::Url(e) => Access::to(e),
+        }
+    }
+
+    /// The container's name, or the URL without its password.
+    pub fn name(&self) -> String {
+        match self {
+            Place::Container(c) => c.name.clone(),
+            Place::Url(e) => e.redacted(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub manifest: Manifest,
-    pub container: Container,
+    pub place: Place,
     pub target: String,
     pub user: String,
     pub server_major: u32,
@@ -76,7 +103,7 @@ impl fmt::Display for Plan {
             m.postgres.major,
             crate::table::human_bytes(m.size()),
             self.target,
-            self.container.name,
+            self.place.name(),
             self.server_major,
             self.user
         )?;
@@ -259,10 +286,68 @@ pub async fn plan(
             manifest.backup_id
         )));
     }
+    if let Some(e) = &req.to_url {
+        let mut req = req.clone();
+        // A database in the URL's path is the one restored (as --db says).
+        if let [db] = e.databases.as_slice() {
+            match &req.db {
+                Some(other) if other != db => {
+                    return Err(RestoreError::Usage(format!(
+                        "--to-url names database {db:?} but --db asks for {other:?}: name one of them"
+                    )));
+                }
+                _ => req.db = Some(db.clone()),
+            }
+        } else if e.databases.len() > 1 {
+            return Err(RestoreError::Usage(format!(
+                "--to-url names {} databases: name none (every database of the backup) or one",
+                e.databases.len()
+            )));
+        }
+        let at = At {
+            user: e.user.clone(),
+            options: vec![],
+            scripts_database: "postgres".into(),
+            target: e.redacted(),
+        };
+        return plan_at(docker, manifest, object, &req, Place::Url(e.clone()), at).await;
+    }
     let to = req.to.clone().unwrap_or_else(|| manifest.target.clone());
+    if let Some(d) = defaults.declared.iter().find(|d| d.name == to) {
+        let t = Target::declared(d, defaults);
+        let (Some(e), Some(spec)) = (t.endpoint.clone(), t.settings()) else {
+            return Err(RestoreError::Usage(format!(
+                "{to} is declared by {} but its settings are not valid (see pgctl status); nothing was changed",
+                d.url_variable()
+            )));
+        };
+        let at = At {
+            user: e.user.clone(),
+            options: [spec.restore_options.clone(), req.options.clone()].concat(),
+            scripts_database: e
+                .databases
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "postgres".into()),
+            target: to.clone(),
+        };
+        return plan_at(docker, manifest, object, req, Place::Url(e), at).await;
+    }
     let source_project = manifest.target.split_once('/').map(|(p, _)| p.to_string());
     let container = find_container(docker, &to, source_project.as_deref()).await?;
     plan_into(docker, defaults, manifest, object, req, container).await
+}
+
+/// Who restores where, beside the place itself.
+struct At {
+    /// The role the restore runs as.
+    user: String,
+    /// pg_restore options: the target's own, then `--restore-option`s.
+    options: Vec<String>,
+    /// The database `--post-sql` scripts start in.
+    scripts_database: String,
+    /// The target's name, as the plan shows it.
+    target: String,
 }
 
 /// [`plan`] into a container already found (a restore drill's throwaway server).
@@ -274,7 +359,6 @@ pub async fn plan_into(
     req: &Request,
     container: Container,
 ) -> Result<Plan, RestoreError> {
-    let to = container.name.clone();
     ensure_postgres(&container)?;
     let user = user_of(&container, defaults);
     let mut options = match container.labels.get(crate::config::labels::RESTORE_OPTIONS_LABEL) {
@@ -288,17 +372,52 @@ pub async fn plan_into(
         })?,
     };
     options.extend(req.options.iter().cloned());
-    let scripts = match &req.post_sql {
-        Some(dir) => super::scripts::read(dir)?,
-        None => vec![],
-    };
     let scripts_database = container
         .env
         .get("POSTGRES_DB")
         .filter(|d| !d.is_empty())
         .cloned()
         .unwrap_or_else(|| user.clone());
-    let access = exec_access(docker, &container, &user);
+    let target = TargetId::of(&container.labels, &container.name)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| container.name.clone());
+    let at = At {
+        user,
+        options,
+        scripts_database,
+        target,
+    };
+    plan_at(
+        docker,
+        manifest,
+        object,
+        req,
+        Place::Container(container),
+        at,
+    )
+    .await
+}
+
+/// Reads the server at `place` and decides what the restore will do. Changes nothing.
+async fn plan_at(
+    docker: &DockerClient,
+    manifest: Manifest,
+    object: Option<String>,
+    req: &Request,
+    place: Place,
+    at: At,
+) -> Result<Plan, RestoreError> {
+    let At {
+        user,
+        options,
+        scripts_database,
+        target,
+    } = at;
+    let scripts = match &req.post_sql {
+        Some(dir) => super::scripts::read(dir)?,
+        None => vec![],
+    };
+    let access = place.access(docker, &user);
     let chosen = chosen_objects(&manifest, object.as_deref(), req.db.as_deref())?;
     let globals = manifest
         .objects
@@ -310,15 +429,12 @@ pub async fn plan_into(
         restore_tool,
         sidecar_tool,
         convert_in_sidecar,
-    } = tools(&access, &manifest, &to).await?;
+    } = tools(&access, &manifest, &place.name()).await?;
     let leftovers = leftovers_of(&access).await?;
     let databases = db_plans(&access, chosen).await?;
-    let target = TargetId::of(&container.labels, &container.name)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|| container.name.clone());
     Ok(Plan {
         manifest,
-        container,
+        place,
         target,
         user,
         server_major,

@@ -127,6 +127,14 @@ pub(super) async fn source_dir(
     defaults: &Defaults,
     name: &str,
 ) -> Result<(String, String), RestoreError> {
+    if let Some(d) = defaults.declared.iter().find(|d| d.name == name) {
+        let t = Target::declared(d, defaults);
+        let folder = t.settings().map_or(name.to_string(), |s| s.prefix.clone());
+        return Ok((
+            layout::target_dir(store.prefix(), &folder),
+            name.to_string(),
+        ));
+    }
     if let Ok(c) = find_container(docker, name, None).await {
         if let Some(t) = Target::from_container(&c, defaults)
             && let Some(spec) = t.settings()

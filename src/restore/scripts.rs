@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::RestoreError;
-use crate::engine::docker::DockerClient;
+use crate::engine::pg::Access;
 
 /// A script's file name and its text.
 pub type Script = (String, Vec<u8>);
@@ -44,18 +44,11 @@ pub fn read(dir: &Path) -> Result<Vec<Script>, RestoreError> {
     Ok(scripts)
 }
 
-/// Runs `scripts` in order with psql in `container`, as `user` on `database`; stops at the
-/// first that fails.
-pub async fn run(
-    docker: &DockerClient,
-    container: &str,
-    user: &str,
-    database: &str,
-    scripts: &[Script],
-) -> Result<(), RestoreError> {
+/// Runs `scripts` in order with psql through `access`, on `database`; stops at the first that
+/// fails.
+pub async fn run(access: &Access, database: &str, scripts: &[Script]) -> Result<(), RestoreError> {
     for (name, sql) in scripts {
-        let cmd = crate::engine::pg::psql_script_argv(user, database);
-        let exit = docker.exec_feed(container, &cmd, sql.clone(), None).await?;
+        let exit = access.feed(database, sql).await?;
         if exit.code != 0 {
             return Err(RestoreError::Failed(format!(
                 "post-restore script {name} failed (psql exit {}): {}",

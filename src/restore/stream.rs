@@ -9,21 +9,19 @@ pub(super) const LOADED: &str = "pgbackup:loaded";
 /// One `psql` session inside the target, reading SQL from stdin (`ON_ERROR_STOP`).
 pub(super) struct Psql {
     pub(super) input: ExecInput,
-    pub(super) output: JoinHandle<Result<(ExecExit, String), DockerError>>,
+    pub(super) output: JoinHandle<Result<(ExecExit, String), PgError>>,
     pub(super) what: String,
 }
 
 impl Psql {
-    /// Starts psql as `user` on `database` in `c`. `what` names it in errors.
+    /// Starts psql on `database` through `access` (in the target, or from the sidecar for a
+    /// server reached by URL). `what` names it in errors.
     pub(super) async fn start(
-        docker: &DockerClient,
-        c: &Container,
-        user: &str,
+        access: &Access,
         database: &str,
         what: &str,
     ) -> Result<Psql, RestoreError> {
-        let cmd = pg::psql_script_argv(user, database);
-        let (mut stream, input) = docker.exec_with_stdin(&c.id, &cmd, &[], None).await?;
+        let (mut stream, input) = access.script(database).await?;
         // Drained concurrently: psql blocks when nobody reads what it prints.
         let output = tokio::spawn(async move {
             let mut tail = Vec::new();
@@ -147,20 +145,20 @@ pub(super) struct Converter {
 pub(super) const CONVERT: [&str; 3] = ["--create", "--file=-", "--exit-on-error"];
 
 impl Converter {
-    /// In the target, with its own pg_restore; `options` are the user's pg_restore options.
+    /// Where `access` runs programs (the target, or the sidecar for a server reached by URL),
+    /// with that pg_restore; `options` are the user's pg_restore options. `place` names it.
     pub(super) async fn in_target(
-        docker: &DockerClient,
-        c: &Container,
+        access: &Access,
+        place: &str,
         options: &[String],
     ) -> Result<Converter, RestoreError> {
-        let mut cmd = vec!["pg_restore".to_string()];
-        cmd.extend(CONVERT.map(String::from));
-        cmd.extend(options.iter().cloned());
-        let (stream, input) = docker.exec_with_stdin(&c.id, &cmd, &[], None).await?;
+        let mut args: Vec<String> = CONVERT.map(String::from).to_vec();
+        args.extend(options.iter().cloned());
+        let (output, input) = access.program_with_stdin("pg_restore", &args).await?;
         Ok(Converter {
             input: Raw(input),
-            output: PgStream::Exec(stream),
-            what: format!("pg_restore in {}", c.name),
+            output,
+            what: format!("pg_restore in {place}"),
         })
     }
 

@@ -154,7 +154,7 @@ impl Scheduler {
             let _ = tokio::time::timeout(Duration::from_secs(30), changed.changed()).await;
             for t in shared.registry.read().await.targets() {
                 if t.settings().is_some() {
-                    drop(runner.submit(t, Kind::Logical, Trigger::Startup, false));
+                    drop(runner.submit_unless_recent(t, Kind::Logical, Trigger::Startup, false));
                 }
             }
         }

@@ -719,3 +719,43 @@ pub fn readme_blocks(heading: &str, lang: &str) -> Vec<String> {
     }
     blocks
 }
+
+/// Samples every process's arguments in `containers` until stopped; the samples.
+pub struct Processes {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Processes {
+    pub fn watch(containers: Vec<String>) -> Processes {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen: std::sync::Arc<std::sync::Mutex<String>> = Default::default();
+        let (st, se) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in &containers {
+                    let o = std::process::Command::new("docker")
+                        .args(["top", c, "-eo", "pid,args"])
+                        .output()
+                        .unwrap();
+                    se.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&o.stdout));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Processes {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(mut self) -> String {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        self.seen.lock().unwrap().clone()
+    }
+}

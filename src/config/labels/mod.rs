@@ -46,6 +46,7 @@ pub const KNOWN: &[&str] = &[
     "pgbackup.keep.monthly",
     "pgbackup.keep.yearly",
     "pgbackup.timeout",
+    "pgbackup.skip_if_newer_than",
     "pgbackup.prefix",
     "pgbackup.ping_url",
     "pgbackup.hook.pre_backup",
@@ -85,6 +86,11 @@ pub struct TargetSpec {
     /// Every object is encrypted to these (`pgbackup.age_recipients`, else
     /// `PGBACKUP_AGE_RECIPIENTS`; `none` turns it off for this target).
     pub age_recipients: Option<Recipients>,
+    /// A start-up, `--all` or single-shot run is skipped while a committed backup of its kind
+    /// is younger than this (`pgbackup.skip_if_newer_than`, else `PGBACKUP_SKIP_IF_NEWER_THAN`;
+    /// `off` turns it off for this target). Scheduled and named backups always run.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub skip_if_newer_than: Option<Duration>,
 }
 
 /// Commands run inside the target's container around each backup (`pgbackup.hook.*`).
@@ -116,6 +122,18 @@ mod humantime_serde_compat {
     ) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
+
+    pub mod option {
+        pub fn serialize<S: serde::Serializer>(
+            d: &Option<std::time::Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -127,9 +145,15 @@ pub struct LabelError {
 
 impl fmt::Display for LabelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A target declared by variables names the variable that set the value.
+        let what = if self.label.starts_with(PREFIX) {
+            "label"
+        } else {
+            "variable"
+        };
         write!(
             f,
-            "label {}={:?} is not valid: expected {}",
+            "{what} {}={:?} is not valid: expected {}",
             self.label, self.value, self.expected
         )
     }
@@ -303,6 +327,7 @@ pub fn parse(
     let ping_url = r.ping_url();
     let hooks = r.hooks();
     let age_recipients = r.age_recipients(defaults);
+    let skip_if_newer_than = r.skip_if_newer_than(defaults);
 
     let mut errors = r.errors;
     if !errors.is_empty() {
@@ -330,6 +355,7 @@ pub fn parse(
         ping_url,
         hooks,
         age_recipients,
+        skip_if_newer_than,
     })
 }
 
@@ -509,6 +535,17 @@ impl<'a> Reader<'a> {
                 // encrypted: the target is invalid until the label is fixed.
                 None
             }
+        }
+    }
+
+    /// `pgbackup.skip_if_newer_than`: a duration, or `off`; unset means
+    /// `PGBACKUP_SKIP_IF_NEWER_THAN`.
+    fn skip_if_newer_than(&mut self, defaults: &Defaults) -> Option<Duration> {
+        const LABEL: &str = "pgbackup.skip_if_newer_than";
+        match self.get(LABEL) {
+            None => defaults.skip_if_newer_than,
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(_) => self.duration(LABEL, "20h or 30m, or off"),
         }
     }
 

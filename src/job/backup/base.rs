@@ -12,16 +12,9 @@ use super::*;
 /// WAL segment … has already been removed"). A slot that reserves WAL from before the backup
 /// starts keeps every segment the backup needs. It is temporary: the server drops it when the
 /// session ends (see [`pg::Held`]), so a forgotten slot can never fill the disk.
-pub(super) async fn hold_wal(
-    docker: &DockerClient,
-    c: &Container,
-    user: &str,
-    name: &str,
-) -> Result<pg::Held, BackupError> {
+pub(super) async fn hold_wal(access: &Access, name: &str) -> Result<pg::Held, BackupError> {
     pg::Held::open(
-        docker,
-        &c.id,
-        user,
+        access,
         "postgres",
         &format!("SELECT pg_create_physical_replication_slot('{name}', true, true);"),
     )
@@ -94,6 +87,12 @@ pub async fn physical(
 ) -> Result<Manifest, BackupError> {
     let now = id.time;
     let (spec, c) = running(ctx, target).await?;
+    let Some(c) = c else {
+        return Err(BackupError::Refused(format!(
+            "{} is declared by URL: a base backup restores into a Docker volume of this host, so only containers get them; its logical backups cover every database",
+            target.target
+        )));
+    };
     let access = Access::Exec {
         docker: ctx.docker.clone(),
         container: c.id.clone(),
@@ -118,7 +117,7 @@ pub async fn physical(
         id.time.format("%Y%m%d%H%M%S"),
         id.tag.unwrap_or(0)
     );
-    let slot = hold_wal(ctx.docker, &c, &spec.user, &slot_name).await?;
+    let slot = hold_wal(&access, &slot_name).await?;
     {
         let started = std::time::Instant::now();
         let streamed = stream_base(ctx, &access, spec, &dir).await;

@@ -27,11 +27,23 @@ pub(super) async fn password_of(ctx: &Ctx<'_>, c: &Container) -> Result<Option<S
     Ok(None)
 }
 
+/// How the backup reaches the target's server: the container (`c`), or the URL a declared
+/// target names.
 pub async fn access_for(
     ctx: &Ctx<'_>,
-    c: &Container,
+    target: &Target,
+    c: Option<&Container>,
     spec: &TargetSpec,
 ) -> Result<Access, PgError> {
+    let Some(c) = c else {
+        let e = target.endpoint.as_ref().ok_or_else(|| {
+            PgError::Other(format!(
+                "target {} has no container and no URL",
+                target.target
+            ))
+        })?;
+        return Ok(Access::to(e));
+    };
     Ok(match spec.method {
         Method::Exec => Access::Exec {
             docker: ctx.docker.clone(),
@@ -44,8 +56,23 @@ pub async fn access_for(
             port: 5432,
             user: spec.user.clone(),
             password: password_of(ctx, c).await?,
+            env: vec![],
         },
     })
+}
+
+/// A server declared by URL that cannot be reached (a wrong CA, a host name the certificate
+/// does not name, a password refused): the error names the URL it used, without its password,
+/// so the setting to fix is in the message.
+pub(super) fn reaching(target: &Target, e: BackupError) -> BackupError {
+    match (&target.endpoint, e) {
+        (Some(url), BackupError::Pg(e)) => BackupError::Pg(PgError::Other(format!(
+            "{e} (connecting to {}, declared by {})",
+            url.redacted(),
+            crate::config::declared::variable(&target.target.service, "url")
+        ))),
+        (_, e) => e,
+    }
 }
 
 /// What the job learned about the server before dumping.
@@ -220,14 +247,18 @@ pub fn dbname_arg(db: &str) -> String {
     format!("--dbname={}", pg::conninfo_dbname(db))
 }
 
-/// A valid target's settings and its container, which must be running.
+/// A valid target's settings and its container, which must be running (`None` for a target
+/// declared by URL).
 pub(super) async fn running<'t>(
     ctx: &Ctx<'_>,
     target: &'t Target,
-) -> Result<(&'t TargetSpec, Container), BackupError> {
+) -> Result<(&'t TargetSpec, Option<Container>), BackupError> {
     let spec = target
         .settings()
         .ok_or_else(|| BackupError::Invalid(target.target.to_string()))?;
+    if target.endpoint.is_some() {
+        return Ok((spec, None));
+    }
     let c = ctx
         .docker
         .inspect(&target.container_id)
@@ -236,7 +267,7 @@ pub(super) async fn running<'t>(
     if !c.running {
         return Err(BackupError::NotRunning(c.name));
     }
-    Ok((spec, c))
+    Ok((spec, Some(c)))
 }
 
 /// The manifest entry of an object this backup wrote: `raw` bytes from the program, `up` as

@@ -125,18 +125,39 @@ fn encryption_of(spec: &TargetSpec) -> Option<crate::model::encryption::Encrypti
 /// The roles and tablespaces, by the server's own `pg_dumpall`, inside the target whatever the
 /// method: a newer pg_dumpall leaves out what it does not read from an older server
 /// (pg_dumpall 17 writes no GRANTED BY for servers before 16), and the roles are small.
+/// A server reached by URL (`c` is `None`) has no container: the sidecar's pg_dumpall reads
+/// it, without role passwords when the user is not a superuser (a managed database's admin
+/// role cannot read `pg_authid`).
 async fn dump_globals(
     ctx: &Ctx<'_>,
-    c: &Container,
+    c: Option<&Container>,
+    access: &Access,
     spec: &TargetSpec,
     dir: &str,
 ) -> Result<Object, BackupError> {
     let name = sealed_name(spec, layout::globals_object(spec.compression));
     let key = layout::join(&[dir, &name]);
-    let own = Access::Exec {
-        docker: ctx.docker.clone(),
-        container: c.id.clone(),
-        user: spec.user.clone(),
+    let mut args: Vec<String> = vec!["--globals-only".into(), "--no-password".into()];
+    let own = match c {
+        Some(c) => Access::Exec {
+            docker: ctx.docker.clone(),
+            container: c.id.clone(),
+            user: spec.user.clone(),
+        },
+        None => {
+            let superuser = access
+                .query(
+                    "postgres",
+                    "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+                )
+                .await?;
+            if superuser.first().map(String::as_str) != Some("t") {
+                tracing::info!(user = %spec.user,
+                    "Not a superuser: roles are backed up without their passwords (pg_dumpall --no-role-passwords); set them again after a restore into a new server.");
+                args.push("--no-role-passwords".into());
+            }
+            access.clone()
+        }
     };
     let (raw, up) = dump_object(
         ctx,
@@ -144,7 +165,7 @@ async fn dump_globals(
         spec,
         &key,
         "pg_dumpall",
-        &["--globals-only".into(), "--no-password".into()],
+        &args,
         "(globals)",
         None,
     )
@@ -163,8 +184,10 @@ pub async fn logical(
 ) -> Result<Manifest, BackupError> {
     let now = id.time;
     let (spec, c) = running(ctx, target).await?;
-    let access = access_for(ctx, &c, spec).await?;
-    let server = server_info(&access, "pg_dump").await?;
+    let access = access_for(ctx, target, c.as_ref(), spec).await?;
+    let server = server_info(&access, "pg_dump")
+        .await
+        .map_err(|e| reaching(target, e))?;
     let dbs = databases(&access, spec).await?;
     let dir = layout::backup_dir(ctx.store.prefix(), &spec.prefix, &id);
     ensure_own_folder(ctx, spec, target).await?;
@@ -183,7 +206,7 @@ pub async fn logical(
     };
     {
         if spec.globals {
-            objects.push(dump_globals(ctx, &c, spec, &dir).await?);
+            objects.push(dump_globals(ctx, c.as_ref(), &access, spec, &dir).await?);
         }
         for db in &dbs {
             let name = sealed_name(
@@ -251,7 +274,11 @@ pub async fn logical(
             kind: Kind::Logical,
             target: target.target.to_string(),
             prefix: dir.clone(),
-            container: c.name.clone(),
+            container: match (&c, &target.endpoint) {
+                (Some(c), _) => c.name.clone(),
+                (None, Some(e)) => e.redacted(),
+                (None, None) => String::new(),
+            },
             method: spec.method,
             format: spec.format,
             compression: spec.compression.to_string(),

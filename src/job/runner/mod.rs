@@ -28,7 +28,7 @@ use crate::model::manifest::Manifest;
 use crate::notify::ping::Signal;
 use crate::notify::{self, Event, EventKind, Notifier};
 use crate::retention::prune;
-use crate::store::SharedStore;
+use crate::store::{SharedStore, catalog};
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -38,6 +38,16 @@ pub enum Trigger {
     Manual,
     /// `pgctl run --once`.
     Once,
+}
+
+/// How long ago `finished` was, when that is within `window` of `now` (to the second). Pure.
+pub fn too_recent(
+    finished: DateTime<Utc>,
+    now: DateTime<Utc>,
+    window: Duration,
+) -> Option<Duration> {
+    let age = (now - finished).to_std().unwrap_or_default();
+    (age < window).then(|| Duration::from_secs(age.as_secs()))
 }
 
 impl std::fmt::Display for Trigger {
@@ -132,6 +142,19 @@ pub enum RunError {
     },
     #[error("the controller is shutting down; no new backup starts")]
     ShuttingDown,
+    /// Not an error: a start-up, `--all` or single-shot run found a committed backup of its
+    /// kind younger than the target's `skip_if_newer_than`.
+    #[error(
+        "skipped: its {kind} backup {backup_id} finished {} ago, within skip_if_newer_than={} (name the target to back it up anyway)",
+        humantime::format_duration(*age), humantime::format_duration(*window)
+    )]
+    Recent {
+        target: String,
+        kind: Kind,
+        backup_id: String,
+        age: Duration,
+        window: Duration,
+    },
     #[error("the backup task failed: {0}")]
     Crashed(String),
 }
@@ -359,6 +382,57 @@ impl Runner {
     ) -> oneshot::Receiver<Result<JobResult, RunError>> {
         let runner = self.clone();
         self.spawn_job(async move { runner.run(&target, kind, trigger, wait).await })
+    }
+
+    /// [`Runner::submit`] for runs that cover every target (start-up, `--all`, single shot):
+    /// a target whose newest committed backup of `kind` is younger than its
+    /// `skip_if_newer_than` is not backed up ([`RunError::Recent`], logged).
+    pub fn submit_unless_recent(
+        self: &Arc<Self>,
+        target: Target,
+        kind: Kind,
+        trigger: Trigger,
+        wait: bool,
+    ) -> oneshot::Receiver<Result<JobResult, RunError>> {
+        let runner = self.clone();
+        self.spawn_job(async move {
+            if let Some(recent) = runner.recent(&target, kind).await {
+                tracing::info!(target_id = %target.target, %trigger, "Backup {recent}");
+                return Err(recent);
+            }
+            runner.run(&target, kind, trigger, wait).await
+        })
+    }
+
+    /// The newest committed backup of `kind` when it is younger than the target's window; a
+    /// listing that fails does not skip anything (the backup runs).
+    async fn recent(&self, target: &Target, kind: Kind) -> Option<RunError> {
+        let spec = target.settings()?;
+        let window = spec.skip_if_newer_than?;
+        let dir = layout::target_dir(self.store.prefix(), &spec.prefix);
+        let m = match catalog::latest(
+            self.store.as_ref(),
+            &dir,
+            kind,
+            Some(&target.target.to_string()),
+        )
+        .await
+        {
+            Ok(m) => m?,
+            Err(e) => {
+                tracing::warn!(target_id = %target.target, error = %e,
+                    "Cannot tell how old the newest backup is; backing up.");
+                return None;
+            }
+        };
+        let age = too_recent(m.finished_at, Utc::now(), window)?;
+        Some(RunError::Recent {
+            target: target.target.to_string(),
+            kind,
+            backup_id: m.backup_id.to_string(),
+            age,
+            window,
+        })
     }
 
     /// Starts a restore drill as a task the runner owns; its result arrives on the channel.

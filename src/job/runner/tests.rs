@@ -426,3 +426,76 @@ async fn a_second_drill_of_one_target_is_refused() {
             .contains_key(&Kind::Logical)
     );
 }
+
+#[test]
+fn a_backup_is_too_recent_only_within_the_window() {
+    let now = Utc::now();
+    let day = Duration::from_secs(20 * 3600);
+    let two_hours = chrono::Duration::hours(2);
+    assert_eq!(
+        too_recent(now - two_hours, now, day),
+        Some(Duration::from_secs(7200))
+    );
+    assert_eq!(
+        too_recent(now - chrono::Duration::hours(21), now, day),
+        None
+    );
+    // A clock that went backwards is not "older".
+    assert_eq!(too_recent(now + two_hours, now, day), Some(Duration::ZERO));
+}
+
+#[tokio::test]
+async fn runs_of_every_target_skip_one_backed_up_within_its_window_and_named_runs_do_not() {
+    let (r, fake) = runner(Fake::default());
+    let t = crate::discovery::test_target("db", &[("pgbackup.skip_if_newer_than", "20h")]);
+    let spec = t.settings().unwrap();
+    // Nothing committed yet: the start-up run backs up.
+    let first = r
+        .submit_unless_recent(t.clone(), Kind::Logical, Trigger::Startup, false)
+        .await
+        .unwrap();
+    assert!(first.unwrap().ok);
+    assert_eq!(calls(&fake), 1);
+    // A committed backup of two hours ago (the fake writes nothing itself).
+    let id = BackupId::new(Utc::now() - chrono::Duration::hours(2), Kind::Logical);
+    let dir = layout::backup_dir(r.store.prefix(), &spec.prefix, &id);
+    let m = Manifest::sample(&t.target.to_string(), "x", id);
+    r.store
+        .put(
+            &layout::join(&[&dir, layout::MANIFEST]),
+            serde_json::to_vec(&m).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let skipped = r
+        .submit_unless_recent(t.clone(), Kind::Logical, Trigger::Startup, false)
+        .await
+        .unwrap();
+    match skipped {
+        Err(e @ RunError::Recent { .. }) => {
+            let said = e.to_string();
+            assert!(said.contains(&id.to_string()), "{said}");
+            assert!(said.contains("within skip_if_newer_than=20h"), "{said}");
+        }
+        other => panic!("expected a skip: {other:?}"),
+    }
+    assert_eq!(calls(&fake), 1, "nothing ran");
+    // Another kind, a named run, or a target without the setting: they run.
+    let base = r
+        .submit_unless_recent(t.clone(), Kind::Physical, Trigger::Startup, false)
+        .await
+        .unwrap();
+    assert!(base.unwrap().ok);
+    let named = r
+        .submit(t.clone(), Kind::Logical, Trigger::Manual, false)
+        .await
+        .unwrap();
+    assert!(named.unwrap().ok);
+    let off = crate::discovery::test_target("db", &[("pgbackup.skip_if_newer_than", "off")]);
+    let plain = r
+        .submit_unless_recent(off, Kind::Logical, Trigger::Once, false)
+        .await
+        .unwrap();
+    assert!(plain.unwrap().ok);
+    assert_eq!(calls(&fake), 4);
+}

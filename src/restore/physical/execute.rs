@@ -155,14 +155,12 @@ pub(super) async fn post_sql(
     id: &str,
     plan: &Plan,
 ) -> Result<(), RestoreError> {
-    crate::restore::scripts::run(
-        docker,
-        id,
-        &plan.service.user,
-        &plan.service.database,
-        &plan.inputs.scripts,
-    )
-    .await
+    let access = Access::Exec {
+        docker: docker.clone(),
+        container: id.to_string(),
+        user: plan.service.user.clone(),
+    };
+    crate::restore::scripts::run(&access, &plan.service.database, &plan.inputs.scripts).await
 }
 
 /// What has been changed so far, to undo it.
