@@ -14,6 +14,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v zstd >/dev/null || need_apt+=(zstd)
 # The README's encrypted-backup recipe decrypts with the age CLI (age-keygen comes with it).
 command -v age >/dev/null || need_apt+=(age)
+# The outside-Docker test makes a test CA and a server certificate.
+command -v openssl >/dev/null || need_apt+=(openssl)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -140,6 +140,8 @@ impl Declared {
         let mut errors = Vec::new();
         labels.insert("pgbackup.enable".into(), "true".into());
         labels.insert("pgbackup.method".into(), "connect".into());
+        // Not PGBACKUP_DRILL_SCHEDULE's: a drill needs the target's image (see NOT_FOR_URL).
+        labels.insert("pgbackup.drill.schedule".into(), "off".into());
         for (label, (var, value)) in &self.settings {
             if let Some((_, why)) = NOT_FOR_URL.iter().find(|(l, _)| l == label) {
                 errors.push(LabelError {
@@ -259,6 +261,7 @@ mod tests {
         assert_eq!(labels["pgbackup.method"], "connect");
         assert_eq!(labels["pgbackup.databases"], "app,billing");
         assert_eq!(labels["pgbackup.format"], "plain");
+        assert_eq!(labels["pgbackup.drill.schedule"], "off");
         let named: Vec<&str> = errors.iter().map(|e| e.label.as_str()).collect();
         assert_eq!(
             named,

@@ -139,6 +139,7 @@ fn a_target_declared_by_url_is_listed_with_its_settings_or_its_variables_errors(
             "postgres://backup:s3cret@db.example.com:6432/billing?sslmode=verify-full&sslrootcert=/certs/ca.crt",
         ),
         ("PGBACKUP_TARGET_BILLING_KEEP_DAILY", "7"),
+        ("PGBACKUP_DRILL_SCHEDULE", "@daily"),
         ("PGBACKUP_TARGET_BAD_URL", "postgres://backup:s3cret@db/x"),
         ("PGBACKUP_TARGET_BAD_SCHEDULE", "every day"),
         ("PGBACKUP_TARGET_BAD_PHYSICAL_SCHEDULE", "@daily"),
@@ -158,6 +159,11 @@ fn a_target_declared_by_url_is_listed_with_its_settings_or_its_variables_errors(
     assert_eq!(spec.user, "backup");
     assert_eq!(spec.prefix, "billing");
     assert_eq!(spec.keep.daily, Some(7));
+    assert_eq!(
+        spec.drill_schedule_parsed,
+        crate::model::Schedule::Off,
+        "not PGBACKUP_DRILL_SCHEDULE's: a drill needs an image"
+    );
     assert_eq!(
         spec.databases,
         crate::model::Databases::List(vec!["billing".into()])

@@ -98,7 +98,7 @@ pub(super) async fn server_info(access: &Access, tool: &str) -> Result<Server, B
     let client_major = pg::major_of(&dump_tool).unwrap_or(0);
     if client_major < major {
         return Err(BackupError::Refused(format!(
-            "the sidecar's {dump_tool} is older than the server (Postgres {major}) and cannot dump it: use pgbackup.method=exec, which runs the server's own pg_dump"
+            "the sidecar's {dump_tool} is older than the server (Postgres {major}) and cannot dump it: use pgbackup.method=exec, which runs the server's own pg_dump (a server declared by URL needs a pgbackup image whose client is Postgres {major} or newer)"
         )));
     }
     Ok(Server {
