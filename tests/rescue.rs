@@ -28,17 +28,16 @@ impl Drop for Volume {
     }
 }
 
-#[test]
-fn a_service_that_cannot_start_is_rescued_by_resetting_its_wal_and_a_healthy_one_is_refused() {
-    let s = stack!();
+/// A compose project with a Postgres 17 service `db` (named volume `data`) and the README's
+/// sidecar; up and healthy.
+fn project(s: &common::Stack, prefix: &str) -> common::Project {
     let readme = common::readme_blocks("Backups on a local directory", "yaml");
     let service = readme[0].replace(
         "image: pgbackup:local",
         &format!("image: {}", s.sidecar_image()),
     );
-    let image = common::postgres_image();
     let p = common::Project::new(
-        "rescue",
+        prefix,
         &format!(
             r#"services:
   db:
@@ -57,12 +56,48 @@ fn a_service_that_cannot_start_is_rescued_by_resetting_its_wal_and_a_healthy_one
 volumes:
   data:
 "#,
+            image = common::postgres_image(),
             mount = common::data_mount(17),
         ),
     );
     std::fs::create_dir_all(p.dir.join("backups")).unwrap();
     let o = p.compose(&["up", "-d", "--wait"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    p
+}
+
+/// `sh -c script` in a throwaway container of the Postgres image with `volume` at the data
+/// mount, as `user`.
+fn on_volume(volume: &str, user: &str, script: &str) -> String {
+    docker(&[
+        "run",
+        "--rm",
+        "-u",
+        user,
+        "-v",
+        &format!("{volume}:{}", common::data_mount(17)),
+        &common::postgres_image(),
+        "sh",
+        "-c",
+        script,
+    ])
+}
+
+/// Waits until `container` has stopped by itself.
+fn stopped(container: &str) {
+    let down = wait_until(Duration::from_secs(60), || {
+        (docker(&["inspect", "-f", "{{.State.Running}}", container]) == "false").then_some(())
+    });
+    assert!(down.is_some(), "{container} cannot start");
+}
+
+const PGDATA: &str = "/var/lib/postgresql/data";
+
+#[test]
+fn a_service_that_cannot_start_is_rescued_by_resetting_its_wal_and_a_healthy_one_is_refused() {
+    let s = stack!();
+    let image = common::postgres_image();
+    let p = project(&s, "rescue");
     let db = p.container("db");
     let volume = format!("{}_data", p.project);
 
@@ -104,36 +139,17 @@ volumes:
 
     // A crash, then the segment holding the last checkpoint is gone: the server cannot start.
     docker(&["kill", &db]);
-    let pgdata = "/var/lib/postgresql/data";
-    let redo = docker(&[
-        "run",
-        "--rm",
-        "-u",
+    let redo = on_volume(
+        &volume,
         "postgres",
-        "-v",
-        &format!("{volume}:{}", common::data_mount(17)),
-        &image,
-        "sh",
-        "-c",
         &format!(
-            "PATH=$PATH:$(ls -d /usr/lib/postgresql/*/bin | tr '\\n' ':'); pg_controldata -D {pgdata} | sed -n 's/^Latest checkpoint.s REDO WAL file: *//p'"
+            "PATH=$PATH:$(ls -d /usr/lib/postgresql/*/bin | tr '\\n' ':'); pg_controldata -D {PGDATA} | sed -n 's/^Latest checkpoint.s REDO WAL file: *//p'"
         ),
-    ]);
+    );
     assert_eq!(redo.len(), 24, "the checkpoint's segment: {redo:?}");
-    docker(&[
-        "run",
-        "--rm",
-        "-v",
-        &format!("{volume}:{}", common::data_mount(17)),
-        &image,
-        "rm",
-        &format!("{pgdata}/pg_wal/{redo}"),
-    ]);
+    on_volume(&volume, "root", &format!("rm {PGDATA}/pg_wal/{redo}"));
     docker(&["start", &db]);
-    let down = wait_until(Duration::from_secs(60), || {
-        (docker(&["inspect", "-f", "{{.State.Running}}", &db]) == "false").then_some(())
-    });
-    assert!(down.is_some(), "the server cannot start");
+    stopped(&db);
     let logs =
         common::run(std::process::Command::new("docker").args(["logs", "--tail", "20", &db]));
     let said = format!("{}{}", stdout(&logs), stderr(&logs));
@@ -175,4 +191,62 @@ volumes:
         "app",
         "INSERT INTO t VALUES (5000, 'after the rescue')",
     );
+}
+
+#[test]
+fn a_rescue_that_does_not_bring_the_server_back_puts_the_volume_back_as_it_was() {
+    let s = stack!();
+    let p = project(&s, "rescueback");
+    let db = p.container("db");
+    let volume = format!("{}_data", p.project);
+    psql(&db, "app", "app", "CREATE TABLE t AS SELECT 1 AS id");
+    // The wrong diagnosis: the server does not start because of its configuration, which no
+    // WAL reset mends.
+    docker(&["stop", &db]);
+    on_volume(
+        &volume,
+        "postgres",
+        &format!("echo 'shared_buffers = lots' >> {PGDATA}/postgresql.auto.conf"),
+    );
+    docker(&["start", &db]);
+    stopped(&db);
+    let control = format!("md5sum {PGDATA}/global/pg_control | cut -c1-32");
+    let before = on_volume(&volume, "root", &control);
+
+    let o = p.pgctl(&["rescue", "db", "--reset-wal", "--yes"]);
+    let err = stderr(&o);
+    let copies = volumes_like(&format!("{volume}-before-resetwal-"));
+    let _copy = copies.first().map(|c| Volume(c.clone()));
+    assert_eq!(o.status.code(), Some(1), "{}{err}", stdout(&o));
+    assert!(
+        err.contains("still cannot start after pg_resetwal"),
+        "{err}"
+    );
+    assert!(
+        err.contains("shared_buffers"),
+        "the server's own words: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "holds what it held before the rescue again (from {}",
+            copies[0]
+        )),
+        "{err}"
+    );
+    // pg_resetwal rewrote pg_control; the put-back volume has the one from before again.
+    assert_eq!(on_volume(&volume, "root", &control), before);
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Running}}", &db]),
+        "false",
+        "left stopped"
+    );
+    // Mended by hand, it starts with its data.
+    on_volume(
+        &volume,
+        "postgres",
+        &format!("sed -i '/shared_buffers = lots/d' {PGDATA}/postgresql.auto.conf"),
+    );
+    docker(&["start", &db]);
+    common::wait_ready(&db);
+    assert_eq!(psql(&db, "app", "app", "SELECT id FROM t"), "1");
 }
