@@ -102,6 +102,16 @@ rootfs() {
     fi
     chroot "$dir" groupadd -r -g 999 postgres
     chroot "$dir" useradd -r -g postgres -u 999 -d /var/lib/postgresql -s /bin/bash postgres
+    if [ -n "${SLIM:-}" ]; then
+        # As Debian's -slim images: no documentation, manual pages or translations.
+        printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+            'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+            'path-exclude /usr/share/locale/*' 'path-exclude /usr/share/lintian/*' \
+            >"$dir/etc/dpkg/dpkg.cfg.d/docker-slim"
+        find "$dir/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+        rm -rf "$dir"/usr/share/man/* "$dir"/usr/share/info/* "$dir"/usr/share/locale/* \
+            "$dir"/var/cache/apt/*.bin "$dir"/var/log/*.log
+    fi
     mkdir -p "$dir/etc/postgresql-common"
     echo 'create_main_cluster = false' >"$dir/etc/postgresql-common/createcluster.conf"
     printf '#!/bin/sh\nexit 101\n' >"$dir/usr/sbin/policy-rc.d"
@@ -181,8 +191,12 @@ local_images() {
         fi
         pids+=($!)
     done
+    # The sidecar's own base: trixie with nothing but what debootstrap's minbase brings (the
+    # Dockerfile adds the Postgres 18 client, curl and jq), as small as debian:trixie-slim.
+    SLIM=1 rootfs trixie "$LOCAL/debian:trixie-slim" &
+    pids+=($!)
     garage_binary
-    for m in "${pids[@]}"; do wait "$m" || { log "a Postgres image failed (see above)"; exit 1; }; done
+    for m in "${pids[@]}"; do wait "$m" || { log "a Postgres image or the sidecar's base failed (see above)"; exit 1; }; done
     garage_image
     # The sidecar's pgctl is compiled here and copied onto the local trixie base.
     # PGCTL_PREBUILT=1: target/release/pgctl is fresh already (scripts/test.sh builds it with the
@@ -202,7 +216,7 @@ local_images() {
 export PGBACKUP_APT_OPTIONS='$(apt_options sid)'
 export GARAGE_IMAGE=$LOCAL/garage:$GARAGE_TAG
 export PGBACKUP_BUILDER_IMAGE=$LOCAL/debian:trixie
-export PGBACKUP_RUNTIME_IMAGE=$LOCAL/debian:trixie
+export PGBACKUP_RUNTIME_IMAGE=$LOCAL/debian:trixie-slim
 export PGCTL_BINARY=docker/bin/pgctl
 OUT
 }
