@@ -71,7 +71,7 @@ fill_realistic() {
     local pids=() t
     for pair in "users orders" "comments attachments"; do
         (for t in $pair; do
-            python3 scripts/bench-data.py "$t" "$1" | psql -c "\copy $t FROM STDIN" >/dev/null
+            python3 scripts/bench-data.py "$t" "$1" | psqli -c "\copy $t FROM STDIN" >/dev/null
         done) &
         pids+=($!)
     done
@@ -142,6 +142,7 @@ sidecar() {
 # (README "Encryption"), by a fresh sidecar with PGBACKUP_AGE_RECIPIENTS; one markdown row.
 measure_encrypted() {
     local label=$1 raw_bytes=$2 out enc_s stored peak
+    rm -f "$KEYDIR/key.txt" # one key per dataset: age-keygen will not overwrite a file
     age-keygen -o "$KEYDIR/key.txt" 2>/dev/null
     sidecar PGBACKUP_AGE_RECIPIENTS="$(age-keygen -y "$KEYDIR/key.txt")"
     out=$(docker exec "$SIDECAR" pgctl backup --wait --json "$P/db")
