@@ -226,7 +226,7 @@ idle_and_empty() {
         out=$(docker exec "$SIDECAR" pgctl backup --wait --json "$e")
         d+=("$(printf '%s' "$out" | python3 -c "import json,sys; r=json.load(sys.stdin)['outcomes'][0]; assert r['ok'], r; print(r['result']['duration_seconds'])")")
     done
-    EMPTY_S=$(printf '%s\n' "${d[@]}" | sort -n | sed -n 2p)
+    EMPTY_S=$(printf '%s\n' "${d[@]}" | sort -n | sed -n 2p | xargs printf '%.2f')
     docker rm -fv "$e" >/dev/null
     for i in $(seq 1 20); do
         docker run -d --name "$P-idle-$i" -l pgbackup.enable=true -l pgbackup.schedule=off \
