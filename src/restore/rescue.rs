@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde::Serialize;
 
+use super::RestoreError;
 use super::physical::{Service, service_of};
-use super::{RestoreError, TargetId};
 use crate::engine::container::{Health, Inspected};
 use crate::engine::docker::DockerClient;
 use crate::engine::pg::Access;
@@ -334,46 +334,15 @@ async fn wait_answering(docker: &DockerClient, service: &Service) -> Result<Stri
     }
 }
 
-/// The service's container, running or not: `project/service`, service (in the sidecar's
-/// project first) or container name.
+/// The service's container, running or not, by [`super::choose_container`]'s rule.
 async fn find_service(docker: &DockerClient, name: &str) -> Result<Inspected, RestoreError> {
     let all = docker.list_named("").await?;
-    let matching: Vec<_> = all
-        .iter()
-        .filter(|c| {
-            c.name == name
-                || TargetId::of(&c.labels, &c.name).is_some_and(|t| t.to_string() == name)
-        })
-        .collect();
-    let matching = if matching.is_empty() {
-        let by_service: Vec<_> = all
-            .iter()
-            .filter(|c| TargetId::of(&c.labels, &c.name).is_some_and(|t| t.service == name))
-            .collect();
-        let own: Vec<_> = by_service
-            .iter()
-            .copied()
-            .filter(|c| {
-                TargetId::of(&c.labels, &c.name)
-                    .is_some_and(|t| t.project.as_deref() == docker.own_project())
-            })
-            .collect();
-        if own.len() == 1 { own } else { by_service }
-    } else {
-        matching
-    };
-    match matching.as_slice() {
-        [c] => Ok(docker.inspect_full(&c.id).await?),
-        [] => Err(RestoreError::Usage(format!(
+    match super::choose_container(&all, name, None, docker.own_project()) {
+        Ok(c) => Ok(docker.inspect_full(&c.id).await?),
+        Err(none) if none.is_empty() => Err(RestoreError::Usage(format!(
             "no container, running or stopped, is named {name:?} (as project/service, service or container name) in this sidecar's scope: check `docker compose ps -a`"
         ))),
-        many => Err(RestoreError::Usage(format!(
-            "{name:?} is ambiguous: {}; name it as project/service",
-            many.iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+        Err(many) => Err(super::ambiguous(name, &many)),
     }
 }
 

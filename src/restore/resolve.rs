@@ -17,15 +17,16 @@ pub(super) fn user_of(c: &Container, defaults: &Defaults) -> String {
         .unwrap_or_else(|| "postgres".to_string())
 }
 
-/// Finds a running container by `project/service`, service, container name or id. A service
-/// name found in several compose projects resolves to the one in `prefer`, else to the
-/// sidecar's own project; otherwise it is ambiguous.
-pub async fn find_container(
-    docker: &DockerClient,
+/// The one rule naming a container: `project/service`, container name or id exactly; else a
+/// service name (or an id prefix of 12+) found in several compose projects resolves to the one
+/// in `prefer`, then to `own` (the sidecar's project). `Err` holds the names of the candidates:
+/// none (not found) or several (ambiguous). Pure.
+pub fn choose_container<'a>(
+    all: &'a [Container],
     name: &str,
     prefer: Option<&str>,
-) -> Result<Container, RestoreError> {
-    let all = docker.list_running(&[]).await?;
+    own: Option<&str>,
+) -> Result<&'a Container, Vec<String>> {
     let ids: Vec<(Option<TargetId>, &Container)> = all
         .iter()
         .map(|c| (TargetId::of(&c.labels, &c.name), c))
@@ -38,7 +39,7 @@ pub async fn find_container(
         .map(|(_, c)| *c)
         .collect();
     if let [c] = exact.as_slice() {
-        return Ok((*c).clone());
+        return Ok(c);
     }
     let by_service: Vec<(Option<&TargetId>, &Container)> = ids
         .iter()
@@ -49,31 +50,47 @@ pub async fn find_container(
         .map(|(t, c)| (t.as_ref(), *c))
         .collect();
     if by_service.len() > 1 {
-        let own = docker.own_project().map(String::from);
-        for project in [prefer.map(String::from), own].into_iter().flatten() {
+        for project in [prefer, own].into_iter().flatten() {
             let mine: Vec<&Container> = by_service
                 .iter()
-                .filter(|(t, _)| t.is_some_and(|t| t.project.as_deref() == Some(project.as_str())))
+                .filter(|(t, _)| t.is_some_and(|t| t.project.as_deref() == Some(project)))
                 .map(|(_, c)| *c)
                 .collect();
             if let [c] = mine.as_slice() {
-                return Ok((*c).clone());
+                return Ok(c);
             }
         }
     }
     match by_service.as_slice() {
-        [(_, c)] => Ok((*c).clone()),
-        [] => Err(RestoreError::Usage(outside_scope(docker, name).await.unwrap_or_else(|| format!(
+        [(_, c)] => Ok(c),
+        many => Err(many
+            .iter()
+            .map(|(t, c)| t.map(|t| t.to_string()).unwrap_or_else(|| c.name.clone()))
+            .collect()),
+    }
+}
+
+/// Finds a running container by [`choose_container`]'s rule.
+pub async fn find_container(
+    docker: &DockerClient,
+    name: &str,
+    prefer: Option<&str>,
+) -> Result<Container, RestoreError> {
+    let all = docker.list_running(&[]).await?;
+    match choose_container(&all, name, prefer, docker.own_project()) {
+        Ok(c) => Ok(c.clone()),
+        Err(none) if none.is_empty() => Err(RestoreError::Usage(outside_scope(docker, name).await.unwrap_or_else(|| format!(
             "no running container is named {name:?} (as project/service, service or container name): start it, or check `docker compose ps`"
         )))),
-        many => Err(RestoreError::Usage(format!(
-            "{name:?} is ambiguous: {}; name it as project/service",
-            many.iter()
-                .map(|(t, c)| t.map(|t| t.to_string()).unwrap_or_else(|| c.name.clone()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+        Err(many) => Err(ambiguous(name, &many)),
     }
+}
+
+pub(super) fn ambiguous(name: &str, many: &[String]) -> RestoreError {
+    RestoreError::Usage(format!(
+        "{name:?} is ambiguous: {}; name it as project/service",
+        many.join(", ")
+    ))
 }
 
 /// Refuses a restore target that is not a Postgres server (the sidecar, Garage, an app): the
@@ -229,5 +246,46 @@ pub async fn resolve_backup(
                 ))),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_resolves_exactly_then_by_service_in_the_preferred_or_own_project() {
+        let shop = crate::discovery::test_container("id-shop-db", "db", &[], true);
+        let mut other = crate::discovery::test_container("id-other-db", "db", &[], true);
+        other
+            .labels
+            .insert("com.docker.compose.project".into(), "other".into());
+        other.name = "other-db-1".into();
+        let all = [shop, other];
+        let name = |r: Result<&Container, Vec<String>>| r.map(|c| c.name.clone());
+        assert_eq!(
+            name(choose_container(&all, "other/db", None, None)),
+            Ok("other-db-1".into())
+        );
+        assert_eq!(
+            name(choose_container(&all, "shop-db-1", None, None)),
+            Ok("shop-db-1".into())
+        );
+        assert_eq!(
+            name(choose_container(&all, "db", None, None)),
+            Err(vec!["shop/db".to_string(), "other/db".to_string()])
+        );
+        assert_eq!(
+            name(choose_container(&all, "db", Some("other"), Some("shop"))),
+            Ok("other-db-1".into())
+        );
+        assert_eq!(
+            name(choose_container(&all, "db", None, Some("shop"))),
+            Ok("shop-db-1".into())
+        );
+        assert_eq!(
+            name(choose_container(&all, "cache", None, Some("shop"))),
+            Err(vec![])
+        );
     }
 }
