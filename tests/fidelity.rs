@@ -231,9 +231,10 @@ fn pg15_connect_plain_restores_exactly_into_pg15_and_into_pg17() {
     );
 }
 
-/// The failure the old restore hid: the last database fails only at its end (its grants, in
-/// the archive's final ACL section, name a role the target lacks), after the others loaded. Every
-/// database must stay as it was, and the message must say so only because it is true.
+/// The failure the old restore hid: the last database fails after the others loaded (its
+/// grants name a role the target lacks: the database's own, applied before its load, and its
+/// tables', in the archive's final ACL section). Every database must stay as it was, and the
+/// message must say so only because it is true.
 #[test]
 fn a_database_failing_at_its_end_leaves_every_database_unchanged() {
     let s = stack!();

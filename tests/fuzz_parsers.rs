@@ -127,8 +127,8 @@ proptest! {
     }
 
     #[test]
-    fn the_sql_rewriter_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..12)) {
-        let mut r = Rewriter::new(Rewrite { from: "app".into(), to: "pgbackup_restore_x_1".into(), server_major: 13, after_connect: "ALTER SCHEMA public OWNER TO postgres;\n".into() });
+    fn the_sql_rewriter_never_panics(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..12), database_only in any::<bool>()) {
+        let mut r = Rewriter::new(Rewrite { from: "app".into(), to: "pgbackup_restore_x_1".into(), server_major: 13, after_connect: "ALTER SCHEMA public OWNER TO postgres;\n".into(), database_only });
         let mut out = Vec::new();
         for c in &chunks {
             if r.feed(c, &mut out).is_err() {

@@ -9,7 +9,7 @@ use tokio::process::{Child, ChildStdout};
 
 use crate::config::Secret;
 use crate::config::endpoint::Endpoint;
-use crate::engine::docker::{DockerClient, DockerError, ExecExit, ExecStream};
+use crate::engine::docker::{Container, DockerClient, DockerError, ExecExit, ExecStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -346,6 +346,33 @@ pub async fn local_version(program: &str) -> Result<String, PgError> {
         .await?
         .trim()
         .to_string())
+}
+
+/// The password the official image gives `POSTGRES_USER` (`POSTGRES_PASSWORD`, or the file
+/// `POSTGRES_PASSWORD_FILE` names, read in the container), for connecting to it from the
+/// sidecar; `None` when it has neither (trust, or another user's credentials).
+pub async fn container_password(
+    docker: &DockerClient,
+    c: &Container,
+) -> Result<Option<Secret>, PgError> {
+    if let Some(p) = c.env.get("POSTGRES_PASSWORD").filter(|p| !p.is_empty()) {
+        return Ok(Some(Secret::new(p.clone())));
+    }
+    if let Some(path) = c.env.get("POSTGRES_PASSWORD_FILE") {
+        let (exit, out) = docker
+            .exec_capture(&c.id, &["cat".to_string(), path.clone()], &[], None)
+            .await?;
+        if exit.code != 0 {
+            return Err(PgError::Other(format!(
+                "cannot read POSTGRES_PASSWORD_FILE={path} in container {}: {}",
+                c.name, exit.stderr
+            )));
+        }
+        return Ok(Some(Secret::new(
+            out.trim_end_matches(['\n', '\r']).to_string(),
+        )));
+    }
+    Ok(None)
 }
 
 /// Starts `program args…` in the sidecar with stdin piped: the caller writes its input.

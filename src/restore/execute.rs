@@ -36,8 +36,9 @@ $pgbackup$;
 }
 
 /// The swap, one transaction: every database being replaced is renamed out of the way (its
-/// sessions ended first), every loaded database takes its name. Either all of it commits or
-/// none of it does.
+/// sessions ended first), every loaded database takes its name (sessions on it ended too: no
+/// one but this run has business there, yet a tool listing every database, a monitoring agent
+/// or another backup, may have connected). Either all of it commits or none of it does.
 pub fn swap_sql(pairs: &[(&DbPlan, &Temporary)], also: &[String]) -> String {
     let mut s = String::from("BEGIN;\n");
     for stmt in also {
@@ -48,10 +49,9 @@ pub fn swap_sql(pairs: &[(&DbPlan, &Temporary)], also: &[String]) -> String {
         if d.exists {
             s.push_str(&rename_ending_sessions(&d.database, &t.replaced));
         }
-        s.push_str(&format!(
-            "ALTER DATABASE {} RENAME TO {};\n",
-            t.load,
-            sql::quote_ident(&d.database)
+        s.push_str(&rename_ending_sessions(
+            &t.load,
+            &sql::quote_ident(&d.database),
         ));
     }
     s.push_str("COMMIT;\n");
@@ -270,6 +270,9 @@ pub(super) async fn restore_roles(
 /// pg_restore, in the target or in the sidecar) → [`sql::Rewriter`] → psql in the target.
 pub(super) async fn load(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(), RestoreError> {
     let plan = s.plan;
+    if plan.direct() {
+        return super::direct::load(s, d, t).await;
+    }
     let what = format!("restoring database {:?} from {}", d.database, d.object.name);
     let mut psql = Psql::start(&s.access, s.maint, &what).await?;
     let mut sink = Rewriting {
@@ -278,6 +281,7 @@ pub(super) async fn load(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(
             to: t.load.clone(),
             server_major: plan.server_major,
             after_connect: plan.public_schema_before_15().unwrap_or_default(),
+            database_only: false,
         }),
         input: &mut psql.input,
         buf: Vec::new(),
@@ -339,20 +343,7 @@ async fn convert(
         let _ = conv.input.0.shutdown().await;
         r
     };
-    let relay = async {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = conv.output.read(&mut buf).await.map_err(|e| {
-                RestoreError::Failed(format!("reading {}'s output failed: {e}", conv.what))
-            })?;
-            if n == 0 {
-                return Ok(());
-            }
-            sink.write(&buf[..n]).await.map_err(|e| {
-                RestoreError::Failed(format!("psql stopped reading the restore: {e}"))
-            })?;
-        }
-    };
+    let relay = relay(&mut conv.output, sink, &conv.what);
     if let Err(e) = tokio::try_join!(feed, relay) {
         // psql can reject garbage from a damaged object before the stream's end shows the
         // damage: the stored object is read again whole so the error names the real cause.

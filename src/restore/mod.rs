@@ -39,6 +39,7 @@ use crate::pipeline::fetch::{self, Damage};
 use crate::store::Store;
 use crate::store::catalog;
 
+mod direct;
 mod execute;
 mod globals;
 pub mod physical;
@@ -332,13 +333,38 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
             sql.contains("EXECUTE 'ALTER DATABASE \"shop\" RENAME TO pgbackup_replaced_ab12_1'"),
             "{sql}"
         );
-        assert!(sql.contains("ALTER DATABASE pgbackup_restore_ab12_1 RENAME TO \"shop\";"));
         assert!(
-            sql.contains("ALTER DATABASE pgbackup_restore_ab12_2 RENAME TO \"Odd \"\"name\"\"\";")
+            sql.contains("EXECUTE 'ALTER DATABASE \"pgbackup_restore_ab12_1\" RENAME TO \"shop\"'"),
+            "{sql}"
         );
-        // A database that did not exist has nothing to move away.
-        assert_eq!(sql.matches("pg_terminate_backend").count(), 1);
+        assert!(
+            sql.contains(
+                "EXECUTE 'ALTER DATABASE \"pgbackup_restore_ab12_2\" RENAME TO \"Odd \"\"name\"\"\"'"
+            ),
+            "{sql}"
+        );
+        // Sessions are ended on the database moved away and on each loaded one (a tool that
+        // lists every database may have connected to it); a database that did not exist has
+        // nothing to move away.
+        assert_eq!(sql.matches("pg_terminate_backend").count(), 3);
+        assert!(sql.contains("WHERE datname = 'pgbackup_restore_ab12_2' AND pid"));
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn a_restores_temporary_databases_are_known_by_name_and_no_others() {
+        let t = temporary(&run_id(), 3);
+        assert!(is_temporary(&t.load) && is_temporary(&t.replaced), "{t:?}");
+        for user_db in [
+            "pgbackup_restore_",
+            "pgbackup_restore_notes",
+            "pgbackup_restore_ab12_",
+            "pgbackup_replaced_ab12_x",
+            "app_pgbackup_restore_ab12_1",
+            "shop",
+        ] {
+            assert!(!is_temporary(user_db), "{user_db}");
+        }
     }
 
     fn db_plan(name: &str, exists: bool) -> DbPlan {
@@ -418,7 +444,78 @@ CREATE TABLESPACE fast OWNER postgres LOCATION '/mnt/fast';
             scripts: vec![],
             scripts_database: "postgres".into(),
             keys: None,
+            network: None,
         }
+    }
+
+    /// pg_restore loads a custom archive straight into the server when it reads it and the
+    /// archive needs no adapting; everything else goes through psql.
+    #[test]
+    fn custom_archives_load_directly_unless_they_need_the_sidecar_or_adapting() {
+        let same = sample_plan(17);
+        assert!(same.direct());
+        assert!(
+            same.to_string()
+                .contains("new database by pg_restore --dbname;")
+        );
+        assert!(sample_plan(18).direct(), "an upgrade");
+        let mut older = sample_plan(16);
+        older.manifest.postgres.major = 16;
+        assert!(
+            !older.direct(),
+            "pg_dump 17's SQL of a Postgres 16 server (connect mode) is adapted to 16"
+        );
+        let mut sidecar = sample_plan(17);
+        sidecar.convert_in_sidecar = true;
+        assert!(!sidecar.direct());
+        for format in [Format::Plain, Format::Tar] {
+            let mut p = sample_plan(17);
+            p.manifest.format = format;
+            assert!(!p.direct(), "{format:?}");
+            assert!(!p.to_string().contains("--dbname"));
+        }
+        let mut unknown = sample_plan(17);
+        unknown.manifest.postgres.dump_tool = "pg_dump".into();
+        assert!(!unknown.direct(), "an unknown pg_dump goes the careful way");
+        // A server reached by URL is loaded by the sidecar's pg_restore (18 here): it sets
+        // transaction_timeout, which servers before 17 reject.
+        for (server, direct) in [(16, false), (17, true), (18, true)] {
+            let mut url = sample_plan(server);
+            url.manifest.postgres.dump_tool = format!("pg_dump (PostgreSQL) {server}.1");
+            url.restore_tool = "pg_restore (PostgreSQL) 18.6".into();
+            assert_eq!(url.direct(), direct, "into {server}");
+        }
+        // Over the network, the plan says whose pg_restore and where.
+        let mut near = sample_plan(17);
+        near.network = Some(Network {
+            host: "shop-db-1".into(),
+            password: Some(crate::config::Secret::new("s3cret".into())),
+        });
+        let text = near.to_string();
+        assert!(
+            text.contains("by the sidecar's pg_restore --dbname, connected to shop-db-1:5432;"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret") && !format!("{near:?}").contains("s3cret"));
+    }
+
+    #[rstest::rstest]
+    #[case(17, 17, 17, true)]
+    #[case(17, 17, 13, true)]
+    #[case(13, 13, 13, true)]
+    #[case(18, 17, 17, true)]
+    #[case(18, 18, 15, true)]
+    #[case(18, 16, 16, false)]
+    #[case(18, 13, 13, false)]
+    #[case(16, 17, 17, false)]
+    #[case(17, 18, 18, false)]
+    fn which_pg_restore_loads_into_which_server(
+        #[case] tool: u32,
+        #[case] server: u32,
+        #[case] dump: u32,
+        #[case] loads: bool,
+    ) {
+        assert_eq!(loads_into(tool, server, dump), loads);
     }
 
     #[test]

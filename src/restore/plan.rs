@@ -65,9 +65,60 @@ pub struct Plan {
     pub scripts_database: String,
     /// What decrypts the backup's objects, when it is encrypted.
     pub keys: Option<Arc<Identities>>,
+    /// The target container's server as the sidecar reaches it over a network they share: its
+    /// pg_restore then loads each database ([`Plan::direct`]) without docker exec's copy.
+    pub network: Option<Network>,
+}
+
+/// A container's server reached from the sidecar (its name on a shared network, port 5432),
+/// with the password the official image gave its user.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub host: String,
+    pub password: Option<crate::config::Secret>,
+}
+
+impl Network {
+    pub fn access(&self, user: &str) -> Access {
+        Access::Connect {
+            host: self.host.clone(),
+            port: 5432,
+            user: user.to_string(),
+            password: self.password.clone(),
+            env: vec![],
+        }
+    }
+}
+
+/// Whether pg_restore of `tool_major` loads an archive of pg_dump `dump_major` into a server of
+/// `server_major` by itself (`--dbname`): it reads the archive, and what it sends of its own
+/// the server accepts. pg_restore 17+ sets `transaction_timeout`, which servers before 17
+/// reject, so a newer pg_restore is used only from 17 on; the target's own always is.
+pub fn loads_into(tool_major: u32, server_major: u32, dump_major: u32) -> bool {
+    tool_major >= dump_major
+        && (tool_major == server_major || (tool_major > server_major && server_major >= 17))
 }
 
 impl Plan {
+    /// Whether custom archives are loaded by `pg_restore --dbname` (see `restore::direct`): when
+    /// the pg_restore where the server is reached (the target's, or the sidecar's for a URL)
+    /// [`loads_into`] it and the archive's SQL needs no adapting to the server (its pg_dump is
+    /// not newer than the server). Plain
+    /// and tar dumps, archives read by the sidecar's newer pg_restore and archives of a newer
+    /// pg_dump go through psql, with [`sql::Rewriter`] adapting what needs it.
+    pub fn direct(&self) -> bool {
+        let (Some(dump), Some(tool)) = (
+            pg::major_of(&self.manifest.postgres.dump_tool),
+            pg::major_of(&self.restore_tool),
+        ) else {
+            return false;
+        };
+        self.manifest.format == Format::Custom
+            && !self.convert_in_sidecar
+            && dump <= self.server_major
+            && loads_into(tool, self.server_major, dump)
+    }
+
     /// The statements that keep a database's `public` schema as it was before Postgres 15
     /// (owned by the superuser, CREATE for everyone) when the backup's pg_dump is older than 15
     /// and the server is not: that pg_dump writes nothing for the schema it took as the
@@ -168,7 +219,15 @@ impl fmt::Display for Plan {
         }
         writeln!(
             f,
-            "  method     each database is loaded into a new database; all take their names in one transaction at the end"
+            "  method     each database is loaded into a new database{}; all take their names in one transaction at the end",
+            match (self.direct(), &self.network) {
+                (true, Some(n)) => format!(
+                    " by the sidecar's pg_restore --dbname, connected to {}:5432",
+                    n.host
+                ),
+                (true, None) => " by pg_restore --dbname".to_string(),
+                (false, _) => String::new(),
+            }
         )?;
         if !self.scripts.is_empty() {
             let names: Vec<&str> = self.scripts.iter().map(|(n, _)| n.as_str()).collect();
@@ -432,7 +491,7 @@ async fn plan_at(
     } = tools(&access, &manifest, &place.name()).await?;
     let leftovers = leftovers_of(&access).await?;
     let databases = db_plans(&access, chosen).await?;
-    Ok(Plan {
+    let mut plan = Plan {
         manifest,
         place,
         target,
@@ -449,7 +508,52 @@ async fn plan_at(
         scripts,
         scripts_database,
         keys: req.keys.clone(),
-    })
+        network: None,
+    };
+    if let (true, Place::Container(c)) = (plan.direct(), &plan.place) {
+        plan.network = over_network(docker, c, &plan).await;
+    }
+    Ok(plan)
+}
+
+/// The target container's server as the sidecar reaches it, when the sidecar's pg_restore
+/// [`loads_into`] it and a connection with the container's credentials answers; `None` (the
+/// load runs through docker exec) otherwise, with the reason logged.
+async fn over_network(docker: &DockerClient, c: &Container, plan: &Plan) -> Option<Network> {
+    let dump = pg::major_of(&plan.manifest.postgres.dump_tool)?;
+    let why_not = async {
+        let tool = pg::local_version("pg_restore")
+            .await
+            .map_err(|e| e.to_string())?;
+        let major = pg::major_of(&tool).unwrap_or(0);
+        if !loads_into(major, plan.server_major, dump) {
+            return Err(format!(
+                "the sidecar's {tool} does not load into Postgres {}",
+                plan.server_major
+            ));
+        }
+        let network = Network {
+            host: c.name.clone(),
+            password: pg::container_password(docker, c)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        let probe = network.access(&plan.user);
+        match tokio::time::timeout(Duration::from_secs(15), probe.query("postgres", "SELECT 1"))
+            .await
+        {
+            Ok(Ok(_)) => Ok(network),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 15 s".into()),
+        }
+    };
+    match why_not.await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::info!(container = %c.name, "The restore loads through docker exec: the sidecar cannot connect to the server itself ({e}).");
+            None
+        }
+    }
 }
 
 /// The database objects a restore loads: all of the backup's, or the one `--db` or an object

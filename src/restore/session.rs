@@ -37,6 +37,23 @@ pub fn temporary(run: &str, n: usize) -> Temporary {
     }
 }
 
+/// Whether `database` is one of a restore run's temporary databases: a backup of "all
+/// databases" leaves them out (a half-loaded copy is nobody's data, and a dump's session on it
+/// would hold up the swap).
+pub fn is_temporary(database: &str) -> bool {
+    [LOAD_PREFIX, REPLACED_PREFIX].iter().any(|p| {
+        database
+            .strip_prefix(p)
+            .and_then(|rest| rest.split_once('_'))
+            .is_some_and(|(run, n)| {
+                !run.is_empty()
+                    && run.bytes().all(|b| b.is_ascii_hexdigit())
+                    && !n.is_empty()
+                    && n.bytes().all(|b| b.is_ascii_digit())
+            })
+    })
+}
+
 /// Marks a role created by run `run` (see [`ROLE_MARK`]). Setting a custom parameter on a
 /// role needs a superuser on Postgres 15+; without one the role stays unmarked and an
 /// interruption leaves it to be dropped by hand, as before.

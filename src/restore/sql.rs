@@ -30,6 +30,10 @@ pub struct Rewrite {
     /// Statements to run in the new database as soon as it is connected to, before any of the
     /// dump's own (empty for none).
     pub after_connect: String,
+    /// Keep only what creates and describes the database itself (its entries, the `\connect`
+    /// and psql's `\restrict` lines, the session settings of the header): the rest of the
+    /// archive is loaded by `pg_restore --dbname` (see `restore::direct`).
+    pub database_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,7 +265,9 @@ impl Rewriter {
 
     fn line(&mut self, line: &[u8], data: bool, out: &mut Vec<u8>) -> Result<(), String> {
         if data {
-            out.extend_from_slice(line);
+            if !self.rw.database_only {
+                out.extend_from_slice(line);
+            }
             return Ok(());
         }
         let text = String::from_utf8_lossy(line);
@@ -272,7 +278,9 @@ impl Rewriter {
                 self.create_and_connect(out);
             }
             self.entry = entry;
-            out.extend_from_slice(line);
+            if !(self.rw.database_only && entry == Entry::Other) {
+                out.extend_from_slice(line);
+            }
             return Ok(());
         }
         if trimmed.starts_with("\\connect ") || trimmed == "\\connect" {
@@ -293,6 +301,10 @@ impl Rewriter {
             }
         } else if trimmed.starts_with("\\unrestrict") {
             self.restricted = None;
+        }
+        let meta = trimmed.starts_with('\\');
+        if self.rw.database_only && self.entry == Entry::Other && !meta {
+            return Ok(());
         }
         let Some(line) = ForServer(self.rw.server_major).adapt(line) else {
             return Ok(());
@@ -413,6 +425,7 @@ mod tests {
             to: "pgbackup_restore_ab12_1".into(),
             server_major,
             after_connect: String::new(),
+            database_only: false,
         }
     }
 
@@ -479,6 +492,67 @@ ALTER DATABASE shop SET work_mem TO '1MB';
 REVOKE CONNECT,TEMPORARY ON DATABASE shop FROM PUBLIC;
 GRANT CONNECT ON DATABASE shop TO reader;
 ";
+
+    /// The first step of a direct load: what creates and describes the database, pointed at
+    /// the temporary name; no object of the database and no table data.
+    #[test]
+    fn database_only_keeps_the_database_and_nothing_inside_it() {
+        let only = |chunk| {
+            let mut r = rw("shop", 17);
+            r.database_only = true;
+            r.after_connect = "GRANT CREATE ON SCHEMA public TO PUBLIC;\n".into();
+            run(r, CREATED, chunk).unwrap()
+        };
+        let out = only(1 << 20);
+        for chunk in [1, 3, 64] {
+            assert_eq!(only(chunk), out);
+        }
+        let t = "pgbackup_restore_ab12_1";
+        for line in [
+            "SET client_encoding = 'UTF8';\n".to_string(),
+            format!("CREATE DATABASE {t} WITH TEMPLATE = template0 ENCODING = 'UTF8'"),
+            format!("ALTER DATABASE {t} OWNER TO app_owner;"),
+            format!("\\connect {t}\nGRANT CREATE ON SCHEMA public TO PUBLIC;\n"),
+            format!("COMMENT ON DATABASE {t} IS 'The shop';"),
+            format!("ALTER DATABASE {t} SET work_mem TO '8MB';"),
+            format!("ALTER ROLE alice IN DATABASE {t} SET work_mem"),
+            "-- Name: DATABASE shop; Type: ACL;".to_string(),
+            format!("REVOKE CONNECT,TEMPORARY ON DATABASE {t} FROM PUBLIC;"),
+            format!("GRANT CONNECT ON DATABASE {t} TO reader;"),
+        ] {
+            assert!(out.contains(&line), "{line:?} missing in\n{out}");
+        }
+        for gone in [
+            "app.notes",
+            "Type: TABLE",
+            "COPY",
+            "\\.",
+            "'1MB'",
+            "\\\\connect",
+        ] {
+            assert!(!out.contains(gone), "{gone:?} left in\n{out}");
+        }
+        // psql's restricted mode is kept whole: the key's lines pass whatever the entry.
+        let body = CREATED.replace(
+            "\n\\connect shop\n",
+            "\n\\unrestrict K3y\n\\connect shop\n\\restrict K3y\n",
+        );
+        let restricted = format!("\\restrict K3y\n{body}\\unrestrict K3y\n");
+        let mut r = rw("shop", 17);
+        r.database_only = true;
+        let out = run(r, &restricted, 5).unwrap();
+        assert!(out.starts_with("\\restrict K3y\n"), "{out}");
+        assert!(
+            out.contains(&format!(
+                "\\unrestrict K3y\n\\connect {t}\n\\restrict K3y\n"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.ends_with("ON DATABASE pgbackup_restore_ab12_1 TO reader;\n\\unrestrict K3y\n"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn database_statements_point_at_the_temporary_name_whatever_the_chunking() {

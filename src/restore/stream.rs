@@ -175,6 +175,27 @@ impl Converter {
     }
 }
 
+/// pg_restore's SQL into `sink` until its output ends.
+pub(super) async fn relay(
+    output: &mut PgStream,
+    sink: &mut Rewriting<'_>,
+    what: &str,
+) -> Result<(), RestoreError> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = output
+            .read(&mut buf)
+            .await
+            .map_err(|e| RestoreError::Failed(format!("reading {what}'s output failed: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        sink.write(&buf[..n])
+            .await
+            .map_err(|e| RestoreError::Failed(format!("psql stopped reading the restore: {e}")))?;
+    }
+}
+
 /// Reports bytes read from S3 (a progress bar on a terminal).
 pub trait Progress: Send + Sync {
     fn start(&self, what: &str, total: u64);

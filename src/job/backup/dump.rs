@@ -3,30 +3,6 @@
 
 use super::*;
 
-/// The password of a target for `connect` mode: `POSTGRES_PASSWORD`, or the file named by
-/// `POSTGRES_PASSWORD_FILE` read inside the container.
-pub(super) async fn password_of(ctx: &Ctx<'_>, c: &Container) -> Result<Option<Secret>, PgError> {
-    if let Some(p) = c.env.get("POSTGRES_PASSWORD").filter(|p| !p.is_empty()) {
-        return Ok(Some(Secret::new(p.clone())));
-    }
-    if let Some(path) = c.env.get("POSTGRES_PASSWORD_FILE") {
-        let (exit, out) = ctx
-            .docker
-            .exec_capture(&c.id, &["cat".to_string(), path.clone()], &[], None)
-            .await?;
-        if exit.code != 0 {
-            return Err(PgError::Other(format!(
-                "cannot read POSTGRES_PASSWORD_FILE={path} in container {}: {}",
-                c.name, exit.stderr
-            )));
-        }
-        return Ok(Some(Secret::new(
-            out.trim_end_matches(['\n', '\r']).to_string(),
-        )));
-    }
-    Ok(None)
-}
-
 /// How the backup reaches the target's server: the container (`c`), or the URL a declared
 /// target names.
 pub async fn access_for(
@@ -55,7 +31,7 @@ pub async fn access_for(
             host: c.name.clone(),
             port: 5432,
             user: spec.user.clone(),
-            password: password_of(ctx, c).await?,
+            password: pg::container_password(ctx.docker, c).await?,
             env: vec![],
         },
     })
@@ -115,12 +91,22 @@ pub(super) async fn databases(
     Ok(match &spec.databases {
         Databases::List(l) => l.clone(),
         Databases::All => {
-            access
+            let all = access
                 .query(
                     "postgres",
                     "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
                 )
-                .await?
+                .await?;
+            let (restoring, dbs): (Vec<String>, Vec<String>) = all
+                .into_iter()
+                .partition(|d| crate::restore::is_temporary(d));
+            if !restoring.is_empty() {
+                tracing::info!(
+                    databases = %restoring.join(", "),
+                    "Left out of the backup: a restore's temporary databases (being loaded, or replaced and not yet dropped)."
+                );
+            }
+            dbs
         }
     })
 }

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use chrono::Utc;
 
-use crate::config::Secret;
 use crate::config::labels::TargetSpec;
 use crate::discovery::Target;
 use crate::engine::docker::{Container, DockerClient};
