@@ -28,15 +28,17 @@ pub use client::*;
 const MIB: usize = 1024 * 1024;
 /// S3's limits: parts of at least 5 MiB (but the last), at most 10,000 of them.
 pub const MAX_PARTS: u32 = 10_000;
-const FIRST_PART: usize = 8 * MIB;
+/// S3's smallest part: the sidecar's memory holds two of them (BENCHMARKS.md: 8 MiB parts
+/// made no backup faster and cost 6 MiB of peak memory).
+const FIRST_PART: usize = 5 * MIB;
 /// Buffers in flight (filling + uploading) stay within this while parts are small enough:
-/// one 8 MiB part uploading while the next fills. Measured (BENCHMARKS.md): more parts in
-/// flight do not speed up a dump-bound backup but cost 8 MiB each.
-const BUFFER_BUDGET: usize = 16 * MIB;
+/// one part uploading while the next fills. Measured (BENCHMARKS.md): more parts in flight do
+/// not speed up a dump-bound backup but cost a part each.
+const BUFFER_BUDGET: usize = 10 * MIB;
 
-/// Part size for part `n` (1-based): 8 MiB for the first 1,000 parts, doubling every 1,000
-/// after, so 10,000 parts hold about 8 TiB while dumps under ~8 GiB (compressed) never use
-/// parts larger than 8 MiB.
+/// Part size for part `n` (1-based): 5 MiB for the first 1,000 parts, doubling every 1,000
+/// after, so 10,000 parts hold about 4.9 TiB while dumps under ~5 GiB (compressed) never use
+/// parts larger than 5 MiB.
 pub fn part_size(n: u32) -> usize {
     let doublings = (n.saturating_sub(1) / 1000).min(9);
     FIRST_PART << doublings

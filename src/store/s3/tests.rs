@@ -2,14 +2,15 @@ use super::*;
 
 #[test]
 fn parts_cover_multi_terabyte_dumps() {
-    assert_eq!(part_size(1), 8 * MIB);
-    assert_eq!(part_size(1000), 8 * MIB);
-    assert_eq!(part_size(1001), 16 * MIB);
-    assert_eq!(part_size(10_000), (8 * MIB) << 9);
+    // S3's smallest part size is 5 MiB (all but the last part).
+    assert_eq!(part_size(1), 5 * MIB);
+    assert_eq!(part_size(1000), 5 * MIB);
+    assert_eq!(part_size(1001), 10 * MIB);
+    assert_eq!(part_size(10_000), (5 * MIB) << 9);
     let tib = 1u64 << 40;
-    assert!(capacity(MAX_PARTS) > 7 * tib, "{}", capacity(MAX_PARTS));
-    // Dumps up to ~8 GB compressed never leave 8 MiB parts.
-    assert_eq!(capacity(1000), 1000 * 8 * MIB as u64);
+    assert!(capacity(MAX_PARTS) > 4 * tib, "{}", capacity(MAX_PARTS));
+    // Dumps up to ~5 GB compressed never leave 5 MiB parts.
+    assert_eq!(capacity(1000), 1000 * 5 * MIB as u64);
 }
 
 #[test]
@@ -19,7 +20,7 @@ fn buffers_stay_within_budget_while_parts_are_small() {
         let buffers = (parts_in_flight(size) + 1) * size;
         assert!(buffers <= BUFFER_BUDGET + size, "part {n}: {buffers}");
     }
-    assert_eq!(parts_in_flight(8 * MIB), 1);
+    assert_eq!(parts_in_flight(5 * MIB), 1);
     assert_eq!(parts_in_flight(512 * MIB), 1);
 }
 
