@@ -116,7 +116,7 @@ async fn feed_until_closed(
             .await
             .map_err(|e| RestoreError::Failed(format!("reading {} failed: {e}", d.object.name)))?;
         if n == 0 || input.0.write_all(&buf[..n]).await.is_err() {
-            let _ = input.0.shutdown().await;
+            input.close().await;
             return Ok(());
         }
     }
@@ -156,7 +156,7 @@ async fn fill(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(), RestoreE
             s.progress,
         )
         .await;
-        let _ = input.0.shutdown().await;
+        input.close().await;
         r
     };
     let drain = async {

@@ -340,7 +340,7 @@ async fn convert(
             s.progress,
         )
         .await;
-        let _ = conv.input.0.shutdown().await;
+        conv.input.close().await;
         r
     };
     let relay = relay(&mut conv.output, sink, &conv.what);

@@ -129,6 +129,16 @@ impl ChunkSink for Rewriting<'_> {
 /// The stdin of a converter (`pg_restore -f -`): in the target, or in the sidecar.
 pub(super) struct Raw(pub(super) std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>);
 
+impl Raw {
+    /// Ends the input: shut down and dropped. A child's pipe in the sidecar sees its end only
+    /// when the writer is dropped (shutting a pipe down does nothing), docker exec's stdin on
+    /// shutdown; a program reading to the end of its input would wait forever otherwise.
+    pub(super) async fn close(&mut self) {
+        let _ = self.0.shutdown().await;
+        self.0 = Box::pin(tokio::io::sink());
+    }
+}
+
 impl ChunkSink for Raw {
     async fn send(&mut self, chunk: Bytes) -> std::io::Result<()> {
         self.0.write_all(&chunk).await
