@@ -38,13 +38,7 @@ async fn create(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(), Restor
     );
     let mut psql = Psql::start(&s.access, s.maint, &what).await?;
     let mut sink = Rewriting {
-        rewriter: sql::Rewriter::new(sql::Rewrite {
-            from: d.database.clone(),
-            to: t.load.clone(),
-            server_major: plan.server_major,
-            after_connect: plan.public_schema_before_15().unwrap_or_default(),
-            database_only: true,
-        }),
+        rewriter: sql::Rewriter::new(rewrite(plan, d, t, true)),
         input: &mut psql.input,
         buf: Vec::new(),
     };
@@ -84,18 +78,8 @@ async fn create(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(), Restor
             )))
         }
     });
-    match checked.and_then(|()| sink.finish()) {
-        Ok(rest) => psql.finish(&rest).await,
-        Err(e) => {
-            let said = psql.abort().await;
-            Err(match e {
-                RestoreError::Failed(m) if !said.is_empty() => {
-                    RestoreError::Failed(format!("{m}; psql said: {said}"))
-                }
-                other => other,
-            })
-        }
-    }
+    let fed = checked.and_then(|()| sink.finish());
+    psql.settle(fed).await
 }
 
 /// The object into `input` until the reader stops taking it (pg_restore has what it needs)

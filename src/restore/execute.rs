@@ -276,13 +276,7 @@ pub(super) async fn load(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(
     let what = format!("restoring database {:?} from {}", d.database, d.object.name);
     let mut psql = Psql::start(&s.access, s.maint, &what).await?;
     let mut sink = Rewriting {
-        rewriter: sql::Rewriter::new(sql::Rewrite {
-            from: d.database.clone(),
-            to: t.load.clone(),
-            server_major: plan.server_major,
-            after_connect: plan.public_schema_before_15().unwrap_or_default(),
-            database_only: false,
-        }),
+        rewriter: sql::Rewriter::new(rewrite(plan, d, t, false)),
         input: &mut psql.input,
         buf: Vec::new(),
     };
@@ -302,18 +296,8 @@ pub(super) async fn load(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(
         }
         Format::Custom => convert(s, d, &mut sink).await,
     };
-    match streamed.and_then(|()| sink.finish()) {
-        Ok(rest) => psql.finish(&rest).await,
-        Err(e) => {
-            let said = psql.abort().await;
-            Err(match e {
-                RestoreError::Failed(m) if !said.is_empty() => {
-                    RestoreError::Failed(format!("{m}; psql said: {said}"))
-                }
-                other => other,
-            })
-        }
-    }
+    let fed = streamed.and_then(|()| sink.finish());
+    psql.settle(fed).await
 }
 
 /// A custom archive through `pg_restore --create -f -` (in the target or in the sidecar) into

@@ -81,6 +81,26 @@ impl Psql {
         )))
     }
 
+    /// Ends a load: on success the rest of the SQL is sent and psql checked ([`Psql::finish`]);
+    /// on failure the input ends early and the error gains what psql said, if anything.
+    pub(super) async fn settle(
+        self,
+        fed: Result<String, RestoreError>,
+    ) -> Result<(), RestoreError> {
+        match fed {
+            Ok(rest) => self.finish(&rest).await,
+            Err(e) => {
+                let said = self.abort().await;
+                Err(match e {
+                    RestoreError::Failed(m) if !said.is_empty() => {
+                        RestoreError::Failed(format!("{m}; psql said: {said}"))
+                    }
+                    other => other,
+                })
+            }
+        }
+    }
+
     /// Ends the input early; returns psql's error output, if it failed by itself.
     pub(super) async fn abort(mut self) -> String {
         let _ = self.input.shutdown().await;
@@ -91,6 +111,17 @@ impl Psql {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "psql did not end within 60 s of its input ending".into(),
         }
+    }
+}
+
+/// What a load of database `d` into `t` rewrites (see [`sql::Rewrite`]).
+pub(super) fn rewrite(plan: &Plan, d: &DbPlan, t: &Temporary, database_only: bool) -> sql::Rewrite {
+    sql::Rewrite {
+        from: d.database.clone(),
+        to: t.load.clone(),
+        server_major: plan.server_major,
+        after_connect: plan.public_schema_before_15().unwrap_or_default(),
+        database_only,
     }
 }
 
