@@ -129,20 +129,7 @@ async fn fill(s: &Session<'_>, d: &DbPlan, t: &Temporary) -> Result<(), RestoreE
     let (mut output, input) = loader.program_with_stdin("pg_restore", &args).await?;
     let mut input = Raw(input);
     let label = format!("{} ({})", d.object.name, d.database);
-    let feed = async {
-        let r = stream_object(
-            s.store,
-            &plan.manifest,
-            &d.object,
-            plan.keys.as_deref(),
-            &label,
-            &mut input,
-            s.progress,
-        )
-        .await;
-        input.close().await;
-        r
-    };
+    let feed = feed_whole(s, d, &label, &mut input);
     let drain = async {
         let _ = tokio::io::copy(&mut output, &mut tokio::io::sink()).await;
         output.finish().await

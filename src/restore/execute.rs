@@ -313,20 +313,7 @@ async fn convert(
     } else {
         Converter::in_target(&s.access, &plan.place.name(), &plan.options).await?
     };
-    let feed = async {
-        let r = stream_object(
-            s.store,
-            &plan.manifest,
-            &d.object,
-            plan.keys.as_deref(),
-            &conv.what,
-            &mut conv.input,
-            s.progress,
-        )
-        .await;
-        conv.input.close().await;
-        r
-    };
+    let feed = feed_whole(s, d, &conv.what, &mut conv.input);
     let relay = relay(&mut conv.output, sink, &conv.what);
     if let Err(e) = tokio::try_join!(feed, relay) {
         // psql can reject garbage from a damaged object before the stream's end shows the

@@ -176,6 +176,29 @@ impl ChunkSink for Raw {
     }
 }
 
+/// Streams database `d`'s whole object ([`stream_object`]) into a pg_restore's `input`, then
+/// ends that input whatever happened, so the reader sees the end. `what` names the reader.
+pub(super) async fn feed_whole(
+    s: &Session<'_>,
+    d: &DbPlan,
+    what: &str,
+    input: &mut Raw,
+) -> Result<(), RestoreError> {
+    let plan = s.plan;
+    let r = stream_object(
+        s.store,
+        &plan.manifest,
+        &d.object,
+        plan.keys.as_deref(),
+        what,
+        input,
+        s.progress,
+    )
+    .await;
+    input.close().await;
+    r
+}
+
 /// `pg_restore --create -f -`: turns a custom archive into the SQL psql loads.
 pub(super) struct Converter {
     pub(super) input: Raw,
